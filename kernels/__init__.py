@@ -1,0 +1,129 @@
+"""Functional API of the MIGT-TVDT kernels (see README.md / DESIGN.md).
+
+Each function validates its arguments, picks a backend and runs it:
+- "reference": plain PyTorch (kernels/reference.py), the truth for tests;
+- "sdpa": torch's scaled_dot_product_attention for attention
+  (kernels/sdpa.py); the norms have no SDPA form, so "sdpa" runs their
+  plain-PyTorch path;
+- "triton": the fused kernels (kernels/<op>.py, imported on first use so that
+  `import kernels` stays light and works without triton).
+"auto" (or env MIGT_BACKEND) picks Triton on CUDA for supported cases.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+
+from . import _dispatch, _validate, reference, sdpa
+from ._dispatch import BACKENDS
+
+__all__ = [
+    "BACKENDS",
+    "masked_attention",
+    "revin_normalize",
+    "revin_denormalize",
+    "gated_residual_norm",
+]
+
+# Triton implementation module of each op. Each module exposes
+# `unsupported_reason(...) -> Optional[str]` and the op under the same name.
+_TRITON_MODULES = {
+    "masked_attention": "attention",
+    "revin_normalize": "revin",
+    "gated_residual_norm": "gated_norm",
+}
+
+
+def _triton_module(op: str):
+    """The op's Triton module, or None while it is not written."""
+    name = f"{__name__}.{_TRITON_MODULES[op]}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+
+
+def _triton_reason(op: str, *args) -> Optional[str]:
+    module = _triton_module(op)
+    if module is None:
+        return f"no Triton kernel for {op} in this build"
+    return module.unsupported_reason(*args)
+
+
+def masked_attention(q, k, v, mask, axis: str = "time", *, scale: Optional[float] = None, backend: str = "auto"):
+    """Masked attention over the (B, V, T, H, Dh) activation layout.
+
+    q, k, v: (B, V, T, H, Dh), any strides with stride(-1) == 1 (for example
+        `unbind` views of a fused QKV projection viewed (B, V, T, 3, H, Dh)).
+    mask: (B, T) bool, True = valid step.
+    axis="time": for each (b, v, h), attention over the T steps; keys whose
+        step is padding are excluded, query rows whose step is padding give 0.
+    axis="variable": for each (b, t, h), attention over the V variables; rows
+        (b, t) whose step is padding give 0.
+    scale: softmax scale, default 1 / sqrt(Dh).
+    Returns (B, V, T, H, Dh) contiguous, dtype of q. A sample with no valid
+    step gives zeros and zero gradients, never NaN. Values at padded
+    positions (NaN and inf included) affect nothing.
+    """
+    _validate.attention_inputs(q, k, v, mask, axis)
+    choice = _dispatch.choose(
+        "masked_attention", backend, q.device,
+        lambda: _triton_reason("masked_attention", q, k, v, mask, axis),
+    )
+    if choice == "triton":
+        return _triton_module("masked_attention").masked_attention(q, k, v, mask, axis, scale)
+    impl = sdpa.attention if choice == "sdpa" else reference.attention
+    return impl(q, k, v, mask, axis, scale)
+
+
+def revin_normalize(x, mask, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
+    """Masked reversible instance normalisation, with the transpose fused.
+
+    x: (B, T, V); mask: (B, T) bool; weight, bias: (V,) affine per variable.
+    Mean and biased variance per (b, v) over valid steps only;
+    std = sqrt(var + eps**2) (eps squared, so a series whose std is near 1e-3,
+    like 5-minute log returns, is not distorted, and a constant series has
+    finite gradients); y = (x - mean) / std * weight + bias.
+    Returns y (B, V, T) in x's dtype with padded steps 0, and mean, std
+    (B, V) in float32 (float64 for float64 input). A sample with no valid step
+    gets mean 0, std eps and y 0.
+    """
+    _validate.revin_inputs(x, mask, weight, bias)
+    choice = _dispatch.choose(
+        "revin_normalize", backend, x.device,
+        lambda: _triton_reason("revin_normalize", x, mask, weight, bias),
+    )
+    if choice == "triton":
+        return _triton_module("revin_normalize").revin_normalize(x, mask, weight, bias, eps)
+    return reference.revin_normalize(x, mask, weight, bias, eps)
+
+
+def revin_denormalize(y, mean, std, weight, bias, eps: float = 1e-5):
+    """Inverse of revin_normalize: y (B, V, ...) back to the input scale.
+
+    x = (y - bias) / weight * std + mean, broadcast over the trailing dims of
+    y; mean, std: (B, V); weight, bias: (V,). |weight| is kept >= eps**2 so
+    the division is always finite. Returns y's dtype.
+    """
+    _validate.revin_denorm_inputs(y, mean, std, weight, bias)
+    return reference.revin_denormalize(y, mean, std, weight, bias, eps)
+
+
+def gated_residual_norm(x, update, gate_logits, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
+    """x + sigmoid(gate_logits) * (layer_norm(update; weight, bias) - x).
+
+    x, update, gate_logits: (..., D), same shape; weight, bias: (D,).
+    LayerNorm over the last dim in float32 at least. Returns x's dtype.
+    """
+    _validate.gated_norm_inputs(x, update, gate_logits, weight, bias)
+    choice = _dispatch.choose(
+        "gated_residual_norm", backend, x.device,
+        lambda: _triton_reason("gated_residual_norm", x, update, gate_logits, weight, bias),
+    )
+    if choice == "triton":
+        return _triton_module("gated_residual_norm").gated_residual_norm(x, update, gate_logits, weight, bias, eps)
+    return reference.gated_residual_norm(x, update, gate_logits, weight, bias, eps)

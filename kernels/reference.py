@@ -1,0 +1,110 @@
+"""Plain-PyTorch reference of every op: the truth for parity tests and the
+slowest fallback.
+
+Written in the obvious form, in float32 at least (float64 stays float64).
+Padded positions are removed with torch.where before any arithmetic, so NaN
+or inf stored there cannot reach an output or a gradient (0 * NaN is NaN,
+so a multiply by the mask would not do).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def attention(q, k, v, mask, axis: str, scale: float | None = None) -> torch.Tensor:
+    """Masked attention over the (B, V, T, H, Dh) layout.
+
+    q, k, v: (B, V, T, H, Dh); mask: (B, T) bool, True = valid step.
+    axis="time": per (b, v, h) over T, padded keys excluded, padded query rows 0.
+    axis="variable": per (b, t, h) over V, rows of padded steps 0.
+    Returns (B, V, T, H, Dh) contiguous in q's dtype.
+    """
+    out_dtype = q.dtype
+    dt = compute_dtype(q.dtype)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    step_ok = mask[:, None, :, None, None]  # [B, 1, T, 1, 1]
+    q, k, v = (torch.where(step_ok, t.to(dt), 0.0) for t in (q, k, v))
+    if axis == "time":
+        # (B, V, H, T, Dh): rows are time steps
+        qh, kh, vh = (t.permute(0, 1, 3, 2, 4) for t in (q, k, v))
+        scores = qh @ kh.transpose(-1, -2) * scale  # [B, V, H, T, T]
+        key_ok = mask[:, None, None, None, :]  # [B, 1, 1, 1, T]
+        # A finite fill keeps a row with no valid key finite (uniform weights
+        # over zeroed values, then zeroed below) instead of 0/0.
+        scores = scores.masked_fill(~key_ok, torch.finfo(dt).min)
+        out = (scores.softmax(-1) @ vh).permute(0, 1, 3, 2, 4)
+    elif axis == "variable":
+        # (B, T, H, V, Dh): rows are variables; every variable is a valid key
+        qh, kh, vh = (t.permute(0, 2, 3, 1, 4) for t in (q, k, v))
+        scores = qh @ kh.transpose(-1, -2) * scale  # [B, T, H, V, V]
+        out = (scores.softmax(-1) @ vh).permute(0, 3, 1, 2, 4)
+    else:
+        raise ValueError(f"axis must be 'time' or 'variable', got {axis!r}")
+    out = torch.where(step_ok, out, 0.0)
+    return out.to(out_dtype).contiguous()
+
+
+def masked_moments(x, mask, eps: float):
+    """Mean, biased variance and std = sqrt(var + eps**2) over valid steps.
+
+    x: (B, T, V); mask: (B, T). Returns x with padded steps zeroed (B, T, V)
+    and mean, std (B, V), all in the compute dtype. A sample with no valid
+    step gets mean 0, std eps.
+    """
+    dt = compute_dtype(x.dtype)
+    valid = mask[:, :, None]  # [B, T, 1]
+    xs = torch.where(valid, x.to(dt), 0.0)
+    count = mask.sum(1, keepdim=True).to(dt).clamp_min(1.0)  # [B, 1]
+    mean = xs.sum(1) / count
+    centred = torch.where(valid, xs - mean[:, None, :], 0.0)
+    var = (centred * centred).sum(1) / count
+    std = torch.sqrt(var + eps * eps)
+    return xs, mean, std
+
+
+def revin_normalize(x, mask, weight, bias, eps: float = 1e-5):
+    """x (B, T, V) -> y (B, V, T), mean (B, V), std (B, V); padded y are 0."""
+    # the zeroed x, not x: NaN at a padded step would reach the gradient of
+    # std through (x - mean) even where y is masked out afterwards
+    xs, mean, std = masked_moments(x, mask, eps)
+    dt = mean.dtype
+    z = (xs - mean[:, None, :]) / std[:, None, :]
+    y = z * weight.to(dt) + bias.to(dt)
+    y = torch.where(mask[:, :, None], y, 0.0)
+    return y.transpose(1, 2).to(x.dtype).contiguous(), mean, std
+
+
+def safe_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RevIN's affine weight with |w| kept >= eps**2, so the inverse never
+    divides by zero; any realistic weight passes through unchanged."""
+    tiny = eps * eps
+    return torch.where(weight.abs() < tiny, torch.full_like(weight, tiny).copysign(weight), weight)
+
+
+def revin_denormalize(y, mean, std, weight, bias, eps: float = 1e-5):
+    """Inverse of revin_normalize: y (B, V, ...) -> x in the input's scale."""
+    dt = compute_dtype(y.dtype)
+    extra = (1,) * (y.dim() - 2)
+    w = safe_weight(weight.to(dt), eps).view(1, -1, *extra)
+    b = bias.to(dt).view(1, -1, *extra)
+    m = mean.to(dt).view(*mean.shape, *extra)
+    s = std.to(dt).view(*std.shape, *extra)
+    return ((y.to(dt) - b) / w * s + m).to(y.dtype)
+
+
+def gated_residual_norm(x, update, gate_logits, weight, bias, eps: float = 1e-5):
+    """x + sigmoid(gate_logits) * (layer_norm(update; weight, bias) - x), over the last dim."""
+    dt = compute_dtype(x.dtype)
+    normed = torch.nn.functional.layer_norm(
+        update.to(dt), (update.shape[-1],), weight.to(dt), bias.to(dt), eps
+    )
+    xs = x.to(dt)
+    out = xs + torch.sigmoid(gate_logits.to(dt)) * (normed - xs)
+    return out.to(x.dtype)

@@ -1,0 +1,61 @@
+"""Input makers and comparisons shared by the kernel tests."""
+from __future__ import annotations
+
+import torch
+
+
+def random_mask(batch: int, steps: int, *, seed: int = 0, all_padding_sample: bool = True) -> torch.Tensor:
+    """(B, T) bool masks like real days: a full day, a short session (prefix),
+    days with gaps inside them, and optionally one sample with no valid step."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, steps, dtype=torch.bool)
+    for b in range(batch):
+        kind = b % 4
+        if kind == 1:  # short session: a prefix
+            mask[b, int(torch.randint(1, steps, (1,), generator=g)):] = False
+        elif kind == 2:  # gaps inside the day
+            mask[b] = torch.rand(steps, generator=g) > 0.3
+        elif kind == 3:  # late start and early close
+            lo = int(torch.randint(0, steps // 2, (1,), generator=g))
+            hi = int(torch.randint(steps // 2 + 1, steps + 1, (1,), generator=g))
+            mask[b] = False
+            mask[b, lo:hi] = True
+    if all_padding_sample and batch > 1:
+        mask[-1] = False
+    return mask
+
+
+def fused_qkv(batch, n_vars, steps, heads, head_dim, dtype, *, seed=0, requires_grad=True):
+    """A fused QKV tensor (B, V, T, 3, H, Dh) and its q, k, v unbind views
+    (strided, only the last dim contiguous), as the model produces them."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, n_vars, steps, 3, heads, head_dim, generator=g, dtype=torch.float64)
+    qkv = qkv.to(dtype).requires_grad_(requires_grad)
+    q, k, v = qkv.unbind(3)
+    return qkv, q, k, v
+
+
+def poison_padding(t: torch.Tensor, mask: torch.Tensor, step_dim: int, value=float("nan")) -> torch.Tensor:
+    """A copy of t with every padded step (mask False) set to `value`."""
+    shape = [1] * t.dim()
+    shape[0], shape[step_dim] = mask.shape
+    return torch.where(mask.view(shape), t, torch.full_like(t, value))
+
+
+def assert_close(actual, expected, *, atol, rtol, name="tensor"):
+    """torch.testing.assert_close that also says where the worst element is."""
+    actual = actual.detach().to(torch.float64)
+    expected = expected.detach().to(torch.float64)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    bad = ~torch.isfinite(actual) & torch.isfinite(expected)
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise AssertionError(f"{name}: non-finite value {actual[idx].item()} at {idx} (expected {expected[idx].item()})")
+    err = (actual - expected).abs() - (atol + rtol * expected.abs())
+    if (err > 0).any():
+        idx = tuple(int(i) for i in (err == err.max()).nonzero()[0])
+        raise AssertionError(
+            f"{name}: {(err > 0).sum().item()} of {err.numel()} elements differ; worst at {idx}: "
+            f"{actual[idx].item():.6g} vs {expected[idx].item():.6g} (atol={atol}, rtol={rtol})"
+        )
