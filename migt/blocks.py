@@ -1,0 +1,90 @@
+"""Transformer blocks over the (B, V, T, D) layout.
+
+A block attends along one axis ("time": over T for each (b, v); "variable":
+over V for each (b, t)) through ``kernels.masked_attention``. The fused QKV
+projection's output is viewed (B, V, T, 3, H, Dh) and unbound into strided
+q, k, v views, and the kernel writes (B, V, T, H, Dh), so the activations are
+never permuted and copied between layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+from .config import MIGTConfig
+
+
+class FeedForward(nn.Module):
+    """Linear D->d_ff, GELU, dropout, Linear d_ff->D, dropout (last dim)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class AxisAttentionBlock(nn.Module):
+    """Pre-norm attention + pre-norm FFN, both residual: (B, V, T, D) -> (B, V, T, D).
+
+    ``attn_dropout`` drops elements of the attention output (B, V, T, H, Dh),
+    i.e. per head, before ``out_proj``: the flash kernels never materialise
+    the probabilities, so dropout on them is not available.
+    """
+
+    def __init__(self, config: MIGTConfig, axis: str) -> None:
+        super().__init__()
+        if axis not in ("time", "variable"):
+            raise ValueError(f"axis must be 'time' or 'variable'; got {axis!r}")
+        self.axis = axis
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.backend = config.backend
+        D = config.d_model
+        self.norm_attn = nn.LayerNorm(D)
+        self.qkv = nn.Linear(D, 3 * D)
+        self.attn_dropout = nn.Dropout(config.attn_dropout)
+        self.out_proj = nn.Linear(D, D)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm_ff = nn.LayerNorm(D)
+        self.ff = FeedForward(D, config.d_ff, config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, V, T, D = x.shape
+        qkv = self.qkv(self.norm_attn(x))  # [B, V, T, 3D]
+        # Strided views of the one projection: stride(-1) == 1, no copy.
+        q, k, v = qkv.view(B, V, T, 3, self.n_heads, self.head_dim).unbind(3)  # 3 x [B, V, T, H, Dh]
+        attn = kernels.masked_attention(q, k, v, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
+        attn = self.attn_dropout(attn).view(B, V, T, D)
+        x = x + self.dropout(self.out_proj(attn))
+        return x + self.ff(self.norm_ff(x))
+
+
+class GatedVariableBlock(nn.Module):
+    """Variable-axis block followed by the gated residual norm.
+
+    x <- x + sigmoid(gate(x)) * (LayerNorm(block(x)) - x), through
+    ``kernels.gated_residual_norm``.
+    """
+
+    def __init__(self, config: MIGTConfig) -> None:
+        super().__init__()
+        self.block = AxisAttentionBlock(config, "variable")
+        self.gate = nn.Linear(config.d_model, config.d_model)
+        self.norm_weight = nn.Parameter(torch.ones(config.d_model))
+        self.norm_bias = nn.Parameter(torch.zeros(config.d_model))
+        self.eps = 1e-5
+        self.backend = config.backend
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        update = self.block(x, mask)
+        return kernels.gated_residual_norm(
+            x, update, self.gate(x), self.norm_weight, self.norm_bias, self.eps, backend=self.backend
+        )

@@ -1,0 +1,76 @@
+"""Aggregation over time, output pooling over variables and quantile heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MaskedAttentionPooling(nn.Module):
+    """Attention pooling over T with a learned query: (B, V, T, D) -> (B, V, D).
+
+    score[b, v, t] = <key_proj(x[b, v, t]), query> / sqrt(D); padded steps get
+    exactly zero weight (torch.where, not a large negative bias), and a sample
+    with no valid step pools to zeros, with zero (finite) gradients.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.key_proj = nn.Linear(d_model, d_model)
+        self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
+        self.scale = 1.0 / math.sqrt(d_model)
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pooling weights (B, V, T): softmax over valid steps, 0 elsewhere."""
+        scores = (self.key_proj(x) @ self.query) * self.scale  # [B, V, T]
+        valid = mask[:, None, :]  # [B, 1, T]
+        # Shift by the max over valid steps (softmax is shift-invariant, so
+        # detaching it changes no gradient); an empty row shifts by 0.
+        row_max = torch.where(valid, scores, float("-inf")).amax(-1, keepdim=True).detach()
+        row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        # Padded scores replaced before exp, so exp never sees NaN or overflows.
+        shifted = torch.where(valid, scores - row_max, 0.0)
+        expd = torch.where(valid, torch.exp(shifted), 0.0)  # [B, V, T]
+        denom = expd.sum(-1, keepdim=True)
+        return expd / torch.where(denom > 0, denom, 1.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = self.weights(x, mask)  # [B, V, T]
+        # Padded activations replaced too: a zero weight times NaN would still be NaN.
+        xs = torch.where(mask[:, None, :, None], x, 0.0)
+        return (w.unsqueeze(-2) @ xs).squeeze(-2)  # [B, V, D]
+
+
+class OutputPool(nn.Module):
+    """Flatten (B, V, D) -> (B, V*D) -> Linear -> GELU -> dropout -> (B, D)."""
+
+    def __init__(self, n_variables: int, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(n_variables * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(F.gelu(self.proj(x.flatten(1))))
+
+
+class QuantileHeads(nn.Module):
+    """(B, D) -> (B, n_horizons, n_quantiles), non-decreasing along quantiles.
+
+    q[..., 0] = base, q[..., j] = base + sum_{i<=j} softplus(inc_i): crossing is
+    impossible by construction (softplus >= 0).
+    """
+
+    def __init__(self, d_model: int, n_horizons: int, n_quantiles: int) -> None:
+        super().__init__()
+        self.n_horizons = n_horizons
+        self.n_quantiles = n_quantiles
+        self.proj = nn.Linear(d_model, n_horizons * n_quantiles)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self.proj(x).view(x.shape[0], self.n_horizons, self.n_quantiles)
+        base = raw[..., :1]  # [B, H, 1]
+        increments = F.softplus(raw[..., 1:])  # [B, H, Q-1]
+        return torch.cat([base, base + torch.cumsum(increments, dim=-1)], dim=-1)

@@ -1,0 +1,124 @@
+"""MIGT_TVDT: the full model (data flow of DESIGN.md, stages 1-7).
+
+Shapes: B batch, T steps, V variables, D = d_model, H heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import kernels
+
+from .blocks import AxisAttentionBlock, GatedVariableBlock
+from .config import MIGTConfig
+from .embedding import CompositePositionalEncoding, VariableEmbedding
+from .heads import MaskedAttentionPooling, OutputPool, QuantileHeads
+from .validation import validate_inputs
+
+
+class MIGT_TVDT(nn.Module):
+    """Hybrid temporal/variable transformer giving non-crossing quantile forecasts.
+
+    forward(features (B, T, V) float, attention_mask (B, T) bool,
+            temporal_info {bar_in_day (B, T), day_of_week (B,), day_of_month (B,),
+                           day_of_year (B,)} integer tensors)
+      -> {"quantiles": (B, n_horizons, n_quantiles),
+          "norm_stats": {"mean": (B, V), "std": (B, V)}}
+
+    Quantiles are returned as produced by the heads (the scale of the training
+    targets); ``norm_stats`` are the RevIN statistics of the input, for callers
+    that forecast a normalised feature and want to map it back with
+    ``kernels.revin_denormalize``. Values stored at padded positions (features
+    and bar_in_day) have no effect on any output or gradient.
+    """
+
+    def __init__(self, config: MIGTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, MIGTConfig):
+            raise TypeError(f"config must be a MIGTConfig; got {type(config).__name__}")
+        self.config = config
+        V, D = config.n_variables, config.d_model
+        self.revin_weight = nn.Parameter(torch.ones(V))
+        self.revin_bias = nn.Parameter(torch.zeros(V))
+        self.value_embedding = VariableEmbedding(V, D)
+        self.positional = CompositePositionalEncoding(config)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.temporal_blocks = nn.ModuleList(
+            AxisAttentionBlock(config, "time") for _ in range(config.n_temporal_layers)
+        )
+        self.variable_blocks = nn.ModuleList(
+            GatedVariableBlock(config) for _ in range(config.n_variable_layers)
+        )
+        # Pre-norm blocks leave the residual stream un-normalised: normalise once before pooling.
+        self.final_norm = nn.LayerNorm(D)
+        self.aggregation = MaskedAttentionPooling(D)
+        self.output_pool = OutputPool(V, D, config.dropout)
+        self.heads = QuantileHeads(D, config.n_horizons, config.n_quantiles)
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> "MIGT_TVDT":
+        """Build a freshly initialised model from a YAML config file."""
+        return cls(MIGTConfig.from_yaml(path))
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, mask, use_reentrant=False)
+        return block(x, mask)
+
+    def embed(
+        self,
+        features: torch.Tensor,
+        attention_mask: torch.Tensor,
+        temporal_info: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stages 1-2: RevIN, value embedding + calendar encoding.
+
+        Returns x (B, V, T, D), mean (B, V), std (B, V).
+        """
+        cfg = self.config
+        y, mean, std = kernels.revin_normalize(
+            features, attention_mask, self.revin_weight, self.revin_bias, cfg.revin_eps, backend=cfg.backend
+        )  # y [B, V, T], padded steps 0
+        x = self.value_embedding(y.to(self.value_embedding.weight.dtype))  # [B, V, T, D]
+        # Padded bars may hold anything (even out-of-range values): use bar 0 there.
+        bar = torch.where(attention_mask, temporal_info["bar_in_day"], 0)
+        pos = self.positional(
+            bar, temporal_info["day_of_week"], temporal_info["day_of_month"], temporal_info["day_of_year"]
+        )  # [B, T, D]
+        x = self.embed_dropout(x + pos[:, None, :, :])
+        return x, mean, std
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        attention_mask: torch.Tensor,
+        temporal_info: Mapping[str, torch.Tensor],
+    ) -> dict:
+        validate_inputs(self.config, features, attention_mask, temporal_info)
+        cfg = self.config
+        B = features.shape[0]
+
+        x, mean, std = self.embed(features, attention_mask, temporal_info)  # [B, V, T, D]
+        for block in self.temporal_blocks:
+            x = self._run_block(block, x, attention_mask)  # [B, V, T, D]
+
+        if cfg.variable_attention == "per_step":
+            for block in self.variable_blocks:
+                x = self._run_block(block, x, attention_mask)  # [B, V, T, D]
+            pooled = self.aggregation(self.final_norm(x), attention_mask)  # [B, V, D]
+        else:  # "pooled": the original FuturesSL order, variable blocks on (B, V, 1, D)
+            pooled = self.aggregation(self.final_norm(x), attention_mask)  # [B, V, D]
+            step = pooled.unsqueeze(2)  # [B, V, 1, D]
+            one_step = torch.ones(B, 1, dtype=torch.bool, device=features.device)
+            for block in self.variable_blocks:
+                step = self._run_block(block, step, one_step)
+            pooled = step.squeeze(2)
+
+        hidden = self.output_pool(pooled)  # [B, D]
+        quantiles = self.heads(hidden)  # [B, n_horizons, n_quantiles]
+        return {"quantiles": quantiles, "norm_stats": {"mean": mean, "std": std}}
