@@ -12,6 +12,7 @@ Each function validates its arguments, picks a backend and runs it:
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Optional
 
 import torch
@@ -36,15 +37,30 @@ _TRITON_MODULES = {
 }
 
 
+def _import_triton_module(name: str) -> bool:
+    """Import a Triton module; False while it is not written."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return False
+        raise
+    return True
+
+
+# Dynamo cannot trace importlib: under torch.compile(fullgraph=True) it runs
+# this once at trace time instead. This is what the decorator
+# torch.compiler.assume_constant_result does; it is set by hand because the
+# decorator imports torch._dynamo, and with it triton, at `import kernels`.
+_import_triton_module._dynamo_marked_constant = True
+
+
 def _triton_module(op: str):
     """The op's Triton module, or None while it is not written."""
     name = f"{__name__}.{_TRITON_MODULES[op]}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name == name:
-            return None
-        raise
+    if not _import_triton_module(name):
+        return None
+    return sys.modules[name]
 
 
 def _triton_reason(op: str, *args) -> Optional[str]:

@@ -1,0 +1,551 @@
+"""The "triton" backend of kernels.masked_attention: fused masked flash
+attention over the (B, V, T, H, Dh) layout, forward and backward.
+
+q, k, v are read as strided views (only the last dim contiguous), e.g. the
+`unbind` views of a fused QKV projection; O, dq, dk, dv are written
+contiguous (B, V, T, H, Dh). Nothing is permuted or copied on the way.
+
+axis="time":     one program per (b, v, h) and block of query steps; key
+                 blocks loop over [first valid step, last valid step] of the
+                 sample only, and blocks with no valid step are skipped, so
+                 work grows with the valid length, not with T.
+axis="variable": one program per (b, h) and chunk of STEPS steps; each step
+                 is one [BLOCK_V, Dh] tile (V padded to a power of two >= 16),
+                 padded steps only write zeros.
+
+Numerics: scores in fp32 as base-2 logits (log2(e) folded into the scale),
+online softmax, log-sum-exp (base 2) kept for the backward, which recomputes
+the probabilities. fp32 inputs use input_precision="ieee" dots (fp32 parity,
+no tf32). Padded positions are never read (masked loads, other=0) and
+never scored (tl.where), so NaN or inf stored there has no effect. Rows with
+no valid key give output 0, LSE 0 and zero gradients.
+
+The backward is deterministic (no atomics): FA2-style along time (delta
+preprocess, one kernel for dk/dv looping over query blocks, one for dq
+looping over key blocks); along variables the whole row fits one tile, so
+one kernel gives dq, dk, dv.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# fp32 inputs: exact fp32 products (fp16/bf16 inputs ignore this option).
+DOT_PRECISION = "ieee"
+
+
+# --------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _any(flags):
+    """True when any element of a [BLOCK] bool vector is set (a scalar)."""
+    return tl.max(flags.to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
+    """One online-softmax update of a query tile with one key tile.
+
+    q [M, D], k/v [N, D] (padded keys loaded as 0), key_ok [N];
+    m_i, l_i [M] running max (base 2) and sum, acc [M, D] fp32.
+    """
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N]
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))  # [M]
+    # a row that has seen no valid key yet stays at -inf: shift by 0 instead
+    # of -inf so that exp2 gives 0, not exp2(-inf + inf) = NaN
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_shift)  # [M]
+    p = tl.exp2(s - m_shift[:, None])  # [M, N]
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _softmax_finish(m_i, l_i, acc, row_ok):
+    """Output [M, D] fp32 and LSE [M] (base 2); 0 for invalid or keyless rows."""
+    has_key = row_ok & (l_i > 0)
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out = tl.where(has_key[:, None], acc / l_safe[:, None], 0.0)
+    lse = tl.where(has_key, m_i + tl.log2(l_safe), 0.0)
+    return out, lse
+
+
+@triton.jit
+def _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION: tl.constexpr):
+    """Recomputed probabilities P and score gradients dS (without the softmax
+    scale) of a query tile against a key tile, both [M, N] fp32, zero on every
+    pair whose query row or key is invalid.
+
+    q/do [M, D], k/v [N, D], lse/delta [M] (0 on invalid rows), row_ok [M], key_ok [N].
+    """
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N]
+    pair_ok = row_ok[:, None] & key_ok[None, :]
+    p = tl.where(pair_ok, tl.exp2(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # [M, N]
+    ds = p * (dp - delta[:, None])
+    return p, ds
+
+
+@triton.jit
+def _time_fwd_kernel(
+    Q, K, V, O, LSE, MASK, SPAN,
+    sq_b, sq_v, sq_t, sq_h,
+    sk_b, sk_v, sk_t, sk_h,
+    sv_b, sv_v, sv_t, sv_h,
+    so_b, so_v, so_t, so_h,
+    sm_b, sm_t,
+    n_vars, n_heads, n_steps, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_bvh = tl.program_id(0)  # (b * V + v) * H + h: also the LSE row
+    h = pid_bvh % n_heads
+    b = (pid_bvh // n_heads) // n_vars
+    var = (pid_bvh // n_heads) % n_vars
+    b64, var64, h64 = b.to(tl.int64), var.to(tl.int64), h.to(tl.int64)
+
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_range = offs_m < n_steps
+    row_ok = tl.load(MASK + b64 * sm_b + offs_m * sm_t, mask=in_range, other=0) != 0
+    o_ptrs = O + b64 * so_b + var64 * so_v + h64 * so_h + offs_m[:, None] * so_t + offs_d[None, :]
+    lse_ptrs = LSE + pid_bvh.to(tl.int64) * n_steps + offs_m
+    if not _any(row_ok):
+        # a query block of padding only: zeros, no key is read
+        tl.store(o_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=O.dtype.element_ty), mask=in_range[:, None])
+        tl.store(lse_ptrs, tl.zeros([BLOCK_M], dtype=tl.float32), mask=in_range)
+        return
+
+    q_ptrs = Q + b64 * sq_b + var64 * sq_v + h64 * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+    k_base = K + b64 * sk_b + var64 * sk_v + h64 * sk_h
+    v_base = V + b64 * sv_b + var64 * sv_v + h64 * sv_h
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    first = tl.load(SPAN + 2 * b)
+    end = tl.load(SPAN + 2 * b + 1)
+    for start_n in range((first // BLOCK_N) * BLOCK_N, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        key_ok = tl.load(MASK + b64 * sm_b + offs_n * sm_t, mask=offs_n < n_steps, other=0) != 0
+        if _any(key_ok):
+            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            m_i, l_i, acc = _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION)
+
+    out, lse = _softmax_finish(m_i, l_i, acc, row_ok)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
+    tl.store(lse_ptrs, lse, mask=in_range)
+
+
+@triton.jit
+def _time_bwd_delta_kernel(
+    O, DO, DELTA, MASK,
+    so_b, so_v, so_t, so_h,
+    sdo_b, sdo_v, sdo_t, sdo_h,
+    sm_b, sm_t,
+    n_vars, n_heads, n_steps,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O) in fp32, laid out like the LSE; 0 on padded rows."""
+    pid_bvh = tl.program_id(0)
+    h = (pid_bvh % n_heads).to(tl.int64)
+    b = ((pid_bvh // n_heads) // n_vars).to(tl.int64)
+    var = ((pid_bvh // n_heads) % n_vars).to(tl.int64)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_range = offs_m < n_steps
+    row_ok = tl.load(MASK + b * sm_b + offs_m * sm_t, mask=in_range, other=0) != 0
+    o = tl.load(O + b * so_b + var * so_v + h * so_h + offs_m[:, None] * so_t + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+    do = tl.load(DO + b * sdo_b + var * sdo_v + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
+    tl.store(DELTA + pid_bvh.to(tl.int64) * n_steps + offs_m, delta, mask=in_range)
+
+
+@triton.jit
+def _time_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SPAN,
+    sq_b, sq_v, sq_t, sq_h,
+    sk_b, sk_v, sk_t, sk_h,
+    sv_b, sv_v, sv_t, sv_h,
+    sdo_b, sdo_v, sdo_t, sdo_h,
+    sg_b, sg_v, sg_t, sg_h,
+    sm_b, sm_t,
+    n_vars, n_heads, n_steps, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dk, dv of one key block, looping over the sample's query blocks."""
+    pid_bvh = tl.program_id(0)
+    h = (pid_bvh % n_heads).to(tl.int64)
+    b = ((pid_bvh // n_heads) // n_vars).to(tl.int64)
+    var = ((pid_bvh // n_heads) % n_vars).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_range = offs_n < n_steps
+    key_ok = tl.load(MASK + b * sm_b + offs_n * sm_t, mask=in_range, other=0) != 0
+    g_off = b * sg_b + var * sg_v + h * sg_h + offs_n[:, None] * sg_t + offs_d[None, :]  # [BLOCK_N, HEAD_DIM]
+    if not _any(key_ok):
+        zeros = tl.zeros([BLOCK_N, HEAD_DIM], dtype=DK.dtype.element_ty)
+        tl.store(DK + g_off, zeros, mask=in_range[:, None])
+        tl.store(DV + g_off, zeros, mask=in_range[:, None])
+        return
+
+    k = tl.load(K + b * sk_b + var * sk_v + h * sk_h + offs_n[:, None] * sk_t + offs_d[None, :],
+                mask=key_ok[:, None], other=0.0)  # [BLOCK_N, HEAD_DIM]
+    v = tl.load(V + b * sv_b + var * sv_v + h * sv_h + offs_n[:, None] * sv_t + offs_d[None, :],
+                mask=key_ok[:, None], other=0.0)
+    q_base = Q + b * sq_b + var * sq_v + h * sq_h
+    do_base = DO + b * sdo_b + var * sdo_v + h * sdo_h
+    row_base = pid_bvh.to(tl.int64) * n_steps
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    first = tl.load(SPAN + 2 * b)
+    end = tl.load(SPAN + 2 * b + 1)
+    for start_m in range((first // BLOCK_M) * BLOCK_M, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        row_ok = tl.load(MASK + b * sm_b + offs_m * sm_t, mask=offs_m < n_steps, other=0) != 0
+        if _any(row_ok):
+            q = tl.load(q_base + offs_m[:, None] * sq_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * sdo_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
+            delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+            p, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # [BLOCK_N, HEAD_DIM]
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+
+    tl.store(DK + g_off, (dk * scale).to(DK.dtype.element_ty), mask=in_range[:, None])
+    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=in_range[:, None])
+
+
+@triton.jit
+def _time_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, MASK, SPAN,
+    sq_b, sq_v, sq_t, sq_h,
+    sk_b, sk_v, sk_t, sk_h,
+    sv_b, sv_v, sv_t, sv_h,
+    sdo_b, sdo_v, sdo_t, sdo_h,
+    sg_b, sg_v, sg_t, sg_h,
+    sm_b, sm_t,
+    n_vars, n_heads, n_steps, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dq of one query block, looping over the sample's key blocks."""
+    pid_bvh = tl.program_id(0)
+    h = (pid_bvh % n_heads).to(tl.int64)
+    b = ((pid_bvh // n_heads) // n_vars).to(tl.int64)
+    var = ((pid_bvh // n_heads) % n_vars).to(tl.int64)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_range = offs_m < n_steps
+    row_ok = tl.load(MASK + b * sm_b + offs_m * sm_t, mask=in_range, other=0) != 0
+    dq_ptrs = DQ + b * sg_b + var * sg_v + h * sg_h + offs_m[:, None] * sg_t + offs_d[None, :]
+    if not _any(row_ok):
+        tl.store(dq_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=DQ.dtype.element_ty), mask=in_range[:, None])
+        return
+
+    q = tl.load(Q + b * sq_b + var * sq_v + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+    do = tl.load(DO + b * sdo_b + var * sdo_v + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    row_base = pid_bvh.to(tl.int64) * n_steps
+    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
+    delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b * sk_b + var * sk_v + h * sk_h
+    v_base = V + b * sv_b + var * sv_v + h * sv_h
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    first = tl.load(SPAN + 2 * b)
+    end = tl.load(SPAN + 2 * b + 1)
+    for start_n in range((first // BLOCK_N) * BLOCK_N, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        key_ok = tl.load(MASK + b * sm_b + offs_n * sm_t, mask=offs_n < n_steps, other=0) != 0
+        if _any(key_ok):
+            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            _, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # [BLOCK_M, HEAD_DIM]
+
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=in_range[:, None])
+
+
+@triton.jit
+def _var_kernel(
+    Q, K, V, O, LSE, DO, DQ, DK, DV, MASK,
+    sq_b, sq_v, sq_t, sq_h,
+    sk_b, sk_v, sk_t, sk_h,
+    sv_b, sv_v, sv_t, sv_h,
+    so_b, so_v, so_t, so_h,
+    sdo_b, sdo_v, sdo_t, sdo_h,
+    sm_b, sm_t,
+    n_vars, n_heads, n_steps, qk_scale, scale,
+    BACKWARD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_V: tl.constexpr, STEPS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Attention over the variables of STEPS consecutive steps of one (b, h).
+
+    Forward (BACKWARD=False): writes O and LSE (laid out (B, T, H, V)).
+    Backward: reads O, dO, LSE and writes dq, dk, dv (contiguous, strides of O).
+    Each step is one [BLOCK_V, HEAD_DIM] tile; padded steps write zeros only.
+    """
+    pid_bh = tl.program_id(0)
+    h = (pid_bh % n_heads).to(tl.int64)
+    b = (pid_bh // n_heads).to(tl.int64)
+    offs_v = tl.arange(0, BLOCK_V)  # [BLOCK_V]
+    offs_d = tl.arange(0, HEAD_DIM)
+    var_ok = offs_v < n_vars
+    tile_ok = var_ok[:, None]  # [BLOCK_V, 1]
+    for i in range(STEPS):
+        t = (tl.program_id(1) * STEPS + i).to(tl.int64)
+        if t < n_steps:
+            step_ok = tl.load(MASK + b * sm_b + t * sm_t) != 0
+            o_off = b * so_b + h * so_h + t * so_t + offs_v[:, None] * so_v + offs_d[None, :]  # [BLOCK_V, HEAD_DIM]
+            lse_ptrs = LSE + ((b * n_steps + t) * n_heads + h) * n_vars + offs_v  # [BLOCK_V]
+            if step_ok:
+                q = tl.load(Q + b * sq_b + h * sq_h + t * sq_t + offs_v[:, None] * sq_v + offs_d[None, :],
+                            mask=tile_ok, other=0.0)  # [BLOCK_V, HEAD_DIM]
+                k = tl.load(K + b * sk_b + h * sk_h + t * sk_t + offs_v[:, None] * sk_v + offs_d[None, :],
+                            mask=tile_ok, other=0.0)
+                v = tl.load(V + b * sv_b + h * sv_h + t * sv_t + offs_v[:, None] * sv_v + offs_d[None, :],
+                            mask=tile_ok, other=0.0)
+                if BACKWARD:
+                    o = tl.load(O + o_off, mask=tile_ok, other=0.0)
+                    do = tl.load(DO + b * sdo_b + h * sdo_h + t * sdo_t + offs_v[:, None] * sdo_v
+                                 + offs_d[None, :], mask=tile_ok, other=0.0)
+                    lse = tl.load(lse_ptrs, mask=var_ok, other=0.0)  # [BLOCK_V]
+                    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+                    p, ds = _probs_and_dscores(q, k, v, do, lse, delta, var_ok, var_ok, qk_scale, PRECISION)
+                    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # [BLOCK_V, HEAD_DIM]
+                    dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
+                    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * scale
+                    tl.store(DQ + o_off, dq.to(DQ.dtype.element_ty), mask=tile_ok)
+                    tl.store(DK + o_off, dk.to(DK.dtype.element_ty), mask=tile_ok)
+                    tl.store(DV + o_off, dv.to(DV.dtype.element_ty), mask=tile_ok)
+                else:
+                    m_i = tl.full([BLOCK_V], float("-inf"), dtype=tl.float32)
+                    l_i = tl.zeros([BLOCK_V], dtype=tl.float32)
+                    acc = tl.zeros([BLOCK_V, HEAD_DIM], dtype=tl.float32)
+                    m_i, l_i, acc = _softmax_step(q, k, v, var_ok, m_i, l_i, acc, qk_scale, PRECISION)
+                    out, lse = _softmax_finish(m_i, l_i, acc, var_ok)
+                    tl.store(O + o_off, out.to(O.dtype.element_ty), mask=tile_ok)
+                    tl.store(lse_ptrs, lse, mask=var_ok)
+            else:
+                if BACKWARD:
+                    zeros = tl.zeros([BLOCK_V, HEAD_DIM], dtype=DQ.dtype.element_ty)
+                    tl.store(DQ + o_off, zeros, mask=tile_ok)
+                    tl.store(DK + o_off, zeros, mask=tile_ok)
+                    tl.store(DV + o_off, zeros, mask=tile_ok)
+                else:
+                    tl.store(O + o_off, tl.zeros([BLOCK_V, HEAD_DIM], dtype=O.dtype.element_ty), mask=tile_ok)
+                    tl.store(lse_ptrs, tl.zeros([BLOCK_V], dtype=tl.float32), mask=var_ok)
+
+
+# ------------------------------------------------------------ host functions
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+MAX_STEPS = 4096
+MAX_VARS = 128
+LOG2E = 1.4426950408889634
+
+
+def unsupported_reason(q, k, v, mask, axis) -> Optional[str]:
+    """Why the Triton kernel cannot take this case, or None when it can."""
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
+    head_dim = q.shape[-1]
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"head dim Dh={head_dim} is not supported (one of {SUPPORTED_HEAD_DIMS})"
+    if q.shape[2] > MAX_STEPS:
+        return f"T={q.shape[2]} is over {MAX_STEPS}"
+    if axis == "variable" and q.shape[1] > MAX_VARS:
+        return f"V={q.shape[1]} is over {MAX_VARS}"
+    return None
+
+
+def _new_buffer(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here, uninitialised; the tests
+    patch it to fill with NaN, so an element a kernel leaves unwritten fails."""
+    return torch.empty(shape, device=like.device, dtype=like.dtype if dtype is None else dtype)
+
+
+def _strides4(t: torch.Tensor):
+    """(b, v, t, h) strides; the last dim is contiguous (checked by callers)."""
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _mask_args(mask: torch.Tensor):
+    """A zero-copy uint8 view of the bool mask and its (b, t) strides."""
+    m = mask.view(torch.uint8)
+    return m, m.stride(0), m.stride(1)
+
+
+def _valid_span(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) int32: first valid step and last valid step + 1 of each sample
+    ((T, 0), an empty range, for a sample with no valid step)."""
+    steps = mask.shape[1]
+    idx = torch.arange(steps, device=mask.device, dtype=torch.int32)
+    first = torch.where(mask, idx, steps).amin(1)
+    end = torch.where(mask, idx + 1, 0).amax(1)
+    return torch.stack([first, end], 1).to(torch.int32).contiguous()
+
+
+def _time_blocks(head_dim: int, backward: bool):
+    """(BLOCK_M, BLOCK_N, num_warps) along time.
+
+    Real case T=288, Dh=32: 64-row tiles give 5 blocks per (b, v, h) with
+    11% padding, and keep every dot >= 16 wide; Dh=128 halves the key tile
+    (fwd) or both tiles (bwd, which keeps k, v, dk, dv or q, do, dq in
+    registers) so the fp32 accumulators fit.
+    """
+    if head_dim <= 64:
+        return 64, 64, 4
+    return (32, 32, 4) if backward else (64, 32, 4)
+
+
+def _var_blocks(n_vars: int, head_dim: int):
+    """(BLOCK_V, STEPS, num_warps) along variables: V padded to a power of two
+    >= 16 (tl.dot needs 16), 8 steps per program (T=288 -> 36 programs per
+    (b, h)), 2 warps for the small 32x32 tiles of the real case (V=24)."""
+    block_v = max(16, triton.next_power_of_2(n_vars))
+    warps = 2 if block_v <= 32 and head_dim <= 64 else 4
+    return block_v, 8, warps
+
+
+def attention_fwd(q, k, v, mask, axis: str, scale: float):
+    """out (B, V, T, H, Dh) contiguous and LSE (base 2, fp32): (B, V, H, T)
+    along time, (B, T, H, V) along variables."""
+    B, V, T, H, Dh = q.shape
+    out = _new_buffer((B, V, T, H, Dh), q)
+    m, sm_b, sm_t = _mask_args(mask)
+    qk_scale = scale * LOG2E
+    strides = (*_strides4(q), *_strides4(k), *_strides4(v), *_strides4(out))
+    if axis == "time":
+        lse = _new_buffer((B, V, H, T), q, torch.float32)
+        block_m, block_n, warps = _time_blocks(Dh, backward=False)
+        grid = (B * V * H, triton.cdiv(T, block_m))
+        _time_fwd_kernel[grid](
+            q, k, v, out, lse, m, _valid_span(mask), *strides, sm_b, sm_t, V, H, T, qk_scale,
+            HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, num_warps=warps,
+        )
+    else:
+        lse = _new_buffer((B, T, H, V), q, torch.float32)
+        block_v, steps, warps = _var_blocks(V, Dh)
+        grid = (B * H, triton.cdiv(T, steps))
+        _var_kernel[grid](
+            q, k, v, out, lse, out, out, out, out, m, *strides, *_strides4(out), sm_b, sm_t,
+            V, H, T, qk_scale, scale,
+            BACKWARD=False, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,
+        )
+    return out, lse
+
+
+def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float):
+    """dq, dk, dv (B, V, T, H, Dh) contiguous, in q's dtype."""
+    B, V, T, H, Dh = q.shape
+    if grad_out.stride(-1) != 1:  # e.g. the expanded gradient of out.sum(); not the model's case
+        grad_out = grad_out.contiguous()
+    dq, dk, dv = (_new_buffer((B, V, T, H, Dh), q) for _ in range(3))
+    m, sm_b, sm_t = _mask_args(mask)
+    qk_scale = scale * LOG2E
+    qkv_strides = (*_strides4(q), *_strides4(k), *_strides4(v))
+    if axis == "time":
+        span = _valid_span(mask)
+        block_m, block_n, warps = _time_blocks(Dh, backward=True)
+        delta = _new_buffer(lse.shape, lse)
+        _time_bwd_delta_kernel[(B * V * H, triton.cdiv(T, block_m))](
+            out, grad_out, delta, m, *_strides4(out), *_strides4(grad_out), sm_b, sm_t, V, H, T,
+            HEAD_DIM=Dh, BLOCK_M=block_m, num_warps=warps,
+        )
+        common = (*qkv_strides, *_strides4(grad_out), *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale)
+        meta = dict(HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, num_warps=warps)
+        _time_bwd_dkdv_kernel[(B * V * H, triton.cdiv(T, block_n))](
+            q, k, v, grad_out, lse, delta, dk, dv, m, span, *common, **meta)
+        _time_bwd_dq_kernel[(B * V * H, triton.cdiv(T, block_m))](
+            q, k, v, grad_out, lse, delta, dq, m, span, *common, **meta)
+    else:
+        block_v, steps, warps = _var_blocks(V, Dh)
+        _var_kernel[(B * H, triton.cdiv(T, steps))](
+            q, k, v, out, lse, grad_out, dq, dk, dv, m, *qkv_strides, *_strides4(out), *_strides4(grad_out),
+            sm_b, sm_t, V, H, T, qk_scale, scale,
+            BACKWARD=True, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,
+        )
+    return dq, dk, dv
+
+
+# ------------------------------------------------------- custom-op registration
+
+
+def _lse_shape(q: torch.Tensor, axis: str):
+    B, V, T, H, _ = q.shape
+    return (B, V, H, T) if axis == "time" else (B, T, H, V)
+
+
+@torch.library.custom_op("migt::masked_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, axis: str,
+            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_fwd(q, k, v, mask, axis, scale)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, mask, axis, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(_lse_shape(q, axis),
+                                                                                  dtype=torch.float32)
+
+
+@torch.library.custom_op("migt::masked_attention_bwd", mutates_args=())
+def _bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, mask: torch.Tensor, axis: str,
+            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_bwd(grad_out, q, k, v, out, lse, mask, axis, scale)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(grad_out, q, k, v, out, lse, mask, axis, scale):
+    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, axis, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, mask)
+    ctx.axis, ctx.scale = axis, scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, mask, ctx.axis, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------- public function
+
+
+def masked_attention(q, k, v, mask, axis: str = "time", scale: Optional[float] = None) -> torch.Tensor:
+    """Fused masked attention (the "triton" backend of kernels.masked_attention).
+
+    q, k, v: (B, V, T, H, Dh), float16/bfloat16/float32, any strides with
+        stride(-1) == 1 (e.g. unbind views of a (B, V, T, 3, H, Dh) QKV tensor).
+    mask: (B, T) bool, True = valid step.
+    axis="time": per (b, v, h) over T, padded keys excluded, padded query rows 0.
+    axis="variable": per (b, t, h) over V, rows of padded steps 0.
+    scale: softmax scale, default 1 / sqrt(Dh).
+    Returns (B, V, T, H, Dh) contiguous in q's dtype; differentiable in q, k, v
+    (gradients (B, V, T, H, Dh) contiguous). Inputs are assumed validated
+    (kernels._validate) and supported (unsupported_reason returns None).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, _ = _fwd_op(q, k, v, mask, axis, scale)
+    return out
