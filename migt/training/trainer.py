@@ -1,0 +1,302 @@
+"""Trainer: the training loop of MIGT-TVDT in small, separately callable steps.
+
+One instance per process. With a process group (torchrun) the model is
+wrapped in DistributedDataParallel and each rank reads its own shard of every
+epoch (DistributedSampler); only rank 0 writes logs and checkpoints.
+
+Determinism: the batch order of step s is a function of (seed, epoch, rank)
+only, so a run resumed from a checkpoint at step s continues with exactly the
+batches, learning rates, optimizer state and dropout masks (RNG states are
+saved per rank) of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..config import MIGTConfig
+from ..data.dataset import BarDayDataset, collate_days
+from ..data.features import FEATURE_NAMES
+from ..loss import pinball_loss
+from ..model import MIGT_TVDT
+from . import checkpoint as ckpt
+from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
+from .metrics import QuantileMetrics
+from .schedule import warmup_cosine
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation and bookkeeping settings (the model's are in MIGTConfig)."""
+
+    max_steps: int = 2000
+    batch_size: int = 32          # per process
+    eval_batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0        # max global grad norm; <= 0 disables
+    eval_every: int = 200         # also the checkpoint interval
+    log_every: int = 20
+    # Targets are multiplied by this before the loss (100: percent log returns).
+    # 5-minute returns are ~1e-3; at unit scale the heads' softplus increments
+    # would have to shrink ~1000x from their initial ~0.7 before the loss even
+    # sees the spread, so training starts in percent.
+    target_scale: float = 100.0
+    seed: int = 0
+    num_workers: int = 0
+    amp: str = "auto"             # "auto" = bf16 autocast on CUDA, "bf16", "off"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}")
+        if not (self.lr > 0 and self.target_scale > 0):
+            raise ValueError(f"lr and target_scale must be > 0; got {self.lr}, {self.target_scale}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be 'auto', 'bf16' or 'off'; got {self.amp!r}")
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: MIGTConfig,
+        train_set: BarDayDataset,
+        val_set: BarDayDataset | None,
+        options: TrainOptions,
+        *,
+        ctx: DistContext | None = None,
+        out_dir: str | Path | None = None,
+    ) -> None:
+        self.config, self.options = config, options
+        self.ctx = ctx or DistContext()
+        self.device = self.ctx.device
+        self.train_set, self.val_set = train_set, val_set
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+
+        per_epoch = len(train_set) // self.ctx.world_size // options.batch_size
+        if per_epoch < 1:
+            raise ValueError(
+                f"the train split has {len(train_set)} samples, fewer than batch_size={options.batch_size} "
+                f"x {self.ctx.world_size} process(es); lower --batch-size or use more data"
+            )
+        self.steps_per_epoch = per_epoch
+
+        # Same initial weights on every rank (DDP also broadcasts rank 0's), then
+        # a per-rank stream for dropout.
+        torch.manual_seed(options.seed)
+        self.model = MIGT_TVDT(config).to(self.device)
+        torch.manual_seed(options.seed + 1000 * (self.ctx.rank + 1))
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.ddp = self.model
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=options.lr, betas=(0.9, 0.95))
+        self.scheduler = warmup_cosine(self.optimizer, options.warmup_steps, options.max_steps, options.min_lr_ratio)
+        self.levels = list(config.quantiles)
+        self.step = 0
+        self.best_val = math.inf
+        self.history: list[dict] = []
+        use_bf16 = options.amp == "bf16" or (options.amp == "auto" and self.device.type == "cuda")
+        self._autocast = (
+            (lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+            if use_bf16 else contextlib.nullcontext
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def _param_groups(self) -> list[dict]:
+        """Weight decay on matrices only; biases, norms and 1-D embeddings are not decayed."""
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": self.options.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def _loader(self, dataset: BarDayDataset, batches: list[list[int]]) -> DataLoader:
+        # A private generator: building a loader must not draw from the global
+        # RNG, or resuming mid-epoch would shift the dropout stream.
+        return DataLoader(
+            dataset, batch_sampler=batches, collate_fn=collate_days,
+            num_workers=self.options.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (full batches only), deterministic."""
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+            shuffle=True, seed=self.options.seed, drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        bs = self.options.batch_size
+        return [order[i * bs:(i + 1) * bs] for i in range(self.steps_per_epoch)]
+
+    def train_batches(self) -> Iterator[dict]:
+        """Batches from the current step on, across epochs, forever."""
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        while True:
+            yield from self._loader(self.train_set, self.epoch_batches(epoch)[offset:])
+            epoch, offset = epoch + 1, 0
+
+    def _to_device(self, batch: dict) -> dict:
+        nb = self.device.type == "cuda"
+        return {
+            "features": batch["features"].to(self.device, non_blocking=nb),
+            "attention_mask": batch["attention_mask"].to(self.device, non_blocking=nb),
+            "temporal_info": {k: v.to(self.device, non_blocking=nb) for k, v in batch["temporal_info"].items()},
+            "targets": batch["targets"].to(self.device, non_blocking=nb) * self.options.target_scale,
+        }
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimisation step on a collated batch; returns loss and grad norm."""
+        self.ddp.train()
+        b = self._to_device(batch)
+        with self._autocast():
+            out = self.ddp(b["features"], b["attention_mask"], b["temporal_info"])
+        loss = pinball_loss(out["quantiles"].float(), b["targets"], self.levels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.options.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
+        else:
+            grad_norm = float("nan")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def evaluate(self, dataset: BarDayDataset) -> dict:
+        """Metrics (``metrics.QuantileMetrics``) over the whole dataset, in target_scale units.
+
+        Each rank scores a disjoint share of the samples; sums are all-reduced,
+        so every rank returns the same numbers.
+        """
+        self.model.eval()
+        metrics = QuantileMetrics(self.levels, self.config.n_horizons, self.device)
+        mine = list(range(self.ctx.rank, len(dataset), self.ctx.world_size))
+        bs = self.options.eval_batch_size
+        batches = [mine[i:i + bs] for i in range(0, len(mine), bs)]
+        for batch in self._loader(dataset, batches):
+            b = self._to_device(batch)
+            with self._autocast():
+                out = self.model(b["features"], b["attention_mask"], b["temporal_info"])
+            metrics.update(out["quantiles"].float(), b["targets"])
+        all_reduce_sum(metrics.sums, self.ctx)
+        return metrics.result()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "best_val": self.best_val,
+            "config": self.config.to_dict(),
+            "train_options": dataclasses.asdict(self.options),
+            "feature_names": list(FEATURE_NAMES),
+            "horizons": list(self.train_set.horizons),
+            "target_scale": self.options.target_scale,
+            "world_size": self.ctx.world_size,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Collective under DDP (RNG states are gathered); only rank 0 writes."""
+        rng = gather_objects(ckpt.capture_rng(), self.ctx)
+        if self.ctx.is_main:
+            ckpt.save_atomic({**self.state(), "rng": rng}, path)
+        barrier(self.ctx)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything needed to continue exactly where the checkpoint was taken."""
+        state = ckpt.load(path)
+        mine, saved = self.config.to_dict(), state["config"]
+        differ = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
+        if differ:
+            raise ValueError(
+                f"checkpoint {str(path)!r} was trained with a different config; fields differ: "
+                + ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
+            )
+        if state["world_size"] != self.ctx.world_size:
+            raise ValueError(
+                f"checkpoint {str(path)!r} was written by {state['world_size']} process(es) but this run has "
+                f"{self.ctx.world_size}; the data order would change, so exact resume needs the same count"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.best_val = state["best_val"]
+        ckpt.restore_rng(state["rng"][self.ctx.rank])
+
+    # ------------------------------------------------------------------ loop
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.ctx.is_main and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def validate_and_save(self) -> dict | None:
+        """Validation metrics at the current step, logged; checkpoints when out_dir is set."""
+        record = None
+        if self.val_set is not None and len(self.val_set):
+            record = {"step": self.step, "split": "val", **self.evaluate(self.val_set)}
+            self._log(record)
+        if self.out_dir is not None:
+            if record is not None and record["loss"] < self.best_val:
+                self.best_val = record["loss"]
+                self.save_checkpoint(self.out_dir / "checkpoint_best.pt")
+            self.save_checkpoint(self.out_dir / "checkpoint.pt")
+        return record
+
+    def fit(self, stop_at: int | None = None) -> list[dict]:
+        """Train up to ``options.max_steps`` (or ``stop_at``, to simulate an
+        interruption), validating and checkpointing every ``eval_every`` steps
+        and at the end. Returns the records logged by this call."""
+        end = min(self.options.max_steps, stop_at or self.options.max_steps)
+        start_records = len(self.history)
+        progress = None
+        if self.options.progress and self.ctx.is_main:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=self.options.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        batches = self.train_batches()
+        running = []
+        while self.step < end:
+            stats = self.train_step(next(batches))
+            running.append(stats["loss"])
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+            if self.step % self.options.log_every == 0 or self.step == end:
+                self._log({"step": self.step, "split": "train", "loss": sum(running) / len(running),
+                           "grad_norm": stats["grad_norm"], "lr": stats["lr"]})
+                running = []
+            if self.step % self.options.eval_every == 0 or self.step == self.options.max_steps:
+                val = self.validate_and_save()
+                if progress is not None and val is not None:
+                    progress.write(f"step {self.step}: val loss {val['loss']:.4f} "
+                                   f"cov50 {val['coverage_50']} cov90 {val['coverage_90']} "
+                                   f"crossings {val['quantile_crossings']}")
+        if progress is not None:
+            progress.close()
+        return self.history[start_records:]
