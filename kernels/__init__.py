@@ -23,6 +23,7 @@ from ._dispatch import BACKENDS
 __all__ = [
     "BACKENDS",
     "masked_attention",
+    "masked_attention_qkvpacked",
     "revin_normalize",
     "revin_denormalize",
     "gated_residual_norm",
@@ -92,6 +93,31 @@ def masked_attention(q, k, v, mask, axis: str = "time", *, scale: Optional[float
     )
     if choice == "triton":
         return _triton_module("masked_attention").masked_attention(q, k, v, mask, axis, scale)
+    impl = sdpa.attention if choice == "sdpa" else reference.attention
+    return impl(q, k, v, mask, axis, scale)
+
+
+def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional[float] = None,
+                               backend: str = "auto"):
+    """masked_attention(*qkv.unbind(3), mask, axis, ...) for a fused QKV tensor.
+
+    qkv: (B, V, T, 3, H, Dh), any strides with stride(-1) == 1 (e.g. the QKV
+        projection viewed (B, V, T, 3, H, Dh)); mask, axis, scale, backend and
+        the result as in masked_attention. With the Triton backend the gradient
+        of qkv is written as one tensor, saving the copy autograd makes to
+        stack separate dq, dk, dv of unbind views.
+    """
+    _validate.tensor("qkv", qkv, ndim=6, dims="(B, V, T, 3, H, Dh)")
+    if qkv.shape[3] != 3:
+        raise ValueError(f"qkv must have size 3 in dim 3 (B, V, T, 3, H, Dh), got shape {tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(3)
+    _validate.attention_inputs(q, k, v, mask, axis)
+    choice = _dispatch.choose(
+        "masked_attention", backend, qkv.device,
+        lambda: _triton_reason("masked_attention", q, k, v, mask, axis),
+    )
+    if choice == "triton":
+        return _triton_module("masked_attention").masked_attention_qkvpacked(qkv, mask, axis, scale)
     impl = sdpa.attention if choice == "sdpa" else reference.attention
     return impl(q, k, v, mask, axis, scale)
 

@@ -284,6 +284,7 @@ def _var_kernel(
     sv_b, sv_v, sv_t, sv_h,
     so_b, so_v, so_t, so_h,
     sdo_b, sdo_v, sdo_t, sdo_h,
+    sg_b, sg_v, sg_t, sg_h,
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale, scale,
     BACKWARD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_V: tl.constexpr, STEPS: tl.constexpr,
@@ -292,7 +293,7 @@ def _var_kernel(
     """Attention over the variables of STEPS consecutive steps of one (b, h).
 
     Forward (BACKWARD=False): writes O and LSE (laid out (B, T, H, V)).
-    Backward: reads O, dO, LSE and writes dq, dk, dv (contiguous, strides of O).
+    Backward: reads O, dO, LSE and writes dq, dk, dv (one set of strides, sg).
     Each step is one [BLOCK_V, HEAD_DIM] tile; padded steps write zeros only.
     """
     pid_bh = tl.program_id(0)
@@ -307,6 +308,7 @@ def _var_kernel(
         if t < n_steps:
             step_ok = tl.load(MASK + b * sm_b + t * sm_t) != 0
             o_off = b * so_b + h * so_h + t * so_t + offs_v[:, None] * so_v + offs_d[None, :]  # [BLOCK_V, HEAD_DIM]
+            g_off = b * sg_b + h * sg_h + t * sg_t + offs_v[:, None] * sg_v + offs_d[None, :]
             lse_ptrs = LSE + ((b * n_steps + t) * n_heads + h) * n_vars + offs_v  # [BLOCK_V]
             if step_ok:
                 q = tl.load(Q + b * sq_b + h * sq_h + t * sq_t + offs_v[:, None] * sq_v + offs_d[None, :],
@@ -325,9 +327,9 @@ def _var_kernel(
                     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # [BLOCK_V, HEAD_DIM]
                     dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
                     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * scale
-                    tl.store(DQ + o_off, dq.to(DQ.dtype.element_ty), mask=tile_ok)
-                    tl.store(DK + o_off, dk.to(DK.dtype.element_ty), mask=tile_ok)
-                    tl.store(DV + o_off, dv.to(DV.dtype.element_ty), mask=tile_ok)
+                    tl.store(DQ + g_off, dq.to(DQ.dtype.element_ty), mask=tile_ok)
+                    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=tile_ok)
+                    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=tile_ok)
                 else:
                     m_i = tl.full([BLOCK_V], float("-inf"), dtype=tl.float32)
                     l_i = tl.zeros([BLOCK_V], dtype=tl.float32)
@@ -339,9 +341,9 @@ def _var_kernel(
             else:
                 if BACKWARD:
                     zeros = tl.zeros([BLOCK_V, HEAD_DIM], dtype=DQ.dtype.element_ty)
-                    tl.store(DQ + o_off, zeros, mask=tile_ok)
-                    tl.store(DK + o_off, zeros, mask=tile_ok)
-                    tl.store(DV + o_off, zeros, mask=tile_ok)
+                    tl.store(DQ + g_off, zeros, mask=tile_ok)
+                    tl.store(DK + g_off, zeros, mask=tile_ok)
+                    tl.store(DV + g_off, zeros, mask=tile_ok)
                 else:
                     tl.store(O + o_off, tl.zeros([BLOCK_V, HEAD_DIM], dtype=O.dtype.element_ty), mask=tile_ok)
                     tl.store(lse_ptrs, tl.zeros([BLOCK_V], dtype=tl.float32), mask=var_ok)
@@ -413,9 +415,12 @@ def _time_blocks(head_dim: int, backward: bool):
 def _var_blocks(n_vars: int, head_dim: int):
     """(BLOCK_V, STEPS, num_warps) along variables: V padded to a power of two
     >= 16 (tl.dot needs 16), 8 steps per program (T=288 -> 36 programs per
-    (b, h)), 2 warps for the small 32x32 tiles of the real case (V=24)."""
+    (b, h)), 2 warps for the small 32x32 tiles of the real case (V=24), more
+    for the wide tiles (the backward holds seven [BLOCK_V, Dh] or
+    [BLOCK_V, BLOCK_V] tiles at once)."""
     block_v = max(16, triton.next_power_of_2(n_vars))
-    warps = 2 if block_v <= 32 and head_dim <= 64 else 4
+    tile = block_v * max(block_v, head_dim)
+    warps = 2 if tile <= 32 * 64 else 4 if tile <= 64 * 64 else 8
     return block_v, 8, warps
 
 
@@ -440,19 +445,24 @@ def attention_fwd(q, k, v, mask, axis: str, scale: float):
         block_v, steps, warps = _var_blocks(V, Dh)
         grid = (B * H, triton.cdiv(T, steps))
         _var_kernel[grid](
-            q, k, v, out, lse, out, out, out, out, m, *strides, *_strides4(out), sm_b, sm_t,
+            q, k, v, out, lse, out, out, out, out, m, *strides, *_strides4(out), *_strides4(out), sm_b, sm_t,
             V, H, T, qk_scale, scale,
             BACKWARD=False, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,
         )
     return out, lse
 
 
-def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float):
-    """dq, dk, dv (B, V, T, H, Dh) contiguous, in q's dtype."""
+def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, grads=None):
+    """dq, dk, dv (B, V, T, H, Dh) in q's dtype: new contiguous tensors, or
+    written into `grads`, three views with one set of strides (e.g. the
+    unbind views of one (B, V, T, 3, H, Dh) gradient)."""
     B, V, T, H, Dh = q.shape
     if grad_out.stride(-1) != 1:  # e.g. the expanded gradient of out.sum(); not the model's case
         grad_out = grad_out.contiguous()
-    dq, dk, dv = (_new_buffer((B, V, T, H, Dh), q) for _ in range(3))
+    if grads is None:
+        grads = tuple(_new_buffer((B, V, T, H, Dh), q) for _ in range(3))
+    dq, dk, dv = grads
+    assert dq.stride() == dk.stride() == dv.stride() and dq.stride(-1) == 1, "gradients share one layout"
     m, sm_b, sm_t = _mask_args(mask)
     qk_scale = scale * LOG2E
     qkv_strides = (*_strides4(q), *_strides4(k), *_strides4(v))
@@ -474,7 +484,7 @@ def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float):
         block_v, steps, warps = _var_blocks(V, Dh)
         _var_kernel[(B * H, triton.cdiv(T, steps))](
             q, k, v, out, lse, grad_out, dq, dk, dv, m, *qkv_strides, *_strides4(out), *_strides4(grad_out),
-            sm_b, sm_t, V, H, T, qk_scale, scale,
+            *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale,
             BACKWARD=True, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,
         )
     return dq, dk, dv
@@ -530,6 +540,53 @@ def _backward(ctx, grad_out, grad_lse):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The packed variant takes the fused QKV tensor itself, so its backward writes
+# one (B, V, T, 3, H, Dh) gradient: with q, k, v as unbind views, autograd
+# would stack three separate gradients into a new tensor (a full extra copy).
+
+
+@torch.library.custom_op("migt::masked_attention_qkvpacked_fwd", mutates_args=())
+def _packed_fwd_op(qkv: torch.Tensor, mask: torch.Tensor, axis: str,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_fwd(*qkv.unbind(3), mask, axis, scale)
+
+
+@_packed_fwd_op.register_fake
+def _packed_fwd_fake(qkv, mask, axis, scale):
+    q = qkv.select(3, 0)
+    return _fwd_fake(q, q, q, mask, axis, scale)
+
+
+@torch.library.custom_op("migt::masked_attention_qkvpacked_bwd", mutates_args=())
+def _packed_bwd_op(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                   mask: torch.Tensor, axis: str, scale: float) -> torch.Tensor:
+    grad_qkv = _new_buffer(qkv.shape, qkv)  # [B, V, T, 3, H, Dh] contiguous
+    attention_bwd(grad_out, *qkv.unbind(3), out, lse, mask, axis, scale, grads=grad_qkv.unbind(3))
+    return grad_qkv
+
+
+@_packed_bwd_op.register_fake
+def _packed_bwd_fake(grad_out, qkv, out, lse, mask, axis, scale):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, mask, axis, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, mask)
+    ctx.axis, ctx.scale = axis, scale
+
+
+def _packed_backward(ctx, grad_out, grad_lse):
+    qkv, out, lse, mask = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    return _packed_bwd_op(grad_out, qkv, out, lse, mask, ctx.axis, ctx.scale), None, None, None
+
+
+_packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 # ------------------------------------------------------------- public function
 
 
@@ -548,4 +605,17 @@ def masked_attention(q, k, v, mask, axis: str = "time", scale: Optional[float] =
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     out, _ = _fwd_op(q, k, v, mask, axis, scale)
+    return out
+
+
+def masked_attention_qkvpacked(qkv, mask, axis: str = "time", scale: Optional[float] = None) -> torch.Tensor:
+    """masked_attention(*qkv.unbind(3), mask, axis, scale) for a fused QKV
+    tensor qkv (B, V, T, 3, H, Dh) (any strides with stride(-1) == 1).
+
+    Same output (B, V, T, H, Dh) contiguous, bit for bit; the gradient of qkv
+    is written as one (B, V, T, 3, H, Dh) contiguous tensor, which saves the
+    copy autograd makes to stack three separate dq, dk, dv.
+    """
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    out, _ = _packed_fwd_op(qkv, mask, axis, scale)
     return out
