@@ -75,6 +75,8 @@ def check_parity(out, grad, ref_out, ref_grad, mask, atol, rtol, grad_tol):
 CASES = [
     pytest.param((5, 5, 37, 2, 16), torch.float32, 1e-5, 1e-5, id="fp32-V5-T37-Dh16"),
     pytest.param((5, 24, 70, 1, 32), torch.float32, 1e-5, 1e-5, id="fp32-V24-T70-Dh32"),
+    # Dh=128 takes other tiles (64x32 forward, 32x32 backward)
+    pytest.param((5, 3, 70, 1, 128), torch.float32, 1e-5, 1e-5, id="fp32-V3-T70-Dh128"),
     pytest.param((5, 5, 37, 2, 16), torch.float16, 2e-3, 1e-2, id="fp16-V5-T37-Dh16"),
     pytest.param((5, 24, 70, 1, 32), torch.bfloat16, 2e-2, 5e-2, id="bf16-V24-T70-Dh32",
                  marks=pytest.mark.skipif(not ON_GPU, reason="tl.dot on bf16 is wrong under the interpreter")),
