@@ -1,10 +1,10 @@
 """Transformer blocks over the (B, V, T, D) layout.
 
 A block attends along one axis ("time": over T for each (b, v); "variable":
-over V for each (b, t)) through ``kernels.masked_attention``. The fused QKV
-projection's output is viewed (B, V, T, 3, H, Dh) and unbound into strided
-q, k, v views, and the kernel writes (B, V, T, H, Dh), so the activations are
-never permuted and copied between layers.
+over V for each (b, t)) through ``kernels.masked_attention_qkvpacked``. The
+fused QKV projection's output is viewed (B, V, T, 3, H, Dh), the kernel reads
+q, k, v from it by strides and writes (B, V, T, H, Dh), so the activations
+are never permuted and copied between layers.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ class AxisAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, V, T, D = x.shape
-        qkv = self.qkv(self.norm_attn(x))  # [B, V, T, 3D]
-        # Strided views of the one projection: stride(-1) == 1, no copy.
-        q, k, v = qkv.view(B, V, T, 3, self.n_heads, self.head_dim).unbind(3)  # 3 x [B, V, T, H, Dh]
-        attn = kernels.masked_attention(q, k, v, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
+        # A view of the one projection, no copy: the kernel reads q, k, v by
+        # strides, and the packed entry point writes their gradients into one
+        # (B, V, T, 3, H, Dh) buffer instead of autograd stacking dq, dk, dv.
+        qkv = self.qkv(self.norm_attn(x)).view(B, V, T, 3, self.n_heads, self.head_dim)
+        attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
         attn = self.attn_dropout(attn).view(B, V, T, D)
         x = x + self.dropout(self.out_proj(attn))
         return x + self.ff(self.norm_ff(x))

@@ -91,6 +91,14 @@ def test_positional_encodings():
     torch.testing.assert_close(out, pos.proj(full), atol=1e-5, rtol=1e-5)
 
 
+def _block_with_unbind(block, x, mask):
+    B, V_, T, D_ = x.shape
+    qkv = block.qkv(block.norm_attn(x)).view(B, V_, T, 3, block.n_heads, block.head_dim)
+    attn = kernels.masked_attention(*qkv.unbind(3), mask, block.axis, backend=block.backend)
+    y = x + block.dropout(block.out_proj(block.attn_dropout(attn).view(B, V_, T, D_)))
+    return y + block.ff(block.norm_ff(y))
+
+
 @pytest.mark.parametrize("axis", ["time", "variable"])
 def test_block_shapes_and_qkv_views(axis, monkeypatch):
     cfg = small_config()
@@ -98,19 +106,21 @@ def test_block_shapes_and_qkv_views(axis, monkeypatch):
     x = torch.randn(2, V, 7, D)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
     seen = {}
-    real = kernels.masked_attention
+    real = kernels.masked_attention_qkvpacked
 
-    def spy(q, k, v, mask, axis="time", **kw):
-        seen.update(q=q, k=k, v=v, axis=axis)
-        return real(q, k, v, mask, axis, **kw)
+    def spy(qkv, mask, axis="time", **kw):
+        seen.update(qkv=qkv, axis=axis)
+        return real(qkv, mask, axis, **kw)
 
-    monkeypatch.setattr(kernels, "masked_attention", spy)
-    assert block(x, mask).shape == x.shape
-    q, k, v = seen["q"], seen["k"], seen["v"]
+    monkeypatch.setattr(kernels, "masked_attention_qkvpacked", spy)
+    out = block(x, mask)
+    assert out.shape == x.shape
+    qkv = seen["qkv"]
     assert seen["axis"] == axis
-    assert q.shape == (2, V, 7, H, D // H) and q.stride(-1) == 1
-    assert not q.is_contiguous(), "q must be a view of the fused QKV projection, not a copy"
-    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+    assert qkv.shape == (2, V, 7, 3, H, D // H) and qkv.stride(-1) == 1
+    assert qkv._base is not None, "qkv must be a view of the fused QKV projection, not a copy"
+    # the packed call computes exactly what separate q, k, v views would
+    torch.testing.assert_close(out, _block_with_unbind(block, x, mask), rtol=0, atol=0)
     gated = GatedVariableBlock(cfg).eval()
     assert gated(x, mask).shape == x.shape
 
