@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--test-fraction", type=float, default=0.15)
 
     model = p.add_argument_group("model")
-    model.add_argument("--config", default="configs/model_config.yaml", help="model config YAML")
+    model.add_argument("--config", default=None,
+                       help="model config YAML (default: the seed values of configs/model_config.yaml)")
     model.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                        help="set a config field (value parsed as YAML); repeatable")
     for field, kind in _CONFIG_FLAGS.items():
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> MIGTConfig:
-    values = MIGTConfig.from_yaml(args.config).to_dict()
+    base = MIGTConfig() if args.config is None else MIGTConfig.from_yaml(args.config)
+    values = base.to_dict()
     for field in _CONFIG_FLAGS:
         if getattr(args, field) is not None:
             values[field] = getattr(args, field)
