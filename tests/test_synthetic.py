@@ -8,7 +8,8 @@ import torch
 
 from migt import MIGTConfig
 from migt.data import synthetic_batch
-from migt.data.synthetic import MASK_FULL, MASK_GAPPED, MASK_SHORT, horizon_bars
+from migt.data.horizons import horizon_bars
+from migt.data.synthetic import MASK_FULL, MASK_GAPPED, MASK_SHORT
 
 CFG = MIGTConfig(d_model=32, n_heads=4, d_ff=64, max_seq_len=288, n_variables=8, n_horizons=5)
 
@@ -97,7 +98,7 @@ def test_realistic_scales_and_learnable_targets():
     assert 1e2 < med[1] < 1e4  # price
     assert 1e4 < med[2] < 1e6  # volume
     assert 1e-4 < med[3] < 1e-2  # rolling |return|
-    assert horizon_bars(5) == [1, 3, 6, 12, 24] and horizon_bars(7)[-1] == 96
+    assert horizon_bars(5) == [3, 6, 12, 24, 48] and horizon_bars(7)[-1] == 192
     # Mean valid return predicts the long-horizon target.
     drift = torch.where(mask, x[..., 0], 0.0).sum(1) / mask.sum(1)
     y = b["targets"][:, -1]

@@ -31,9 +31,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .bars import BAR_MINUTES, BARS_PER_DAY, infer_session_open, session_slots
+from .horizons import HORIZON_BARS
 from .features import FEATURE_NAMES, N_FEATURES, check_feature_count, compute_features
-
-HORIZON_BARS = (3, 6, 12, 24, 48)
 
 
 def check_config_for_bars(config, horizons: Sequence[int] = HORIZON_BARS) -> None:

@@ -29,22 +29,13 @@ import math
 import torch
 
 from ..config import MIGTConfig
+from .horizons import horizon_bars
 
-# Forward horizons in bars (5 min, 15 min, 30 min, 1 h, 2 h, then doubling).
-_HORIZON_BARS = (1, 3, 6, 12, 24)
 _FIRST_DATE = dt.date(2010, 1, 4)
 _DATE_SPAN_DAYS = 365 * 15
 _VOL_WINDOW = 12
 
 MASK_FULL, MASK_SHORT, MASK_GAPPED = 0, 1, 2
-
-
-def horizon_bars(n_horizons: int) -> list[int]:
-    """Bars ahead of each target horizon: 1, 3, 6, 12, 24, 48, 96, ..."""
-    bars = list(_HORIZON_BARS[:n_horizons])
-    while len(bars) < n_horizons:
-        bars.append(bars[-1] * 2)
-    return bars
 
 
 def synthetic_batch(
