@@ -26,6 +26,11 @@ def attention(q, k, v, mask, axis: str, scale: float | None = None) -> torch.Ten
     axis="variable": per (b, t, h) over V, rows of padded steps 0.
     Returns (B, V, T, H, Dh) contiguous in q's dtype.
     """
+    if torch.is_autocast_enabled(q.device.type):
+        # autocast would run the products in bf16/fp16, where the float32-min
+        # fill below overflows: the reference computes in its own dtype
+        with torch.autocast(q.device.type, enabled=False):
+            return attention(q, k, v, mask, axis, scale)
     out_dtype = q.dtype
     dt = compute_dtype(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
