@@ -1,0 +1,203 @@
+"""Parity of every Triton kernel against the float64 reference, after compilation.
+
+    python3 -m bench.gpu_parity                 # CUDA, full model shapes (bench/gpu_check.sh)
+    TRITON_INTERPRET=1 python -m bench.gpu_parity --device cpu --small --dtypes fp32 fp16
+
+Each check draws fresh random inputs, stores NaN at every padded step (it
+must affect nothing), includes one sample with no valid step, runs the
+forward and the backward, and compares the output and every input gradient
+with kernels' reference run in float64 by the relative error
+||out - ref|| / ||ref|| (NaN never passes). A Triton kernel missing from the
+build is reported as "missing". Exit status: 1 on any mismatch, 2 when
+nothing failed but a kernel is missing, 0 when all pass.
+`--backend` checks another backend the same way (the tests use it on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+import torch
+
+# Relative-error bounds per dtype: float32 dots may run as tf32 (~3e-4),
+# half precision operands land between 1e-3 and 1e-2.
+ATTENTION_TOL = {"fp32": 2e-3, "fp16": 1e-2, "bf16": 4e-2}
+NORM_TOL = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 2e-2}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FULL = dict(B=64, V=24, T=288, H=8, Dh=32, D=256)
+SMALL = dict(B=3, V=5, T=37, H=2, Dh=16, D=48)
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    status: str  # "ok", "MISMATCH", "missing"
+    worst: float = 0.0  # largest relative error over the compared tensors
+    detail: str = ""
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double(), expected.detach().double()
+    if actual.shape != expected.shape or not torch.isfinite(actual).all():
+        return float("inf")
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def _masks(B: int, T: int, device) -> torch.Tensor:
+    """Full days, short sessions, gaps, and a last sample with no valid step."""
+    g = torch.Generator().manual_seed(int(time.time_ns() % 2**31))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    for b in range(B):
+        if b % 3 == 1:
+            mask[b, int(torch.randint(1, T, (1,), generator=g)):] = False
+        elif b % 3 == 2:
+            mask[b] = torch.rand(T, generator=g) > 0.2
+    mask[-1] = False
+    return mask.to(device)
+
+
+def _poison(t: torch.Tensor, step_ok: torch.Tensor) -> torch.Tensor:
+    return torch.where(step_ok, t, torch.full_like(t, float("nan")))
+
+
+def _compare(name: str, pairs: dict, tol: float) -> Check:
+    errors = {k: rel_err(a, b) for k, (a, b) in pairs.items()}
+    worst_key = max(errors, key=errors.get)
+    worst = errors[worst_key]
+    status = "ok" if worst <= tol else "MISMATCH"
+    detail = ", ".join(f"{k} {v:.2e}" for k, v in errors.items()) + f" (tol {tol:.0e})"
+    return Check(name, status, worst, detail)
+
+
+def _missing(op: str, backend: str, device) -> str | None:
+    if backend != "triton":
+        return None
+    from bench.common import triton_skip_reason
+
+    return triton_skip_reason(torch.device(device), [op])
+
+
+def check_attention(device, dtype: str, axis: str, s: dict, backend: str = "triton", packed: bool = False) -> Check:
+    """packed: through masked_attention_qkvpacked (its own Triton backward)."""
+    import kernels
+    from kernels import reference
+
+    name = f"attention{'_qkvpacked' if packed else ''} {axis} {dtype} B={s['B']} V={s['V']} T={s['T']} H={s['H']} Dh={s['Dh']}"
+    reason = _missing("masked_attention", backend, device)
+    if reason:
+        return Check(name, "missing", detail=reason)
+    B, V, T, H, Dh = s["B"], s["V"], s["T"], s["H"], s["Dh"]
+    mask = _masks(B, T, device)
+    step_ok = mask[:, None, :, None, None, None]  # [B, 1, T, 1, 1, 1] over (B, V, T, 3, H, Dh)
+    base = _poison(torch.randn(B, V, T, 3, H, Dh, device=device, dtype=torch.float64), step_ok)
+    qkv = base.to(DTYPES[dtype]).requires_grad_()
+    qkv64 = qkv.detach().double().requires_grad_()
+    grad = torch.randn(B, V, T, H, Dh, device=device, dtype=torch.float64)
+    if packed:
+        out = kernels.masked_attention_qkvpacked(qkv, mask, axis, backend=backend)
+    else:
+        out = kernels.masked_attention(*qkv.unbind(3), mask, axis, backend=backend)
+    out.backward(grad.to(out.dtype))
+    ref = reference.attention(*qkv64.unbind(3), mask, axis)
+    ref.backward(grad)
+    tol = ATTENTION_TOL[dtype]
+    return _compare(name, {"out": (out, ref), "dqkv": (qkv.grad, qkv64.grad)}, tol)
+
+
+def check_revin(device, s: dict, backend: str = "triton") -> Check:
+    import kernels
+    from kernels import reference
+
+    name = f"revin_normalize fp32 B={s['B']} T={s['T']} V={s['V']}"
+    reason = _missing("revin_normalize", backend, device)
+    if reason:
+        return Check(name, "missing", detail=reason)
+    B, T, V = s["B"], s["T"], s["V"]
+    mask = _masks(B, T, device)
+    # realistic scales: returns ~1e-3, prices ~1e3
+    scale = torch.logspace(-3, 3, V, device=device, dtype=torch.float64)
+    x = _poison(torch.randn(B, T, V, device=device, dtype=torch.float64) * scale + scale, mask[:, :, None])
+    weight = 1 + 0.1 * torch.randn(V, device=device, dtype=torch.float64)
+    bias = 0.1 * torch.randn(V, device=device, dtype=torch.float64)
+    grads_y = torch.randn(B, V, T, device=device, dtype=torch.float64)
+    results = {}
+    for label, dt, impl in (("triton", torch.float32, "kernel"), ("ref", torch.float64, "reference")):
+        xs, w, b = (t.to(dt).requires_grad_() for t in (x, weight, bias))
+        if impl == "kernel":
+            y, mean, std = kernels.revin_normalize(xs, mask, w, b, backend=backend)
+        else:
+            y, mean, std = reference.revin_normalize(xs, mask, w, b)
+        (y * grads_y.to(dt)).sum().backward()
+        # dx at padded steps must be 0 (never NaN): compare x's gradient everywhere
+        results[label] = (y, mean, std, xs.grad, w.grad, b.grad)
+    names = ("y", "mean", "std", "dx", "dweight", "dbias")
+    return _compare(name, {n: (a, r) for n, a, r in zip(names, results["triton"], results["ref"])}, NORM_TOL["fp32"])
+
+
+def check_gated(device, dtype: str, s: dict, backend: str = "triton") -> Check:
+    import kernels
+    from kernels import reference
+
+    name = f"gated_residual_norm {dtype} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
+    reason = _missing("gated_residual_norm", backend, device)
+    if reason:
+        return Check(name, "missing", detail=reason)
+    shape = (s["B"], s["V"], s["T"], s["D"])
+    inputs = [torch.randn(shape, device=device, dtype=torch.float64) for _ in range(3)]
+    inputs += [1 + 0.1 * torch.randn(s["D"], device=device, dtype=torch.float64),
+               0.1 * torch.randn(s["D"], device=device, dtype=torch.float64)]
+    low = [t.to(DTYPES[dtype]).requires_grad_() for t in inputs]
+    # the reference sees the same rounded values, in float64
+    high = [t.detach().double().requires_grad_() for t in low]
+    grad = torch.randn(shape, device=device, dtype=torch.float64)
+    out = kernels.gated_residual_norm(*low, backend=backend)
+    out.backward(grad.to(out.dtype))
+    ref = reference.gated_residual_norm(*high)
+    ref.backward(grad)
+    names = ("x", "update", "gate", "weight", "bias")
+    pairs = {"out": (out, ref), **{f"d{n}": (a.grad, r.grad) for n, a, r in zip(names, low, high)}}
+    return _compare(name, pairs, NORM_TOL[dtype])
+
+
+def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
+    checks = []
+    for dtype in dtypes:
+        for axis in ("time", "variable"):
+            for packed in (False, True):
+                checks.append(check_attention(device, dtype, axis, shapes, backend, packed))
+    checks.append(check_revin(device, shapes, backend))
+    for dtype in dtypes:
+        checks.append(check_gated(device, dtype, shapes, backend))
+    return checks
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--small", action="store_true", help=f"small odd shapes {SMALL} instead of {FULL}")
+    p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=["bf16", "fp16", "fp32"])
+    p.add_argument("--backend", default="triton", choices=("triton", "sdpa", "reference"))
+    args = p.parse_args(argv)
+    torch.manual_seed(int(time.time_ns() % 2**31))  # fresh inputs every run
+    shapes = SMALL if args.small else FULL
+    checks = []
+    for check in run_checks(args.device, shapes, args.dtypes, args.backend):
+        checks.append(check)
+        print(f"{check.status:<9} {check.name:<60} worst {check.worst:.2e}  {check.detail}", flush=True)
+    failed = [c for c in checks if c.status == "MISMATCH"]
+    missing = [c for c in checks if c.status == "missing"]
+    if failed:
+        print(f"\n!!! PARITY FAILED: {len(failed)} of {len(checks)} checks mismatch the float64 reference !!!")
+        return 1
+    if missing:
+        print(f"\nparity: no mismatch, but {len(missing)} checks have no Triton kernel to check")
+        return 2
+    print(f"\nparity: all {len(checks)} checks pass")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Model suite: inference forward and full training step of the default-config model.
+
+Cases, for each batch size and dtype (fp32, or bf16 autocast):
+  inference        eval mode, torch.no_grad, one forward;
+  train_step       forward, migt.pinball_loss, backward, AdamW step, zero_grad;
+  train_step_ckpt  the same with activation_checkpointing=True;
+for backends triton, sdpa, reference (the config's `backend`) and compile
+(torch.compile of the sdpa model). Inputs: migt.data.synthetic_batch. The
+ratio column divides by sdpa. Each row also carries the memory model's
+estimate (bench/memory_model.py) and, for training without checkpointing,
+the saved-activation bytes measured with saved_tensors_hooks.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from bench import memory_model
+from bench.common import RunSettings, load_config, triton_skip_reason
+from bench.harness import MIB, Case, Skip, Timed, Work, is_oom
+
+BACKENDS = ("sdpa", "triton", "reference", "compile")
+OPS = ("inference", "train_step", "train_step_ckpt")
+KERNEL_OPS = ("masked_attention", "revin_normalize", "gated_residual_norm")
+
+
+def cases(settings: RunSettings) -> list:
+    backends = [b for b in BACKENDS if b in settings.backends]
+    # compile cases last: their first call compiles, and a time budget should
+    # cut them rather than the kernels' rows
+    backends.sort(key=lambda b: b == "compile")
+    T = settings.model_seq_len
+    out = []
+    for backend in backends:
+        for batch in settings.batch_sizes:
+            for dtype in settings.dtypes:
+                if dtype not in ("fp32", "bf16"):
+                    continue  # the model runs in fp32 or under bf16 autocast
+                for op in OPS:
+                    out.append(Case(
+                        suite="model", op=op, backend=backend, dtype=dtype, batch=batch,
+                        shape=f"B={batch},V=cfg,T={T}", baseline="sdpa",
+                        setup=_setup(settings, op, backend, dtype, batch, T),
+                    ))
+    return out
+
+
+def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int, T: int):
+    def setup() -> Timed:
+        import migt
+
+        if backend in settings.left_out:
+            raise Skip(settings.left_out[backend])
+        device = settings.device
+        if backend == "triton":
+            reason = triton_skip_reason(device, KERNEL_OPS)
+            if reason:
+                raise Skip(reason)
+        checkpointing = op == "train_step_ckpt"
+        config = load_config(
+            settings, backend="sdpa" if backend == "compile" else backend,
+            activation_checkpointing=checkpointing,
+        )
+        torch.manual_seed(0)
+        model = migt.MIGT_TVDT(config).to(device)
+        data = migt.data.synthetic_batch(batch, config, seed=0, device=device, seq_len=T)
+        inputs = (data["features"], data["attention_mask"], data["temporal_info"])
+        targets = data["targets"]
+        runner = model
+        if backend == "compile":
+            torch._dynamo.reset()
+            runner = torch.compile(model)
+        use_bf16 = dtype == "bf16"
+
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+        if op == "inference":
+            model.eval()
+
+            def fn():
+                with torch.no_grad(), autocast():
+                    runner(*inputs)
+        else:
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def forward_loss():
+                with autocast():
+                    out = runner(*inputs)
+                    return migt.pinball_loss(out["quantiles"], targets, config.quantiles)
+
+            def fn():
+                forward_loss().backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        n_params = sum(p.numel() for p in model.parameters())
+        layout = f"B={batch},V={config.n_variables},T={T},D={config.d_model}"
+
+        def after() -> dict:
+            est = memory_model.estimate(
+                config, batch, seq_len=T, backend=backend, autocast_bf16=use_bf16,
+                checkpointing=checkpointing, training=op != "inference",
+                device_type=device.type, n_params=n_params,
+            )
+            extra = {
+                "layout": layout,
+                "mem_est_saved_mib": round(est.saved_total / MIB, 1),
+                "mem_est_delta_mib": round(est.step_delta / MIB, 1),
+            }
+            # Hooks see what autograd saves; compiled graphs and checkpointed
+            # blocks save through their own mechanisms, so only eager, full runs.
+            if op == "train_step" and backend != "compile":
+                try:
+                    saved = memory_model.measure_saved_bytes(forward_loss, exclude=list(model.parameters()))
+                    extra["mem_saved_mib"] = round(saved / MIB, 1)
+                except Exception as err:  # noqa: BLE001 -- a report field, not the case
+                    if not is_oom(err):
+                        raise
+                    extra["mem_saved_mib"] = "OOM"
+                optimizer.zero_grad(set_to_none=True)
+            return extra
+
+        return Timed(fn, Work(batch, "samples/s"), after)
+
+    return setup
+
+
+def memory_report(rows: list) -> list:
+    """One line per model row comparing the memory model with the measurement."""
+    lines = []
+    for r in rows:
+        if r["suite"] != "model" or r["status"] != "ok" or "mem_est_delta_mib" not in r["extra"]:
+            continue
+        e = r["extra"]
+        line = (f"memory model  {r['op']:<15} {r['backend']:<9} {r['dtype']:<4} B={r['batch']:<4} "
+                f"estimated saved {e['mem_est_saved_mib'] / 1024:7.2f} GiB, peak above model {e['mem_est_delta_mib'] / 1024:7.2f} GiB")
+        if isinstance(e.get("mem_saved_mib"), (int, float)):
+            line += f" | measured saved {e['mem_saved_mib'] / 1024:7.2f} GiB (x{e['mem_saved_mib'] / max(e['mem_est_saved_mib'], 1e-9):.2f})"
+        if r.get("peak_delta_mib") is not None:
+            line += f" | measured peak above model {r['peak_delta_mib'] / 1024:7.2f} GiB (x{r['peak_delta_mib'] / max(e['mem_est_delta_mib'], 1e-9):.2f})"
+        lines.append(line)
+    return lines
+
