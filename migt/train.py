@@ -26,7 +26,7 @@ from .config import MIGTConfig
 from .data.bars import load_bars, synthetic_bars
 from .data.dataset import BarDayDataset, chronological_split
 from .data.features import N_FEATURES
-from .training import Trainer, TrainOptions, init_distributed, shutdown_distributed
+from .training import Trainer, TrainOptions, barrier, init_distributed, shutdown_distributed
 
 # Shorthand flags -> config fields, for tiny runs without a YAML file.
 _CONFIG_FLAGS = {
@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
         if ctx.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             print(json.dumps(summary, indent=2))
+        # every rank leaves its last collective before any tears the group
+        # down: gloo aborts a process whose peer vanished mid-connection
+        barrier(ctx)
         return RunResult(trainer, summary)
     finally:
         shutdown_distributed()
