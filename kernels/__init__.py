@@ -86,15 +86,8 @@ def masked_attention(q, k, v, mask, axis: str = "time", *, scale: Optional[float
     step gives zeros and zero gradients, never NaN. Values at padded
     positions (NaN and inf included) affect nothing.
     """
-    _validate.attention_inputs(q, k, v, mask, axis)
-    choice = _dispatch.choose(
-        "masked_attention", backend, q.device,
-        lambda: _triton_reason("masked_attention", q, k, v, mask, axis),
-    )
-    if choice == "triton":
-        return _triton_module("masked_attention").masked_attention(q, k, v, mask, axis, scale)
-    impl = sdpa.attention if choice == "sdpa" else reference.attention
-    return impl(q, k, v, mask, axis, scale)
+    return _attention(q, k, v, mask, axis, scale, backend,
+                      lambda triton_impl: triton_impl.masked_attention(q, k, v, mask, axis, scale))
 
 
 def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional[float] = None,
@@ -111,13 +104,20 @@ def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional
     if qkv.shape[3] != 3:
         raise ValueError(f"qkv must have size 3 in dim 3 (B, V, T, 3, H, Dh), got shape {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(3)
+    return _attention(q, k, v, mask, axis, scale, backend,
+                      lambda triton_impl: triton_impl.masked_attention_qkvpacked(qkv, mask, axis, scale))
+
+
+def _attention(q, k, v, mask, axis, scale, backend, run_triton):
+    """Checks and backend choice shared by both attention entry points;
+    `run_triton(module)` makes the Triton call in the entry point's own form."""
     _validate.attention_inputs(q, k, v, mask, axis)
     choice = _dispatch.choose(
-        "masked_attention", backend, qkv.device,
+        "masked_attention", backend, q.device,
         lambda: _triton_reason("masked_attention", q, k, v, mask, axis),
     )
     if choice == "triton":
-        return _triton_module("masked_attention").masked_attention_qkvpacked(qkv, mask, axis, scale)
+        return run_triton(_triton_module("masked_attention"))
     impl = sdpa.attention if choice == "sdpa" else reference.attention
     return impl(q, k, v, mask, axis, scale)
 
