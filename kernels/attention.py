@@ -94,6 +94,53 @@ def _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECIS
 
 
 @triton.jit
+def _bvh(pid, n_vars, n_heads):
+    """(b, v, h), int64, of a time-kernel program id pid = (b * V + v) * H + h."""
+    bv = pid // n_heads
+    return (bv // n_vars).to(tl.int64), (bv % n_vars).to(tl.int64), (pid % n_heads).to(tl.int64)
+
+
+@triton.jit
+def _slice_offset(i_b, i_x, i_h, s_b, s_x, s_h):
+    """Element offset (int64: b * s_b passes 2**31 at B=128, V=24, T=4096 with
+    packed QKV) of one (b, x, h) slice; x is v along time, t along variables."""
+    return i_b * s_b + i_x * s_x + i_h * s_h
+
+
+@triton.jit
+def _row_tile(slice_off, rows, s_row, offs_d):
+    """[R, HEAD_DIM] element offsets of rows `rows` [R] of a slice. rows * s_row
+    is computed in rows' type: int32 along time (unsupported_reason keeps
+    T * s_t under 2**31; int64 there costs registers at Dh=128), int64 along
+    variables (s_row is the v stride, T * 3 * H * Dh)."""
+    return slice_off + rows[:, None] * s_row + offs_d[None, :]
+
+
+@triton.jit
+def _load_rows(PTR, offs, row_ok):
+    """A [R, HEAD_DIM] tile with invalid rows read as 0 (never their memory)."""
+    return tl.load(PTR + offs, mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _step_block(MASK, sm_b, sm_t, b, start, n_steps, BLOCK: tl.constexpr):
+    """Steps start .. start + BLOCK of sample b: offsets, in range, valid; [BLOCK] each."""
+    offs = start + tl.arange(0, BLOCK)
+    in_range = offs < n_steps
+    ok = tl.load(MASK + b * sm_b + offs * sm_t, mask=in_range, other=0) != 0
+    return offs, in_range, ok
+
+
+@triton.jit
+def _valid_blocks(SPAN, b, BLOCK: tl.constexpr):
+    """Loop bounds over the BLOCK-aligned blocks that can hold a valid step of
+    sample b (an empty range for a sample with no valid step)."""
+    first = tl.load(SPAN + 2 * b)
+    end = tl.load(SPAN + 2 * b + 1)
+    return (first // BLOCK) * BLOCK, end
+
+
+@triton.jit
 def _time_fwd_kernel(
     Q, K, V, O, LSE, MASK, SPAN,
     sq_b, sq_v, sq_t, sq_h,
@@ -104,17 +151,12 @@ def _time_fwd_kernel(
     n_vars, n_heads, n_steps, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_bvh = tl.program_id(0)  # (b * V + v) * H + h: also the LSE row
-    h = pid_bvh % n_heads
-    b = (pid_bvh // n_heads) // n_vars
-    var = (pid_bvh // n_heads) % n_vars
-    b64, var64, h64 = b.to(tl.int64), var.to(tl.int64), h.to(tl.int64)
-
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    """Output and LSE of one query block of one (b, v, h), looping over the sample's key blocks."""
+    pid_bvh = tl.program_id(0)  # also the LSE row
+    b, var, h = _bvh(pid_bvh, n_vars, n_heads)
+    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_M, n_steps, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    in_range = offs_m < n_steps
-    row_ok = tl.load(MASK + b64 * sm_b + offs_m * sm_t, mask=in_range, other=0) != 0
-    o_ptrs = O + b64 * so_b + var64 * so_v + h64 * so_h + offs_m[:, None] * so_t + offs_d[None, :]
+    o_ptrs = O + _row_tile(_slice_offset(b, var, h, so_b, so_v, so_h), offs_m, so_t, offs_d)
     lse_ptrs = LSE + pid_bvh.to(tl.int64) * n_steps + offs_m
     if not _any(row_ok):
         # a query block of padding only: zeros, no key is read
@@ -122,22 +164,18 @@ def _time_fwd_kernel(
         tl.store(lse_ptrs, tl.zeros([BLOCK_M], dtype=tl.float32), mask=in_range)
         return
 
-    q_ptrs = Q + b64 * sq_b + var64 * sq_v + h64 * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
-    k_base = K + b64 * sk_b + var64 * sk_v + h64 * sk_h
-    v_base = V + b64 * sv_b + var64 * sv_v + h64 * sv_h
-
+    q = _load_rows(Q, _row_tile(_slice_offset(b, var, h, sq_b, sq_v, sq_h), offs_m, sq_t, offs_d), row_ok)
+    k_off = _slice_offset(b, var, h, sk_b, sk_v, sk_h)
+    v_off = _slice_offset(b, var, h, sv_b, sv_v, sv_h)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    first = tl.load(SPAN + 2 * b)
-    end = tl.load(SPAN + 2 * b + 1)
-    for start_n in range((first // BLOCK_N) * BLOCK_N, end, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-        key_ok = tl.load(MASK + b64 * sm_b + offs_n * sm_t, mask=offs_n < n_steps, other=0) != 0
+    lo, hi = _valid_blocks(SPAN, b, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n, _, key_ok = _step_block(MASK, sm_b, sm_t, b, start_n, n_steps, BLOCK_N)
         if _any(key_ok):
-            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            k = _load_rows(K, _row_tile(k_off, offs_n, sk_t, offs_d), key_ok)  # [BLOCK_N, HEAD_DIM]
+            v = _load_rows(V, _row_tile(v_off, offs_n, sv_t, offs_d), key_ok)
             m_i, l_i, acc = _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION)
 
     out, lse = _softmax_finish(m_i, l_i, acc, row_ok)
@@ -156,17 +194,11 @@ def _time_bwd_delta_kernel(
 ):
     """delta = rowsum(dO * O) in fp32, laid out like the LSE; 0 on padded rows."""
     pid_bvh = tl.program_id(0)
-    h = (pid_bvh % n_heads).to(tl.int64)
-    b = ((pid_bvh // n_heads) // n_vars).to(tl.int64)
-    var = ((pid_bvh // n_heads) % n_vars).to(tl.int64)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    b, var, h = _bvh(pid_bvh, n_vars, n_heads)
+    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_M, n_steps, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    in_range = offs_m < n_steps
-    row_ok = tl.load(MASK + b * sm_b + offs_m * sm_t, mask=in_range, other=0) != 0
-    o = tl.load(O + b * so_b + var * so_v + h * so_h + offs_m[:, None] * so_t + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
-    do = tl.load(DO + b * sdo_b + var * sdo_v + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0)
+    o = _load_rows(O, _row_tile(_slice_offset(b, var, h, so_b, so_v, so_h), offs_m, so_t, offs_d), row_ok)
+    do = _load_rows(DO, _row_tile(_slice_offset(b, var, h, sdo_b, sdo_v, sdo_h), offs_m, sdo_t, offs_d), row_ok)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     tl.store(DELTA + pid_bvh.to(tl.int64) * n_steps + offs_m, delta, mask=in_range)
 
@@ -185,37 +217,29 @@ def _time_bwd_dkdv_kernel(
 ):
     """dk, dv of one key block, looping over the sample's query blocks."""
     pid_bvh = tl.program_id(0)
-    h = (pid_bvh % n_heads).to(tl.int64)
-    b = ((pid_bvh // n_heads) // n_vars).to(tl.int64)
-    var = ((pid_bvh // n_heads) % n_vars).to(tl.int64)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    b, var, h = _bvh(pid_bvh, n_vars, n_heads)
+    offs_n, in_range, key_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_N, n_steps, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    in_range = offs_n < n_steps
-    key_ok = tl.load(MASK + b * sm_b + offs_n * sm_t, mask=in_range, other=0) != 0
-    g_off = b * sg_b + var * sg_v + h * sg_h + offs_n[:, None] * sg_t + offs_d[None, :]  # [BLOCK_N, HEAD_DIM]
+    g_off = _row_tile(_slice_offset(b, var, h, sg_b, sg_v, sg_h), offs_n, sg_t, offs_d)  # [BLOCK_N, HEAD_DIM]
     if not _any(key_ok):
         zeros = tl.zeros([BLOCK_N, HEAD_DIM], dtype=DK.dtype.element_ty)
         tl.store(DK + g_off, zeros, mask=in_range[:, None])
         tl.store(DV + g_off, zeros, mask=in_range[:, None])
         return
 
-    k = tl.load(K + b * sk_b + var * sk_v + h * sk_h + offs_n[:, None] * sk_t + offs_d[None, :],
-                mask=key_ok[:, None], other=0.0)  # [BLOCK_N, HEAD_DIM]
-    v = tl.load(V + b * sv_b + var * sv_v + h * sv_h + offs_n[:, None] * sv_t + offs_d[None, :],
-                mask=key_ok[:, None], other=0.0)
-    q_base = Q + b * sq_b + var * sq_v + h * sq_h
-    do_base = DO + b * sdo_b + var * sdo_v + h * sdo_h
+    k = _load_rows(K, _row_tile(_slice_offset(b, var, h, sk_b, sk_v, sk_h), offs_n, sk_t, offs_d), key_ok)
+    v = _load_rows(V, _row_tile(_slice_offset(b, var, h, sv_b, sv_v, sv_h), offs_n, sv_t, offs_d), key_ok)
+    q_off = _slice_offset(b, var, h, sq_b, sq_v, sq_h)
+    do_off = _slice_offset(b, var, h, sdo_b, sdo_v, sdo_h)
     row_base = pid_bvh.to(tl.int64) * n_steps
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    first = tl.load(SPAN + 2 * b)
-    end = tl.load(SPAN + 2 * b + 1)
-    for start_m in range((first // BLOCK_M) * BLOCK_M, end, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-        row_ok = tl.load(MASK + b * sm_b + offs_m * sm_t, mask=offs_m < n_steps, other=0) != 0
+    lo, hi = _valid_blocks(SPAN, b, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m, _, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
         if _any(row_ok):
-            q = tl.load(q_base + offs_m[:, None] * sq_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * sdo_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q = _load_rows(Q, _row_tile(q_off, offs_m, sq_t, offs_d), row_ok)  # [BLOCK_M, HEAD_DIM]
+            do = _load_rows(DO, _row_tile(do_off, offs_m, sdo_t, offs_d), row_ok)
             lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
             delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
             p, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
@@ -240,37 +264,29 @@ def _time_bwd_dq_kernel(
 ):
     """dq of one query block, looping over the sample's key blocks."""
     pid_bvh = tl.program_id(0)
-    h = (pid_bvh % n_heads).to(tl.int64)
-    b = ((pid_bvh // n_heads) // n_vars).to(tl.int64)
-    var = ((pid_bvh // n_heads) % n_vars).to(tl.int64)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    b, var, h = _bvh(pid_bvh, n_vars, n_heads)
+    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_M, n_steps, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    in_range = offs_m < n_steps
-    row_ok = tl.load(MASK + b * sm_b + offs_m * sm_t, mask=in_range, other=0) != 0
-    dq_ptrs = DQ + b * sg_b + var * sg_v + h * sg_h + offs_m[:, None] * sg_t + offs_d[None, :]
+    dq_ptrs = DQ + _row_tile(_slice_offset(b, var, h, sg_b, sg_v, sg_h), offs_m, sg_t, offs_d)
     if not _any(row_ok):
         tl.store(dq_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=DQ.dtype.element_ty), mask=in_range[:, None])
         return
 
-    q = tl.load(Q + b * sq_b + var * sq_v + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
-    do = tl.load(DO + b * sdo_b + var * sdo_v + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0)
+    q = _load_rows(Q, _row_tile(_slice_offset(b, var, h, sq_b, sq_v, sq_h), offs_m, sq_t, offs_d), row_ok)
+    do = _load_rows(DO, _row_tile(_slice_offset(b, var, h, sdo_b, sdo_v, sdo_h), offs_m, sdo_t, offs_d), row_ok)
     row_base = pid_bvh.to(tl.int64) * n_steps
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-    k_base = K + b * sk_b + var * sk_v + h * sk_h
-    v_base = V + b * sv_b + var * sv_v + h * sv_h
+    k_off = _slice_offset(b, var, h, sk_b, sk_v, sk_h)
+    v_off = _slice_offset(b, var, h, sv_b, sv_v, sv_h)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    first = tl.load(SPAN + 2 * b)
-    end = tl.load(SPAN + 2 * b + 1)
-    for start_n in range((first // BLOCK_N) * BLOCK_N, end, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-        key_ok = tl.load(MASK + b * sm_b + offs_n * sm_t, mask=offs_n < n_steps, other=0) != 0
+    lo, hi = _valid_blocks(SPAN, b, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n, _, key_ok = _step_block(MASK, sm_b, sm_t, b, start_n, n_steps, BLOCK_N)
         if _any(key_ok):
-            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            _, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
+            k = _load_rows(K, _row_tile(k_off, offs_n, sk_t, offs_d), key_ok)  # [BLOCK_N, HEAD_DIM]
+            v = _load_rows(V, _row_tile(v_off, offs_n, sv_t, offs_d), key_ok)
+            _probs, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # [BLOCK_M, HEAD_DIM]
 
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=in_range[:, None])
@@ -299,7 +315,7 @@ def _var_kernel(
     pid_bh = tl.program_id(0)
     h = (pid_bh % n_heads).to(tl.int64)
     b = (pid_bh // n_heads).to(tl.int64)
-    offs_v = tl.arange(0, BLOCK_V)  # [BLOCK_V]
+    offs_v = tl.arange(0, BLOCK_V).to(tl.int64)  # [BLOCK_V]; int64: offs_v * s_v can pass 2**31
     offs_d = tl.arange(0, HEAD_DIM)
     var_ok = offs_v < n_vars
     tile_ok = var_ok[:, None]  # [BLOCK_V, 1]
@@ -307,20 +323,17 @@ def _var_kernel(
         t = (tl.program_id(1) * STEPS + i).to(tl.int64)
         if t < n_steps:
             step_ok = tl.load(MASK + b * sm_b + t * sm_t) != 0
-            o_off = b * so_b + h * so_h + t * so_t + offs_v[:, None] * so_v + offs_d[None, :]  # [BLOCK_V, HEAD_DIM]
-            g_off = b * sg_b + h * sg_h + t * sg_t + offs_v[:, None] * sg_v + offs_d[None, :]
+            o_off = _row_tile(_slice_offset(b, t, h, so_b, so_t, so_h), offs_v, so_v, offs_d)  # [BLOCK_V, HEAD_DIM]
+            g_off = _row_tile(_slice_offset(b, t, h, sg_b, sg_t, sg_h), offs_v, sg_v, offs_d)
             lse_ptrs = LSE + ((b * n_steps + t) * n_heads + h) * n_vars + offs_v  # [BLOCK_V]
             if step_ok:
-                q = tl.load(Q + b * sq_b + h * sq_h + t * sq_t + offs_v[:, None] * sq_v + offs_d[None, :],
-                            mask=tile_ok, other=0.0)  # [BLOCK_V, HEAD_DIM]
-                k = tl.load(K + b * sk_b + h * sk_h + t * sk_t + offs_v[:, None] * sk_v + offs_d[None, :],
-                            mask=tile_ok, other=0.0)
-                v = tl.load(V + b * sv_b + h * sv_h + t * sv_t + offs_v[:, None] * sv_v + offs_d[None, :],
-                            mask=tile_ok, other=0.0)
+                q = _load_rows(Q, _row_tile(_slice_offset(b, t, h, sq_b, sq_t, sq_h), offs_v, sq_v, offs_d), var_ok)
+                k = _load_rows(K, _row_tile(_slice_offset(b, t, h, sk_b, sk_t, sk_h), offs_v, sk_v, offs_d), var_ok)
+                v = _load_rows(V, _row_tile(_slice_offset(b, t, h, sv_b, sv_t, sv_h), offs_v, sv_v, offs_d), var_ok)
                 if BACKWARD:
-                    o = tl.load(O + o_off, mask=tile_ok, other=0.0)
-                    do = tl.load(DO + b * sdo_b + h * sdo_h + t * sdo_t + offs_v[:, None] * sdo_v
-                                 + offs_d[None, :], mask=tile_ok, other=0.0)
+                    o = _load_rows(O, o_off, var_ok)
+                    do = _load_rows(DO, _row_tile(_slice_offset(b, t, h, sdo_b, sdo_t, sdo_h), offs_v, sdo_v, offs_d),
+                                    var_ok)
                     lse = tl.load(lse_ptrs, mask=var_ok, other=0.0)  # [BLOCK_V]
                     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
                     p, ds = _probs_and_dscores(q, k, v, do, lse, delta, var_ok, var_ok, qk_scale, PRECISION)
@@ -369,7 +382,19 @@ def unsupported_reason(q, k, v, mask, axis) -> Optional[str]:
         return f"T={q.shape[2]} is over {MAX_STEPS}"
     if axis == "variable" and q.shape[1] > MAX_VARS:
         return f"V={q.shape[1]} is over {MAX_VARS}"
+    if axis == "variable" and q.dtype == torch.float32 and q.shape[1] > 64 and head_dim > 64:
+        # the fp32 backward's 128 x 128 tiles need 320 KiB of shared memory (sm_90 has 227)
+        return f"float32 along variables with V={q.shape[1]} > 64 and Dh={head_dim} > 64 does not fit shared memory"
+    if axis == "time":
+        stride_t = max(t.stride(2) for t in (q, k, v))
+        if _time_row_offsets_overflow(q.shape[2], stride_t):
+            return f"time stride {stride_t} is too large for T={q.shape[2]} (int32 row offsets)"
     return None
+
+
+def _time_row_offsets_overflow(steps: int, stride_t: int) -> bool:
+    """The time kernels compute row offsets (step * stride_t) in int32."""
+    return (steps + 64) * stride_t >= 2**31
 
 
 def _new_buffer(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -457,8 +482,8 @@ def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, gr
     written into `grads`, three views with one set of strides (e.g. the
     unbind views of one (B, V, T, 3, H, Dh) gradient)."""
     B, V, T, H, Dh = q.shape
-    if grad_out.stride(-1) != 1:  # e.g. the expanded gradient of out.sum(); not the model's case
-        grad_out = grad_out.contiguous()
+    if grad_out.stride(-1) != 1 or _time_row_offsets_overflow(T, grad_out.stride(2)):
+        grad_out = grad_out.contiguous()  # e.g. the expanded gradient of out.sum(); not the model's case
     if grads is None:
         grads = tuple(_new_buffer((B, V, T, H, Dh), q) for _ in range(3))
     dq, dk, dv = grads
