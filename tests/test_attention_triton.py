@@ -223,14 +223,21 @@ def test_qkvpacked_other_backends_and_bad_input():
         ((1, 2, 3, 1, 16), torch.float64, "time", r"dtype torch.float64 is not supported"),
         ((1, 129, 3, 1, 16), torch.float32, "variable", r"V=129 is over 128"),
         ((1, 1, 4097, 1, 16), torch.float32, "time", r"T=4097 is over 4096"),
+        ((1, 65, 3, 1, 128), torch.float32, "variable", r"float32 along variables with V=65 > 64 and Dh=128 > 64 does not fit shared memory"),
     ],
-    ids=["Dh8", "fp64", "V129", "T4097"],
+    ids=["Dh8", "fp64", "V129", "T4097", "fp32-V65-Dh128-variable"],
 )
 def test_explicit_triton_on_unsupported_case_raises_reason(shape, dtype, axis, reason):
     q = torch.zeros(shape, dtype=dtype, device=DEVICE)
     mask = torch.ones(shape[0], shape[2], dtype=torch.bool, device=DEVICE)
     with pytest.raises(ValueError, match=r"backend='triton' cannot run this case: " + reason):
         kernels.masked_attention(q, q, q, mask, axis, backend="triton")
+
+
+def test_time_stride_too_large_for_int32_offsets_is_unsupported():
+    q = torch.empty(1, 1, 4096, 1, 16, device="meta").as_strided((1, 1, 4096, 1, 16), (0, 0, 2**20, 16, 1))
+    assert "too large for T=4096" in attention.unsupported_reason(q, q, q, None, "time")
+    assert attention.unsupported_reason(q, q, q, None, "variable") is None
 
 
 def test_real_shapes_are_supported():
