@@ -1,0 +1,158 @@
+"""Compile every Triton kernel variant for a GPU, without a GPU.
+
+    python -m bench.compile_check [--arch 90] [--quick]
+
+The interpreter (TRITON_INTERPRET=1) proves that the kernels compute the
+right function, not that they compile: code it accepts can still fail in
+Triton's compiler. This check runs the real host code on CPU tensors with
+every launch intercepted: each kernel is compiled for the target GPU
+(triton ships ptxas, so no GPU or driver is needed) with exactly the
+signature and constexprs the host chose, and never launched. It reports
+each variant's shared memory and fails when one does not compile or needs
+more shared memory than the target has (the driver would refuse it at
+launch). Registers and spills are only known once a driver loads the
+binary, so they are the GPU run's to report.
+
+It must run in its own process: TRITON_INTERPRET has to be 0 before triton
+is imported, which a test session (interpreter on) cannot undo.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+os.environ["TRITON_INTERPRET"] = "0"
+os.environ.pop("MIGT_BACKEND", None)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+# Largest dynamic shared memory per block (bytes) by compute capability.
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class CompileOnlyDriver:
+    """The part of a Triton driver that compiling asks for: a device, a
+    stream and the target. Loading or launching a binary is not possible."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+class LaunchRecorder:
+    """Replaces JITFunction.run: compile (warmup=True never launches), record."""
+
+    def __init__(self):
+        self.compiled = {}  # (kernel name, cache key) -> compiled kernel
+        self.label = ""
+        self._run = JITFunction.run
+
+    def __enter__(self):
+        recorder = self
+
+        def compile_only(fn, *args, grid, warmup, **kwargs):
+            kernel = recorder._run(fn, *args, grid=grid, warmup=True, **kwargs)
+            recorder.compiled.setdefault((fn.fn.__name__, kernel.hash), (recorder.label, kernel))
+            return kernel
+
+        JITFunction.run = compile_only
+        return self
+
+    def __exit__(self, *exc):
+        JITFunction.run = self._run
+
+
+def attention_cases(quick: bool):
+    """(label, thunk) pairs: forward and backward of both entry points along
+    both axes, for every head dim and dtype the kernel supports."""
+    from kernels import attention
+
+    head_dims = [32] if quick else [16, 32, 64, 128]
+    for dtype, dh, axis, n_vars in itertools.product(DTYPES, head_dims, ("time", "variable"), (24, 128)):
+        if axis == "time" and n_vars != 24:
+            continue  # V only shapes the variable kernel
+        qkv = torch.zeros(2, n_vars, 80, 3, 2, dh, dtype=DTYPES[dtype], requires_grad=True)
+        mask = torch.ones(2, 80, dtype=torch.bool)
+        q, k, v = qkv.unbind(3)
+        if attention.unsupported_reason(q, k, v, mask, axis) is not None:
+            continue
+        label = f"attention {axis} V={n_vars} Dh={dh} {dtype}"
+
+        def run(qkv=qkv, mask=mask, axis=axis):
+            attention.masked_attention_qkvpacked(qkv, mask, axis).sum().backward()
+            q, k, v = qkv.unbind(3)
+            attention.masked_attention(q, k, v, mask, axis).sum().backward()
+
+        yield label, run
+
+
+def norm_cases(quick: bool):
+    from kernels import gated_norm, revin
+
+    for dtype in [*DTYPES, "fp64"]:  # the norms also take float64
+        torch_dtype = DTYPES.get(dtype, torch.float64)
+        x = torch.zeros(2, 70, 24, dtype=torch_dtype, requires_grad=True)
+        w = torch.ones(24, requires_grad=True)
+        mask = torch.ones(2, 70, dtype=torch.bool)
+
+        def run_revin(x=x, w=w, mask=mask):
+            y, mean, std = revin.revin_normalize(x, mask, w, torch.zeros(24))
+            (y.sum() + mean.sum() + std.sum()).backward()
+
+        yield f"revin {dtype}", run_revin
+        for d in ([256] if quick else [48, 256, 8192]):
+            t = [torch.zeros(3, 5, d, dtype=torch_dtype, requires_grad=True) for _ in range(3)]
+
+            def run_gated(t=t, d=d):
+                gated_norm.gated_residual_norm(*t, torch.ones(d), torch.zeros(d)).sum().backward()
+
+            yield f"gated_norm D={d} {dtype}", run_gated
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100/H200), 80 (A100)")
+    parser.add_argument("--quick", action="store_true", help="Dh=32 and D=256 only")
+    args = parser.parse_args(argv)
+    limit = SHARED_LIMIT.get(args.arch)
+    driver.set_active(CompileOnlyDriver(args.arch))
+    failures = 0
+    start = time.perf_counter()
+    with LaunchRecorder() as recorder:
+        for label, run in itertools.chain(attention_cases(args.quick), norm_cases(args.quick)):
+            recorder.label = label
+            try:
+                run()
+            except Exception as err:  # a compile error: report it, check the rest
+                failures += 1
+                print(f"FAILED  {label}: {type(err).__name__}: {str(err)[-1500:]}", flush=True)
+    for (name, _), (label, kernel) in sorted(recorder.compiled.items(), key=lambda kv: kv[1][0]):
+        shared = kernel.metadata.shared
+        too_big = limit is not None and shared > limit
+        failures += too_big
+        flag = f"  OVER THE {limit} B LIMIT" if too_big else ""
+        print(f"{'FAILED' if too_big else 'ok':7s} {label:36s} {name:26s} warps {kernel.metadata.num_warps:2d} "
+              f"stages {kernel.metadata.num_stages} shared {shared:6d} B{flag}")
+    print(f"{len(recorder.compiled)} kernel variants compiled for sm_{args.arch} in "
+          f"{time.perf_counter() - start:.0f} s, {failures} failure(s)")
+    return 1 if failures or not recorder.compiled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
