@@ -8,10 +8,11 @@ Triton's compiler. This check runs the real host code on CPU tensors with
 every launch intercepted: each kernel is compiled for the target GPU
 (triton ships ptxas, so no GPU or driver is needed) with exactly the
 signature and constexprs the host chose, and never launched. It reports
-each variant's shared memory and fails when one does not compile or needs
-more shared memory than the target has (the driver would refuse it at
-launch). Registers and spills are only known once a driver loads the
-binary, so they are the GPU run's to report.
+each variant's shared memory, registers and spill stack (read from the
+binary with triton's cuobjdump) and fails when one does not compile or
+needs more shared memory than the target has (the driver would refuse it at
+launch). Spills are reported, not failed: whether they cost time is for a
+GPU run to show.
 
 It must run in its own process: TRITON_INTERPRET has to be 0 before triton
 is imported, which a test session (interpreter on) cannot undo.
@@ -21,7 +22,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ["TRITON_INTERPRET"] = "0"
@@ -53,6 +57,21 @@ class CompileOnlyDriver:
 
     def get_current_target(self):
         return self.target
+
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resource_usage(kernel) -> str:
+    """'regs R stack S' of a compiled kernel (S > 0: register spills), or ''."""
+    if not os.path.exists(CUOBJDUMP):
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"regs {found[1]:>3} stack {found[2]:>4} B" if found else ""
 
 
 class LaunchRecorder:
@@ -148,7 +167,7 @@ def main(argv=None) -> int:
         failures += too_big
         flag = f"  OVER THE {limit} B LIMIT" if too_big else ""
         print(f"{'FAILED' if too_big else 'ok':7s} {label:36s} {name:26s} warps {kernel.metadata.num_warps:2d} "
-              f"stages {kernel.metadata.num_stages} shared {shared:6d} B{flag}")
+              f"stages {kernel.metadata.num_stages} shared {shared:6d} B {resource_usage(kernel)}{flag}")
     print(f"{len(recorder.compiled)} kernel variants compiled for sm_{args.arch} in "
           f"{time.perf_counter() - start:.0f} s, {failures} failure(s)")
     return 1 if failures or not recorder.compiled else 0
