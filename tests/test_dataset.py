@@ -155,3 +155,17 @@ def test_split_is_chronological_and_purged():
     assert len(train) + len(val) + len(test) == len(ds) - 2
     with pytest.raises(ValueError, match="train split is empty"):
         chronological_split(ds.subset([0, 1]), 0.5, 0.4)
+
+
+def test_timestamps_with_utc_offsets_across_a_dst_change(tmp_path):
+    # Local-time exports often write the offset, which changes with DST (-05:00 -> -04:00).
+    stamps = pd.date_range("2021-03-13 22:00", periods=60, freq="5min", tz="America/New_York")
+    frame = synthetic_bars(1, seed=0).iloc[:60].copy()
+    frame["timestamp"] = [t.isoformat() for t in stamps]
+    assert frame["timestamp"].str[-6:].nunique() == 2  # the file really mixes offsets
+    path = _write(tmp_path, frame)
+    loaded = load_bars(path, timezone="America/New_York")
+    expected = pd.Series(stamps.tz_localize(None), name="timestamp").astype("datetime64[ns]")
+    pd.testing.assert_series_equal(loaded["timestamp"], expected)
+    with pytest.raises(ValueError, match=r"different UTC offsets.*--timezone"):
+        load_bars(path)

@@ -16,6 +16,7 @@ Monday's session); earlier opens by their own date.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,22 @@ def validate_bars(frame: pd.DataFrame, *, source: str = "bars", timezone: str | 
     out = pd.DataFrame({c: frame[by_lower[c]].to_numpy() for c in BAR_COLUMNS})
 
     try:
-        ts = pd.to_datetime(out["timestamp"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pandas' mixed-offset warning, handled below
+            ts = pd.to_datetime(out["timestamp"])
+        # Stamps with different UTC offsets (a DST change in local-time data)
+        # parse to objects: there is no single zone to keep, so one must be named.
+        if ts.dtype == object and timezone:
+            ts = pd.to_datetime(out["timestamp"], utc=True)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{source}: column 'timestamp' could not be parsed as datetimes: {err}") from err
+    if ts.dtype == object:
+        offsets = sorted({t.strftime("%z") for t in ts if isinstance(t, dt.datetime)})
+        raise ValueError(
+            f"{source}: column 'timestamp' holds different UTC offsets {offsets[:4]} (e.g. a "
+            "daylight-saving change); name the exchange's zone with --timezone (timezone=...), "
+            "e.g. America/Chicago"
+        )
     if ts.dt.tz is not None:
         ts = (ts.dt.tz_convert(timezone) if timezone else ts).dt.tz_localize(None)
     out["timestamp"] = ts.astype("datetime64[ns]")
