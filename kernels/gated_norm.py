@@ -186,6 +186,9 @@ def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float):
         return out, mean, rstd
     block_m, block_d, num_warps = _launch_shape(D)
     eps_hi, eps_lo = _split_float32(eps)
+    # the kernels read weight and bias at unit stride; (D,) views of wider
+    # parameters (or expanded ones) are copied, which costs D elements
+    weight, bias = weight.contiguous(), bias.contiguous()
     _gated_norm_fwd_kernel[(triton.cdiv(N, block_m),)](
         x2, u2, g2, weight, bias, out, mean, rstd,
         N, D,
@@ -220,6 +223,7 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
     programs = _backward_programs(x.device, triton.cdiv(N, block_m))
     dw_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
+    weight, bias = weight.contiguous(), bias.contiguous()  # read at unit stride
     _gated_norm_bwd_kernel[(programs,)](
         o2, x2, u2, g2, weight, bias, mean, rstd,
         dx, du, dg, dw_part, db_part,

@@ -213,6 +213,9 @@ def revin_fwd(x, mask, weight, bias, eps: float):
     block_t, block_v = _blocks(T, V)
     eps_hi, eps_lo = _split_float32(eps * eps)
     m = mask.view(torch.uint8)
+    # the kernel reads weight and bias at unit stride; (V,) views of wider
+    # parameters (or expanded ones) are copied, which costs V elements
+    weight, bias = weight.contiguous(), bias.contiguous()
     _revin_fwd_kernel[(B, triton.cdiv(V, block_v))](
         x, m, weight, bias, y, mean, std,
         T, V,
@@ -235,6 +238,7 @@ def revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std):
     if B > 0 and V > 0:
         block_t, block_v = _blocks(T, V)
         m = mask.view(torch.uint8)
+        weight = weight.contiguous()  # read at unit stride
         _revin_bwd_kernel[(B, triton.cdiv(V, block_v))](
             x, m, weight, mean, std, grad_y, grad_mean, grad_std,
             dx, dw_part, db_part,

@@ -106,20 +106,34 @@ def test_revin_awkward_series_fp32(scale, offset, tol, poisoned_outputs):
         assert_close(got["std"], torch.full((4, 5), 1e-5, dtype=torch.float64), atol=0, rtol=1e-6, name="std")
 
 
-def test_revin_strided_input_and_broadcast_gradients(poisoned_outputs):
-    x, mask, w, b, (_, _, grad_std) = revin_case(3, 21, 6, torch.float32)
+def strided_params(*params):
+    """(n,) views at stride 2 of wider tensors whose other half is NaN, so a
+    kernel that reads them as contiguous picks up NaN."""
+    return [torch.stack([p, torch.full_like(p, float("nan"))], -1)[:, 0] for p in params]
+
+
+@pytest.mark.parametrize("grad_layout", ["broadcast", "transposed"])
+def test_revin_strided_input_and_gradients(grad_layout, poisoned_outputs):
+    x, mask, w, b, (grad_y, _, grad_std) = revin_case(3, 21, 6, torch.float32)
     x_t = x.transpose(1, 2).contiguous().transpose(1, 2)  # (B, T, V) with V-stride T
-    assert not x_t.is_contiguous()
+    w_s, b_s = strided_params(w, b)
+    assert not any(t.is_contiguous() for t in (x_t, w_s, b_s))
     results = []
-    for xs, backend in ((x_t, "triton"), (x.double(), "reference")):
-        xs = xs.detach().requires_grad_()
-        y, mean, std = kernels.revin_normalize(xs, mask, w.to(xs.dtype), b.to(xs.dtype), backend=backend)
-        # y.sum() and mean.sum() send stride-0 gradients; std carries the signal
-        loss = y.sum() + mean.sum() + (std.double() * grad_std).sum()
-        results.append((y, *torch.autograd.grad(loss, xs)))
-    (y, dx), (ry, rdx) = results
-    close(y, ry, 2e-6, "y")
-    close(dx, rdx, 2e-6, "dx")
+    for xs, ws, bs, backend in ((x_t, w_s, b_s, "triton"), (x.double(), w.double(), b.double(), "reference")):
+        xs, ws, bs = (t.detach().requires_grad_() for t in (xs, ws, bs))
+        y, mean, std = kernels.revin_normalize(xs, mask, ws, bs, backend=backend)
+        if grad_layout == "broadcast":  # y.sum() and mean.sum() send stride-0 gradients
+            loss = y.sum() + mean.sum()
+        else:  # the gradient of y arrives as a (B, T, V) tensor seen transposed
+            loss = (y.transpose(1, 2) * grad_y.transpose(1, 2).to(y.dtype)).sum()
+        loss = loss + (std.double() * grad_std).sum()
+        results.append((y, *torch.autograd.grad(loss, (xs, ws, bs))))
+    for name, got, want in zip(("y", "dx", "dweight", "dbias"), *results):
+        if name == "dweight" and grad_layout == "broadcast":
+            # sum over steps of z, which is 0 up to rounding: no scale to be relative to
+            assert_close(got, want, atol=1e-5, rtol=0, name=name)
+        else:
+            close(got, want, 2e-6, name)
 
 
 def test_revin_round_trip():
@@ -221,9 +235,9 @@ def test_gated_norm_strided_inputs(rotation, poisoned_outputs):
         lambda t: torch.stack([t, t], -1)[..., 0],  # column stride 2
     ]
     layouts = layouts[rotation:] + layouts[:rotation]
-    strided = [layout(t) for layout, t in zip(layouts, inputs[:3])]
+    strided = [layout(t) for layout, t in zip(layouts, inputs[:3])] + strided_params(*inputs[3:])
     assert not any(t.is_contiguous() for t in strided)
-    check_gated(strided + inputs[3:], grad_out, 2e-6)
+    check_gated(strided, grad_out, 2e-6)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
