@@ -156,6 +156,13 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
+def _int32_indexable(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy when its strides reach past int32 offsets.
+    For the upstream gradient, which unsupported_reason never saw: its numel
+    equals x's, so the copy is always indexable."""
+    return t if _max_offset(t) <= INT32_LIMIT else t.contiguous()
+
+
 def unsupported_reason(x, update, gate_logits, weight, bias) -> Optional[str]:
     """Why the kernel cannot take this case (None when it can)."""
     D = x.shape[-1]
@@ -211,7 +218,7 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
     """Returns dx, du, dg (contiguous, each in its input's dtype) and dweight,
     dbias (D,) in the compute dtype."""
     D = x.shape[-1]
-    o2, x2, u2, g2 = _rows(grad_out), _rows(x), _rows(update), _rows(gate_logits)
+    o2, x2, u2, g2 = _int32_indexable(_rows(grad_out)), _rows(x), _rows(update), _rows(gate_logits)
     N = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     du = torch.empty(update.shape, dtype=update.dtype, device=x.device)

@@ -194,6 +194,13 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
+def _int32_indexable(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy when its strides reach past int32 offsets.
+    For upstream gradients, which unsupported_reason never saw: their numel
+    equals a checked input's, so the copy is always indexable."""
+    return t if _max_offset(t) <= INT32_LIMIT else t.contiguous()
+
+
 def unsupported_reason(x, mask, weight, bias) -> Optional[str]:
     """Why the kernel cannot take this case (None when it can)."""
     B, T, V = x.shape
@@ -236,6 +243,7 @@ def revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std):
     dw_part = torch.empty((B, V), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((B, V), dtype=mean.dtype, device=x.device)
     if B > 0 and V > 0:
+        grad_y, grad_mean, grad_std = (_int32_indexable(g) for g in (grad_y, grad_mean, grad_std))
         block_t, block_v = _blocks(T, V)
         m = mask.view(torch.uint8)
         weight = weight.contiguous()  # read at unit stride
