@@ -169,3 +169,13 @@ def test_timestamps_with_utc_offsets_across_a_dst_change(tmp_path):
     pd.testing.assert_series_equal(loaded["timestamp"], expected)
     with pytest.raises(ValueError, match=r"different UTC offsets.*--timezone"):
         load_bars(path)
+
+
+def test_sessions_without_warm_up_history_are_dropped(bars):
+    # The file starts 20 bars before a session's end: that partial session and the
+    # next one (only 20 bars of history for 48-bar indicators) are not samples.
+    day_ends = np.flatnonzero(np.diff(bars["timestamp"].to_numpy()) >= np.timedelta64(1, "h"))
+    late_start = bars.iloc[day_ends[0] - 19:].reset_index(drop=True)
+    arrays = BarDayDataset.from_bars(late_start, MIGTConfig(**TINY)).arrays
+    assert arrays.first_row.min() >= 48
+    assert pd.Timestamp(arrays.days[0]) == pd.Timestamp(BarDayDataset.from_bars(bars, MIGTConfig(**TINY)).arrays.days[1])

@@ -10,8 +10,9 @@ of the bar frame). For horizon h (3, 6, 12, 24, 48 bars) the target is the
 close-to-close log return log(close[a + h] / close[a]), where a + h counts
 *bars present in the data* (a missing bar is skipped, not counted) and may lie
 in the next sessions. Sessions whose target would need a bar past the data's
-end are dropped, as are the first ``warmup_days`` sessions (their indicators
-are not warmed up).
+end are dropped, as are the first ``warmup_days`` sessions and any session
+that starts within the data's first ``WARMUP_BARS`` rows (their indicators are
+not warmed up; a file may start with a partial session).
 
 Splits are chronological (train, validation, test) with a purge: a sample is
 dropped from the earlier split when its target window (up to row a + 48)
@@ -32,7 +33,7 @@ from torch.utils.data import Dataset
 
 from .bars import BAR_MINUTES, BARS_PER_DAY, infer_session_open, session_slots
 from .horizons import HORIZON_BARS
-from .features import FEATURE_NAMES, N_FEATURES, check_feature_count, compute_features
+from .features import FEATURE_NAMES, N_FEATURES, WARMUP_BARS, check_feature_count, compute_features
 
 
 def check_config_for_bars(config, horizons: Sequence[int] = HORIZON_BARS) -> None:
@@ -98,7 +99,7 @@ def build_day_arrays(
     ends = np.r_[starts[1:], n_rows]  # exclusive
     keep = [
         i for i in range(warmup_days, len(starts))
-        if ends[i] - 1 + max(horizons) < n_rows
+        if starts[i] >= WARMUP_BARS and ends[i] - 1 + max(horizons) < n_rows
     ]
     N, T, V, H = len(keep), BARS_PER_DAY, N_FEATURES, len(horizons)
     out = DayArrays(
