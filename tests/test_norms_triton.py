@@ -106,6 +106,19 @@ def test_revin_awkward_series_fp32(scale, offset, tol, poisoned_outputs):
         assert_close(got["std"], torch.full((4, 5), 1e-5, dtype=torch.float64), atol=0, rtol=1e-6, name="std")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+def test_revin_one_and_two_valid_steps(dtype, tol, poisoned_outputs):
+    # count 1: variance exactly 0, std eps, dx only through mean and std
+    x, mask, w, b, grads = revin_case(3, 37, 5, dtype)
+    mask[:] = False
+    mask[0, 17] = True
+    mask[1, [0, 36]] = True  # first and last step of the series
+    mask[2, 30:] = True
+    x = poison_padding(x, mask, 1)
+    got = check_revin(x, mask, w, b, grads, tol)
+    assert_close(got["std"][0], torch.full((5,), 1e-5, dtype=torch.float64), atol=0, rtol=tol, name="std")
+
+
 def strided_params(*params):
     """(n,) views at stride 2 of wider tensors whose other half is NaN, so a
     kernel that reads them as contiguous picks up NaN."""
@@ -248,6 +261,20 @@ def test_gated_norm_constant_row_and_extreme_gates(dtype, tol, poisoned_outputs)
     inputs[2][2] = -80.0  # and to 0
     got = check_gated(inputs, grad_out, tol)
     assert all(torch.isfinite(g).all() for g in got.values())
+
+
+def test_gated_norm_broadcast_upstream_gradient(poisoned_outputs):
+    # out.sum() sends a gradient whose every stride is 0
+    inputs, _ = gated_case((3, 7, 48), torch.float32)
+    got, want = (
+        torch.autograd.grad(kernels.gated_residual_norm(*ts, backend=backend).sum(), ts)
+        for ts, backend in (
+            ([t.detach().requires_grad_() for t in inputs], "triton"),
+            ([t.double().requires_grad_() for t in inputs], "reference"),
+        )
+    )
+    for name, g, r in zip(GATED_NAMES, got, want):
+        close(g, r, 2e-6, f"d{name}")
 
 
 def test_gated_norm_gradients_bitwise_deterministic():
