@@ -101,6 +101,14 @@ def test_resume_reproduces_the_uninterrupted_run(splits, tmp_path):
         other.load_checkpoint(tmp_path / "ckpt.pt")
 
 
+def test_logged_lr_is_the_one_the_step_used(splits):
+    config, train, val = splits
+    trainer = Trainer(config, train, val, TrainOptions(max_steps=10, batch_size=2, warmup_steps=4, lr=1e-3,
+                                                       progress=False))
+    batches = trainer.train_batches()
+    assert [trainer.train_step(next(batches))["lr"] for _ in range(2)] == pytest.approx([2.5e-4, 5e-4])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +123,7 @@ def _ddp_worker(rank: int, world: int, port: int, argv: list, out_dir: str) -> N
     torch.set_num_threads(1)
     trainer, summary = main(argv)
     torch.save({"params": trainer.model.state_dict(), "batches": trainer.epoch_batches(0),
-                "summary": summary}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "summary": summary, "history": trainer.history}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_two_process_ddp_ends_with_identical_parameters(tmp_path):
@@ -131,6 +139,9 @@ def test_two_process_ddp_ends_with_identical_parameters(tmp_path):
     shard1 = {i for b in r1["batches"] for i in b}
     assert shard0 and shard1 and not shard0 & shard1
     assert r0["summary"] == r1["summary"] and r0["summary"]["step"] == 4
+    # The logged train loss is the mean over both shards, not rank 0's alone.
+    train_logs = [[r for r in h if r["split"] == "train"] for h in (r0["history"], r1["history"])]
+    assert train_logs[0] and train_logs[0] == train_logs[1]
     assert math.isfinite(r0["summary"]["val"]["loss"])
     # Only rank 0 wrote, and the checkpoint holds both ranks' RNG states.
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

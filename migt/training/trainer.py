@@ -178,10 +178,11 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
         else:
             grad_norm = float("nan")
+        lr = self.optimizer.param_groups[0]["lr"]  # this step's; the scheduler then moves to the next
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": lr}
 
     @torch.no_grad()
     def evaluate(self, dataset: BarDayDataset) -> dict:
@@ -249,6 +250,11 @@ class Trainer:
         ckpt.restore_rng(state["rng"][self.ctx.rank])
 
     # ------------------------------------------------------------------ loop
+    def _mean_over_ranks(self, losses: list[float]) -> float:
+        """Mean train loss of these steps over every rank's shard (a collective under DDP)."""
+        total = torch.tensor(sum(losses) / len(losses), dtype=torch.float64, device=self.device)
+        return float(all_reduce_sum(total, self.ctx)) / self.ctx.world_size
+
     def _log(self, record: dict) -> None:
         self.history.append(record)
         if self.ctx.is_main and self.out_dir is not None:
@@ -288,7 +294,7 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
             if self.step % self.options.log_every == 0 or self.step == end:
-                self._log({"step": self.step, "split": "train", "loss": sum(running) / len(running),
+                self._log({"step": self.step, "split": "train", "loss": self._mean_over_ranks(running),
                            "grad_norm": stats["grad_norm"], "lr": stats["lr"]})
                 running = []
             if self.step % self.options.eval_every == 0 or self.step == self.options.max_steps:
