@@ -99,6 +99,9 @@ def test_resume_reproduces_the_uninterrupted_run(splits, tmp_path):
     other = Trainer(MIGTConfig(**{**TINY, "dropout": 0.2}), train, val, opts)
     with pytest.raises(ValueError, match="dropout: checkpoint 0.1 vs now 0.2"):
         other.load_checkpoint(tmp_path / "ckpt.pt")
+    rescaled = Trainer(config, train, val, TrainOptions(**{**opts.__dict__, "target_scale": 1.0}))
+    with pytest.raises(ValueError, match="target_scale: checkpoint 100.0 vs now 1.0"):
+        rescaled.load_checkpoint(tmp_path / "ckpt.pt")
 
 
 def test_logged_lr_is_the_one_the_step_used(splits):

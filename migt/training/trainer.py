@@ -237,6 +237,15 @@ class Trainer:
                 f"checkpoint {str(path)!r} was trained with a different config; fields differ: "
                 + ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
             )
+        # Options that change the batch order or the units of the loss: resuming
+        # with others would silently train a different run (lr, max_steps may change).
+        saved_opts, my_opts = state["train_options"], dataclasses.asdict(self.options)
+        differ = [k for k in ("batch_size", "seed", "target_scale") if saved_opts.get(k) != my_opts[k]]
+        if differ:
+            raise ValueError(
+                f"checkpoint {str(path)!r} was trained with different options; "
+                + ", ".join(f"{k}: checkpoint {saved_opts.get(k)!r} vs now {my_opts[k]!r}" for k in differ)
+            )
         if state["world_size"] != self.ctx.world_size:
             raise ValueError(
                 f"checkpoint {str(path)!r} was written by {state['world_size']} process(es) but this run has "
