@@ -239,6 +239,15 @@ def test_gated_norm_low_precision_with_fp32_params(poisoned_outputs):
     assert got["dweight"].dtype == torch.float32
 
 
+def test_gated_norm_float32_residual_with_fp16_update(poisoned_outputs):
+    # under autocast the block output (update, gate) is low precision while
+    # the residual stream x stays float32: each gradient keeps its input's dtype
+    inputs, grad_out = gated_case((3, 7, 48), torch.float32)
+    inputs[1], inputs[2] = inputs[1].half(), inputs[2].half()
+    got = check_gated(inputs, grad_out, 4e-3)
+    assert got["out"].dtype == torch.float32 and got["dupdate"].dtype == torch.float16
+
+
 @pytest.mark.parametrize("rotation", [0, 1, 2], ids=["x-wide", "x-swapped", "x-every-other"])
 def test_gated_norm_strided_inputs(rotation, poisoned_outputs):
     inputs, grad_out = gated_case((4, 6, 48), torch.float32)
