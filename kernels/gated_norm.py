@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import INT32_LIMIT, int32_indexable, max_offset, split_float32
+
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -31,7 +33,6 @@ MAX_BLOCK_M = 16
 # partial-sum buffer (programs x D) independently of N.
 BWD_PROGRAMS_PER_SM = 4
 BWD_PROGRAMS_CPU = 4  # interpreter: few programs, so tests exercise the loop
-INT32_LIMIT = 2**31 - 1
 
 
 # ------------------------------------------------------------------ kernels
@@ -136,11 +137,6 @@ def _launch_shape(D: int) -> tuple[int, int, int]:
     return block_m, block_d, num_warps
 
 
-def _split_float32(value: float) -> tuple[float, float]:
-    """value as hi + lo, both float32-exact: Triton passes Python floats as
-    float32, which would round eps in the float64 kernel."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    return hi, value - hi
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -152,15 +148,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1, D)
 
 
-def _max_offset(t: torch.Tensor) -> int:
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
-def _int32_indexable(t: torch.Tensor) -> torch.Tensor:
-    """t, or a contiguous copy when its strides reach past int32 offsets.
-    For the upstream gradient, which unsupported_reason never saw: its numel
-    equals x's, so the copy is always indexable."""
-    return t if _max_offset(t) <= INT32_LIMIT else t.contiguous()
 
 
 def unsupported_reason(x, update, gate_logits, weight, bias) -> Optional[str]:
@@ -170,7 +159,7 @@ def unsupported_reason(x, update, gate_logits, weight, bias) -> Optional[str]:
         return "the last dim D is 0"
     if D > MAX_D:
         return f"D={D} is over {MAX_D} (a row must fit one block)"
-    if x.numel() > INT32_LIMIT or max(_max_offset(t) for t in (x, update, gate_logits)) > INT32_LIMIT:
+    if x.numel() > INT32_LIMIT or max(max_offset(t) for t in (x, update, gate_logits)) > INT32_LIMIT:
         return f"x of shape {tuple(x.shape)} needs 64-bit offsets (the kernel indexes with int32)"
     return None
 
@@ -192,7 +181,7 @@ def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float):
     if N == 0:
         return out, mean, rstd
     block_m, block_d, num_warps = _launch_shape(D)
-    eps_hi, eps_lo = _split_float32(eps)
+    eps_hi, eps_lo = split_float32(eps)
     # the kernels read weight and bias at unit stride; (D,) views of wider
     # parameters (or expanded ones) are copied, which costs D elements
     weight, bias = weight.contiguous(), bias.contiguous()
@@ -218,7 +207,7 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
     """Returns dx, du, dg (contiguous, each in its input's dtype) and dweight,
     dbias (D,) in the compute dtype."""
     D = x.shape[-1]
-    o2, x2, u2, g2 = _int32_indexable(_rows(grad_out)), _rows(x), _rows(update), _rows(gate_logits)
+    o2, x2, u2, g2 = int32_indexable(_rows(grad_out)), _rows(x), _rows(update), _rows(gate_logits)
     N = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     du = torch.empty(update.shape, dtype=update.dtype, device=x.device)

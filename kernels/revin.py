@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import INT32_LIMIT, int32_indexable, max_offset, split_float32
 from .reference import compute_dtype
 
 # Launch parameters (chosen by reasoning, not yet tuned on a GPU): 8
@@ -32,7 +33,6 @@ from .reference import compute_dtype
 BLOCK_V_MAX = 8
 BLOCK_T_MAX = 128
 NUM_WARPS = 4
-INT32_LIMIT = 2**31 - 1
 
 
 # ------------------------------------------------------------------ kernels
@@ -183,28 +183,16 @@ def _blocks(T: int, V: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(max(T, 1)), BLOCK_T_MAX), min(triton.next_power_of_2(max(V, 1)), BLOCK_V_MAX)
 
 
-def _split_float32(value: float) -> tuple[float, float]:
-    """value as hi + lo, both float32-exact: Triton passes Python floats as
-    float32, which would round eps**2 in the float64 kernel."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    return hi, value - hi
 
 
-def _max_offset(t: torch.Tensor) -> int:
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
-def _int32_indexable(t: torch.Tensor) -> torch.Tensor:
-    """t, or a contiguous copy when its strides reach past int32 offsets.
-    For upstream gradients, which unsupported_reason never saw: their numel
-    equals a checked input's, so the copy is always indexable."""
-    return t if _max_offset(t) <= INT32_LIMIT else t.contiguous()
 
 
 def unsupported_reason(x, mask, weight, bias) -> Optional[str]:
     """Why the kernel cannot take this case (None when it can)."""
     B, T, V = x.shape
-    if B * T * V > INT32_LIMIT or max(_max_offset(x), _max_offset(mask)) > INT32_LIMIT:
+    if B * T * V > INT32_LIMIT or max(max_offset(x), max_offset(mask)) > INT32_LIMIT:
         return f"x of shape {tuple(x.shape)} needs 64-bit offsets (the kernel indexes with int32)"
     return None
 
@@ -218,7 +206,7 @@ def revin_fwd(x, mask, weight, bias, eps: float):
     if B == 0 or V == 0:
         return y, mean, std
     block_t, block_v = _blocks(T, V)
-    eps_hi, eps_lo = _split_float32(eps * eps)
+    eps_hi, eps_lo = split_float32(eps * eps)
     m = mask.view(torch.uint8)
     # the kernel reads weight and bias at unit stride; (V,) views of wider
     # parameters (or expanded ones) are copied, which costs V elements
@@ -243,7 +231,7 @@ def revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std):
     dw_part = torch.empty((B, V), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((B, V), dtype=mean.dtype, device=x.device)
     if B > 0 and V > 0:
-        grad_y, grad_mean, grad_std = (_int32_indexable(g) for g in (grad_y, grad_mean, grad_std))
+        grad_y, grad_mean, grad_std = (int32_indexable(g) for g in (grad_y, grad_mean, grad_std))
         block_t, block_v = _blocks(T, V)
         m = mask.view(torch.uint8)
         weight = weight.contiguous()  # read at unit stride

@@ -1,0 +1,26 @@
+"""Host-side helpers shared by the Triton norm kernels' launch code."""
+from __future__ import annotations
+
+import torch
+
+# The norm kernels index with int32 element offsets.
+INT32_LIMIT = 2**31 - 1
+
+
+def split_float32(value: float) -> tuple[float, float]:
+    """value as hi + lo, both float32-exact: Triton passes a Python float to a
+    kernel as float32, which would round eps in a float64 kernel."""
+    hi = float(torch.tensor(value, dtype=torch.float32))
+    return hi, value - hi
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """The largest element offset any index of t reaches through its strides."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+
+def int32_indexable(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy when its strides reach past int32 offsets.
+    For upstream gradients, which unsupported_reason never saw: their numel
+    equals a checked input's, so the copy is always indexable."""
+    return t if max_offset(t) <= INT32_LIMIT else t.contiguous()
