@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 from ._launch import INT32_LIMIT, int32_indexable, max_offset, split_float32
-
 from .reference import compute_dtype
 
 MAX_D = 8192
