@@ -5,14 +5,12 @@ Each function validates its arguments, picks a backend and runs it:
 - "sdpa": torch's scaled_dot_product_attention for attention
   (kernels/sdpa.py); the norms have no SDPA form, so "sdpa" runs their
   plain-PyTorch path;
-- "triton": the fused kernels (kernels/<op>.py, imported on first use so that
-  `import kernels` stays light and works without triton).
+- "triton": the fused kernels (kernels/attention.py, revin.py, gated_norm.py;
+  without triton installed the other backends still work).
 "auto" (or env MIGT_BACKEND) picks Triton on CUDA for supported cases.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Optional
 
 import torch
@@ -29,39 +27,29 @@ __all__ = [
     "gated_residual_norm",
 ]
 
-# Triton implementation module of each op. Each module exposes
+# Triton implementation module of each op; each exposes
 # `unsupported_reason(...) -> Optional[str]` and the op under the same name.
-_TRITON_MODULES = {
-    "masked_attention": "attention",
-    "revin_normalize": "revin",
-    "gated_residual_norm": "gated_norm",
-}
-
-
-def _import_triton_module(name: str) -> bool:
-    """Import a Triton module; False while it is not written."""
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name == name:
-            return False
+# Imported here, not on first use: torch.compile(fullgraph=True) cannot trace
+# an import made inside the compiled region. (It costs ~0.15 s, mostly triton.)
+try:
+    from . import attention as _triton_attention
+    from . import gated_norm as _triton_gated_norm
+    from . import revin as _triton_revin
+except ImportError as err:
+    if not (err.name or "").startswith("triton"):
         raise
-    return True
-
-
-# Dynamo cannot trace importlib: under torch.compile(fullgraph=True) it runs
-# this once at trace time instead. This is what the decorator
-# torch.compiler.assume_constant_result does; it is set by hand because the
-# decorator imports torch._dynamo, and with it triton, at `import kernels`.
-_import_triton_module._dynamo_marked_constant = True
+    _TRITON_MODULES = {}
+else:
+    _TRITON_MODULES = {
+        "masked_attention": _triton_attention,
+        "revin_normalize": _triton_revin,
+        "gated_residual_norm": _triton_gated_norm,
+    }
 
 
 def _triton_module(op: str):
-    """The op's Triton module, or None while it is not written."""
-    name = f"{__name__}.{_TRITON_MODULES[op]}"
-    if not _import_triton_module(name):
-        return None
-    return sys.modules[name]
+    """The op's Triton module, or None when triton is missing or the op has no kernel."""
+    return _TRITON_MODULES.get(op)
 
 
 def _triton_reason(op: str, *args) -> Optional[str]:

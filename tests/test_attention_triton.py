@@ -259,6 +259,22 @@ def test_auto_on_cpu_stays_sdpa(monkeypatch):
     assert torch.equal(got, kernels.masked_attention(q, k, v, mask, "time", backend="sdpa"))
 
 
-def test_import_kernels_does_not_import_triton():
-    code = "import sys, kernels; assert 'triton' not in sys.modules, 'triton imported'"
+def test_kernels_work_without_triton():
+    # triton blocked from import: the reference and sdpa backends still run,
+    # auto falls back, and an explicit "triton" says why it cannot
+    code = """
+import sys
+sys.modules["triton"] = None
+import torch, kernels
+q = torch.randn(1, 2, 5, 1, 16)
+mask = torch.ones(1, 5, dtype=torch.bool)
+out = kernels.masked_attention(q, q, q, mask, "time")
+assert torch.equal(out, kernels.masked_attention(q, q, q, mask, "time", backend="sdpa"))
+try:
+    kernels.masked_attention(q, q, q, mask, "time", backend="triton")
+except ValueError as err:
+    assert "triton is not installed" in str(err), err
+else:
+    raise AssertionError("backend='triton' ran without triton")
+"""
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -53,3 +53,16 @@ def test_triton_model_padding_has_no_effect():
     assert torch.equal(q0, q1)
     for (name, _), a, b in zip(model.named_parameters(), g0, g1):
         assert torch.equal(a, b), name
+
+
+def test_triton_model_compiles_as_one_graph():
+    # torch.compile(fullgraph=True) captures the whole model, forward and
+    # backward, through the kernels' custom ops (aot_eager: the capture is
+    # what is tested here, not inductor's code generation)
+    model, batch = model_and_batch("triton")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    args = (batch["features"], batch["attention_mask"], batch["temporal_info"])
+    got = compiled(*args)["quantiles"]
+    assert torch.equal(got, model(*args)["quantiles"])
+    got.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
