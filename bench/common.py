@@ -49,6 +49,19 @@ def triton_skip_reason(device: torch.device, ops: Iterable[str]) -> Optional[str
     return None
 
 
+def skip_unless_runnable(settings, backend: str, triton_ops: Iterable[str] = ()) -> None:
+    """Raise Skip when this run leaves the backend out, or when it is
+    "triton" and a kernel it needs cannot run on this device."""
+    from bench.harness import Skip
+
+    if backend in settings.left_out:
+        raise Skip(settings.left_out[backend])
+    if backend == "triton" and triton_ops:
+        reason = triton_skip_reason(settings.device, triton_ops)
+        if reason:
+            raise Skip(reason)
+
+
 def flex_attention_module():
     """torch.nn.attention.flex_attention, or Skip when this torch lacks it."""
     from bench.harness import Skip

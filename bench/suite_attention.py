@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from bench.common import DTYPES, RunSettings, day_masks, flex_attention_module
+from bench.common import DTYPES, RunSettings, day_masks, flex_attention_module, skip_unless_runnable
 from bench.harness import Case, Skip, Timed, Work
 
 # triton_packed: the Triton kernel through masked_attention_qkvpacked (the
@@ -94,8 +94,7 @@ def _setup(settings: RunSettings, backend, dtype, batch, T, axis, backward):
     def setup() -> Timed:
         import kernels
 
-        if backend in settings.left_out:
-            raise Skip(settings.left_out[backend])
+        skip_unless_runnable(settings, backend)
         device = settings.device
         if backend == "flex" and backward and device.type == "cpu":
             raise Skip(f"FlexAttention has no CPU backward in torch {torch.__version__}")

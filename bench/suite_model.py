@@ -17,8 +17,8 @@ import contextlib
 import torch
 
 from bench import memory_model
-from bench.common import RunSettings, load_config, triton_skip_reason
-from bench.harness import MIB, Case, Skip, Timed, Work, is_oom
+from bench.common import RunSettings, load_config, skip_unless_runnable
+from bench.harness import MIB, Case, Timed, Work, is_oom
 
 BACKENDS = ("sdpa", "triton", "reference", "compile")
 OPS = ("inference", "train_step", "train_step_ckpt")
@@ -50,13 +50,8 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
     def setup() -> Timed:
         import migt
 
-        if backend in settings.left_out:
-            raise Skip(settings.left_out[backend])
+        skip_unless_runnable(settings, backend, KERNEL_OPS)
         device = settings.device
-        if backend == "triton":
-            reason = triton_skip_reason(device, KERNEL_OPS)
-            if reason:
-                raise Skip(reason)
         checkpointing = op == "train_step_ckpt"
         config = load_config(
             settings, backend="sdpa" if backend == "compile" else backend,

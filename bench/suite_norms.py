@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import DTYPES, RunSettings, load_config, triton_skip_reason
+from bench.common import DTYPES, RunSettings, load_config, skip_unless_runnable
 from bench.harness import Case, Skip, Timed, Work
 
 BACKENDS = ("reference", "triton", "compile")
@@ -70,8 +70,7 @@ def _revin_setup(settings: RunSettings, op: str, backend: str, batch: int, T: in
         import migt
         from kernels import reference
 
-        if backend in settings.left_out:
-            raise Skip(settings.left_out[backend])
+        skip_unless_runnable(settings, backend)
         device = settings.device
         config = load_config(settings)
         data = migt.data.synthetic_batch(batch, config, seed=0, device=device, seq_len=T)
@@ -82,10 +81,7 @@ def _revin_setup(settings: RunSettings, op: str, backend: str, batch: int, T: in
         bias = (0.1 * torch.randn(V, generator=g, device=device)).requires_grad_(backward)
         elems = x.numel()
         if op == "revin_normalize":
-            if backend == "triton":
-                reason = triton_skip_reason(device, ["revin_normalize"])
-                if reason:
-                    raise Skip(reason)
+            skip_unless_runnable(settings, backend, ["revin_normalize"])
             if backend == "compile":
                 f = _compiled(reference.revin_normalize)
             else:
@@ -130,13 +126,8 @@ def _gated_setup(settings: RunSettings, backend: str, dtype: str, batch: int, T:
         import kernels
         from kernels import reference
 
-        if backend in settings.left_out:
-            raise Skip(settings.left_out[backend])
+        skip_unless_runnable(settings, backend, ["gated_residual_norm"])
         device = settings.device
-        if backend == "triton":
-            reason = triton_skip_reason(device, ["gated_residual_norm"])
-            if reason:
-                raise Skip(reason)
         g = torch.Generator(device=device).manual_seed(0)
         shape = (batch, N_VARIABLES, T, D_MODEL)
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from . import _dispatch, _validate, reference, sdpa
 from ._dispatch import BACKENDS
 
