@@ -97,6 +97,7 @@ def load_data(args: argparse.Namespace):
 def main(argv: Sequence[str] | None = None) -> RunResult:
     args = build_parser().parse_args(argv)
     ctx = init_distributed(args.device)
+    trainer = None
     try:
         config = build_config(args)
         if config.n_variables != N_FEATURES:
@@ -137,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
         barrier(ctx)
         return RunResult(trainer, summary)
     finally:
+        if trainer is not None:
+            trainer.release_distributed()
         shutdown_distributed()
 
 

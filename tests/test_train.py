@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import sys
+import warnings
 
 import pytest
 import torch
@@ -124,9 +125,12 @@ def _ddp_worker(rank: int, world: int, port: int, argv: list, out_dir: str) -> N
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    trainer, summary = main(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, summary = main(argv)
     torch.save({"params": trainer.model.state_dict(), "batches": trainer.epoch_batches(0),
-                "summary": summary, "history": trainer.history}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "summary": summary, "history": trainer.history,
+                "warnings": [str(w.message) for w in caught]}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_two_process_ddp_ends_with_identical_parameters(tmp_path):
@@ -135,6 +139,10 @@ def test_two_process_ddp_ends_with_identical_parameters(tmp_path):
             "--device", "cpu", "--out", str(tmp_path / "run")]
     mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    # The group was freed by shutdown, not left for interpreter exit, where gloo
+    # aborted about 1 run in 75 ("terminate called without an active exception").
+    for r in (r0, r1):
+        assert not [w for w in r["warnings"] if "process group" in w], r["warnings"]
     for name, p0 in r0["params"].items():
         assert torch.equal(p0, r1["params"][name]), name
     # Each rank trained on its own shard, and both report the same (all-reduced) metrics.

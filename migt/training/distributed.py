@@ -7,7 +7,10 @@ Without them the run is a single process and nothing here talks to a network.
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -51,14 +54,33 @@ def init_distributed(device: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     dev = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
+        # torch.distributed.nn.functional binds the default group into its
+        # functions' defaults when first imported (torch imports it lazily, e.g.
+        # from torch.distributed._shard). Imported after the group exists, it
+        # keeps the group alive past destroy_process_group, and gloo then tears
+        # it down at interpreter exit, where it can abort the process
+        # ("terminate called without an active exception"). Import it first.
+        import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 rank=rank, world_size=world_size)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
 def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group and check that nothing still holds it.
+
+    A group that outlives this call is torn down at interpreter exit, where gloo
+    can abort the process after a run that otherwise succeeded; callers must drop
+    their DDP wrappers first (``Trainer.release_distributed``).
+    """
+    if not dist.is_initialized():
+        return
+    group = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    gc.collect()
+    if group() is not None:
+        warnings.warn("the default process group is still referenced after destroy_process_group; "
+                      "its threads will be torn down at interpreter exit", RuntimeWarning, stacklevel=2)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 from dataclasses import dataclass
@@ -118,6 +119,14 @@ class Trainer:
             (lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
             if use_bf16 else contextlib.nullcontext
         )
+
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper, the last holder of the process group, so that the
+        group's threads are joined by destroy_process_group and not at interpreter
+        exit (where gloo can abort the process). The trainer stays usable on one rank."""
+        if self.ddp is not self.model:
+            self.ddp = self.model
+            gc.collect()  # DDP's reducer sits in reference cycles
 
     # ------------------------------------------------------------------ pieces
     def _param_groups(self) -> list[dict]:
