@@ -65,6 +65,16 @@ class MIGT_TVDT(nn.Module):
         """Build a freshly initialised model from a YAML config file."""
         return cls(MIGTConfig.from_yaml(path))
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location=None) -> "MIGT_TVDT":
+        """Rebuild a trained model (config and weights) from a `migt.train` checkpoint.
+
+        The loading and its checks live in migt/training/checkpoint.py.
+        """
+        from .training.checkpoint import load_model  # migt.training imports this module
+
+        return load_model(path, map_location=map_location)
+
     def _run_block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, mask, use_reentrant=False)
