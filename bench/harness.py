@@ -13,6 +13,12 @@ Peak memory (CUDA only): torch.cuda.max_memory_allocated over the timed
 repeats, after reset_peak_memory_stats; `peak_delta_mib` is the part above
 what was allocated before the repeats (the activations and gradients the
 call itself needs).
+
+Every case starts from the same state: all cases share one process (a
+process per case would cost seconds of CUDA and compiler start-up each), so
+after each case its objects are released, exception frames cleared, compiled
+graphs dropped (torch._dynamo.reset) and the CUDA cache emptied; a case that
+still leaves device memory allocated becomes an "error: leak" row.
 """
 from __future__ import annotations
 
@@ -24,7 +30,9 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -149,9 +157,32 @@ def triton_backend_reason(err: BaseException) -> Optional[str]:
     return match.group(1) if isinstance(err, ValueError) and match else None
 
 
-def _free_memory(device: torch.device) -> None:
+def _allocated_mib(device: torch.device) -> Optional[float]:
+    return torch.cuda.memory_allocated(device) / MIB if device.type == "cuda" else None
+
+
+def _forget_exception(err: BaseException) -> None:
+    """Drop the frames an exception's traceback holds: an OOM raised inside a
+    training step keeps every local of the forward (the activations) alive for
+    as long as anything refers to the exception."""
+    seen = set()
+    while err is not None and id(err) not in seen:  # chains can loop
+        seen.add(id(err))
+        if err.__traceback__ is not None:
+            traceback.clear_frames(err.__traceback__)
+            err.__traceback__ = None
+        err = err.__cause__ or err.__context__
+
+
+def reset_state(device: torch.device) -> None:
+    """Bring the process back to the state a case starts from: compiled graphs
+    and their caches dropped (they can hold a model's tensors), cycles
+    collected, the CUDA allocator's cache returned."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
 
@@ -169,6 +200,7 @@ def run_case(case: Case, timer: Timer, budget: Optional[Budget] = None) -> dict:
         row["status"] = f"skipped: time budget of {budget.seconds:.0f} s spent"
         return row
     timed = None
+    start_mib = _allocated_mib(timer.device)
     try:
         timed = case.setup()
         m = timer.measure(timed.fn)
@@ -183,6 +215,7 @@ def run_case(case: Case, timer: Timer, budget: Optional[Budget] = None) -> dict:
     except Skip as err:
         row["status"] = f"skipped: {err}"
     except Exception as err:  # noqa: BLE001 -- every failure becomes a row, see module doc
+        _forget_exception(err)
         reason = triton_backend_reason(err)
         if is_oom(err):
             row["status"] = "OOM"
@@ -192,8 +225,27 @@ def run_case(case: Case, timer: Timer, budget: Optional[Budget] = None) -> dict:
             row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
     finally:
         del timed
-        _free_memory(timer.device)
+        reset_state(timer.device)
+    _check_nothing_left(row, start_mib, _allocated_mib(timer.device))
     return row
+
+
+# Allocations a case may leave behind without it being a leak: cuBLAS / cuDNN
+# workspaces and the like, which stay once created (tens of MiB at most).
+LEAK_TOLERANCE_MIB = 256.0
+
+
+def _check_nothing_left(row: dict, start_mib: Optional[float], end_mib: Optional[float]) -> None:
+    """A case that leaves device memory allocated would inflate every later
+    row (the H200 run's train_step cases each left their activations behind):
+    make it an error row, so the run exits non-zero."""
+    if start_mib is None or end_mib is None:
+        return
+    row["extra"]["start_allocated_mib"] = round(start_mib, 1)
+    left = end_mib - start_mib
+    if left > LEAK_TOLERANCE_MIB and not row["status"].startswith("error"):
+        row["status"] = (f"error: leak: {left:.0f} MiB still allocated after the case "
+                         f"(tolerance {LEAK_TOLERANCE_MIB:.0f} MiB); later rows' peaks are inflated")
 
 
 def _sig(x: float, digits: int = 5) -> float:

@@ -176,7 +176,13 @@ def measure_saved_bytes(fn, exclude=()) -> int:
         if t.device.type != "meta" and t.untyped_storage().data_ptr() not in skip:
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
-        return t
+        # Not `return t`: a node that saves its own output would then hold that
+        # output, whose grad_fn is the node, a C++ reference cycle the garbage
+        # collector cannot see, and the whole graph leaked (on the H200 every
+        # train_step case left its activations behind). A detached alias keeps
+        # the storage alive for the forward (so addresses are not reused and
+        # miscounted) and dies with the graph.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
