@@ -1,6 +1,6 @@
 """Compile every Triton kernel variant for a GPU, without a GPU.
 
-    python -m bench.compile_check [--arch 90] [--quick]
+    python -m bench.compile_check [--arch 90] [--quick] [--only MODULE ...]
 
 The interpreter (TRITON_INTERPRET=1) proves that the kernels compute the
 right function, not that they compile: code it accepts can still fail in
@@ -121,40 +121,59 @@ def attention_cases(quick: bool):
         yield label, run
 
 
-def norm_cases(quick: bool):
-    from kernels import gated_norm, revin
+def revin_cases(quick: bool):
+    """Forward and backward in every dtype the op takes (float64 too)."""
+    from kernels import revin
 
-    for dtype in [*DTYPES, "fp64"]:  # the norms also take float64
-        torch_dtype = DTYPES.get(dtype, torch.float64)
-        x = torch.zeros(2, 70, 24, dtype=torch_dtype, requires_grad=True)
+    for dtype in [*DTYPES, "fp64"]:
+        x = torch.zeros(2, 70, 24, dtype=DTYPES.get(dtype, torch.float64), requires_grad=True)
         w = torch.ones(24, requires_grad=True)
         mask = torch.ones(2, 70, dtype=torch.bool)
 
-        def run_revin(x=x, w=w, mask=mask):
+        def run(x=x, w=w, mask=mask):
             y, mean, std = revin.revin_normalize(x, mask, w, torch.zeros(24))
             (y.sum() + mean.sum() + std.sum()).backward()
 
-        yield f"revin {dtype}", run_revin
-        for d in ([256] if quick else [48, 256, 8192]):
-            t = [torch.zeros(3, 5, d, dtype=torch_dtype, requires_grad=True) for _ in range(3)]
+        yield f"revin {dtype}", run
 
-            def run_gated(t=t, d=d):
-                gated_norm.gated_residual_norm(*t, torch.ones(d), torch.zeros(d)).sum().backward()
 
-            yield f"gated_norm D={d} {dtype}", run_gated
+def gated_norm_cases(quick: bool):
+    """Forward and backward in every dtype, for a small, the model's and the largest D."""
+    from kernels import gated_norm
+
+    for dtype, d in itertools.product([*DTYPES, "fp64"], [256] if quick else [48, 256, 8192]):
+        t = [torch.zeros(3, 5, d, dtype=DTYPES.get(dtype, torch.float64), requires_grad=True) for _ in range(3)]
+
+        def run(t=t, d=d):
+            gated_norm.gated_residual_norm(*t, torch.ones(d), torch.zeros(d)).sum().backward()
+
+        yield f"gated_norm D={d} {dtype}", run
+
+
+# One entry per kernel module: name -> function(quick) yielding (label, thunk)
+# pairs, each thunk running the host code that launches that module's
+# kernels. A new kernel module registers its variants here.
+KERNEL_MODULES = {
+    "attention": attention_cases,
+    "revin": revin_cases,
+    "gated_norm": gated_norm_cases,
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100/H200), 80 (A100)")
     parser.add_argument("--quick", action="store_true", help="Dh=32 and D=256 only")
+    parser.add_argument("--only", nargs="+", choices=sorted(KERNEL_MODULES), metavar="MODULE",
+                        help=f"check these kernel modules only (of {', '.join(KERNEL_MODULES)})")
     args = parser.parse_args(argv)
+    modules = args.only or list(KERNEL_MODULES)
     limit = SHARED_LIMIT.get(args.arch)
     driver.set_active(CompileOnlyDriver(args.arch))
     failures = 0
     start = time.perf_counter()
     with LaunchRecorder() as recorder:
-        for label, run in itertools.chain(attention_cases(args.quick), norm_cases(args.quick)):
+        for label, run in itertools.chain.from_iterable(KERNEL_MODULES[m](args.quick) for m in modules):
             recorder.label = label
             try:
                 run()
