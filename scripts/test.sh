@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # The test command: set up .venv, then run the whole suite on the CPU
-# (Triton kernels through TRITON_INTERPRET=1). Extra arguments go to pytest.
+# (Triton kernels through TRITON_INTERPRET=1), then the data tests again under
+# pandas 3 (scripts/test_pandas3.sh). Extra arguments go to pytest and select
+# part of the main suite; the pandas 3 step then does not run (it says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec "${MIGT_VENV:-.venv}/bin/python" -m pytest tests -q "$@"
+"${MIGT_VENV:-.venv}/bin/python" -m pytest tests -q "$@"
+if [ "$#" -eq 0 ]; then
+  bash scripts/test_pandas3.sh
+else
+  echo "pandas 3 data tests not run (arguments given); run them with: bash scripts/test_pandas3.sh"
+fi

@@ -1,6 +1,7 @@
 """Bar loading, day samples, collate and the purged chronological split."""
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_samples_masks_calendar_and_targets(bars, dataset):
         saw_hole |= bool((~expected_mask[: slots.max()]).any())
         saw_short |= slots.max() < 275
         assert (arrays.features[n][~expected_mask] == 0).all()
-        assert (label.dayofweek, label.day, label.dayofyear) == (
+        assert (label.day_of_week, label.day, label.day_of_year) == (
             arrays.day_of_week[n], arrays.day_of_month[n], arrays.day_of_year[n])
         anchor = rows[-1]
         expected = [np.log(close[anchor + h] / close[anchor]) for h in HORIZON_BARS]
@@ -167,8 +168,29 @@ def test_timestamps_with_utc_offsets_across_a_dst_change(tmp_path):
     loaded = load_bars(path, timezone="America/New_York")
     expected = pd.Series(stamps.tz_localize(None), name="timestamp").astype("datetime64[ns]")
     pd.testing.assert_series_equal(loaded["timestamp"], expected)
-    with pytest.raises(ValueError, match=r"different UTC offsets.*--timezone"):
+    with pytest.raises(ValueError, match=r"different UTC offsets \['-0400', '-0500'\].*--timezone"):
         load_bars(path)
+
+
+def test_datetime_objects_with_utc_offsets_across_a_dst_change():
+    # The same day as Python datetimes (e.g. built in code, or read by another
+    # library): each carries its own fixed offset, so pandas finds no single zone.
+    stamps = pd.date_range("2021-03-13 22:00", periods=60, freq="5min", tz="America/New_York")
+    frame = synthetic_bars(1, seed=0).iloc[:60].copy()
+    fixed = [dt.datetime.fromisoformat(t.isoformat()) for t in stamps]  # tzinfo: a fixed offset, not a zone
+    frame["timestamp"] = pd.Series(fixed, dtype=object, index=frame.index)
+    loaded = validate_bars(frame, timezone="America/New_York")
+    expected = pd.Series(stamps.tz_localize(None), name="timestamp").astype("datetime64[ns]")
+    pd.testing.assert_series_equal(loaded["timestamp"], expected)
+    with pytest.raises(ValueError, match=r"different UTC offsets \['-0400', '-0500'\].*--timezone"):
+        validate_bars(frame)
+
+
+def test_unparsable_timestamp_is_named_on_every_pandas():
+    frame = synthetic_bars(1, seed=0).iloc[:3].copy()
+    frame["timestamp"] = ["2021-03-14 01:55:00-05:00", "not a time", "2021-03-14 02:05:00-05:00"]
+    with pytest.raises(ValueError, match=r"column 'timestamp' could not be parsed as datetimes.*not a time"):
+        validate_bars(frame)
 
 
 def test_sessions_without_warm_up_history_are_dropped(bars):

@@ -77,23 +77,7 @@ def validate_bars(frame: pd.DataFrame, *, source: str = "bars", timezone: str | 
         )
     out = pd.DataFrame({c: frame[by_lower[c]].to_numpy() for c in BAR_COLUMNS})
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # pandas' mixed-offset warning, handled below
-            ts = pd.to_datetime(out["timestamp"])
-        # Stamps with different UTC offsets (a DST change in local-time data)
-        # parse to objects: there is no single zone to keep, so one must be named.
-        if ts.dtype == object and timezone:
-            ts = pd.to_datetime(out["timestamp"], utc=True)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{source}: column 'timestamp' could not be parsed as datetimes: {err}") from err
-    if ts.dtype == object:
-        offsets = sorted({t.strftime("%z") for t in ts if isinstance(t, dt.datetime)})
-        raise ValueError(
-            f"{source}: column 'timestamp' holds different UTC offsets {offsets[:4]} (e.g. a "
-            "daylight-saving change); name the exchange's zone with --timezone (timezone=...), "
-            "e.g. America/Chicago"
-        )
+    ts = _parse_timestamps(out["timestamp"], source, timezone)
     if ts.dt.tz is not None:
         ts = (ts.dt.tz_convert(timezone) if timezone else ts).dt.tz_localize(None)
     out["timestamp"] = ts.astype("datetime64[ns]")
@@ -139,6 +123,46 @@ def validate_bars(frame: pd.DataFrame, *, source: str = "bars", timezone: str | 
     if len(out) == 0:
         raise ValueError(f"{source}: no bars")
     return out
+
+
+def _parse_timestamps(column: pd.Series, source: str, timezone: str | None) -> pd.Series:
+    """Datetimes of a timestamp column (naive, or aware in one zone).
+
+    Stamps with different UTC offsets (a DST change in local-time data) have
+    no single zone to keep: pandas 2 parses them to objects, pandas 3 raises.
+    Either way they are converted through UTC when ``timezone`` names the zone
+    to cut sessions in, and refused with a message asking for it otherwise.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pandas 2's mixed-offset warning
+            ts = pd.to_datetime(column)
+        mixed = ts.dtype == object
+    except (ValueError, TypeError) as err:
+        try:
+            pd.to_datetime(column, utc=True)
+        except (ValueError, TypeError):
+            raise ValueError(f"{source}: column 'timestamp' could not be parsed as datetimes: {err}") from err
+        mixed = True  # only a common zone was missing
+    if not mixed:
+        return ts
+    if not timezone:
+        raise ValueError(
+            f"{source}: column 'timestamp' holds different UTC offsets {_utc_offsets(column)} (e.g. a "
+            "daylight-saving change); name the exchange's zone with --timezone (timezone=...), "
+            "e.g. America/Chicago"
+        )
+    return pd.to_datetime(column, utc=True)
+
+
+def _utc_offsets(column: pd.Series, limit: int = 4) -> list[str]:
+    """The first `limit` distinct UTC offsets ('+hhmm') in a column of stamps, sorted."""
+    found: set[str] = set()
+    for value in column.dropna():
+        found.add(pd.Timestamp(value).strftime("%z"))
+        if len(found) >= limit:
+            break
+    return sorted(found)
 
 
 def _check_order(ts: pd.Series, source: str) -> None:
