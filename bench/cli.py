@@ -26,7 +26,7 @@ SUITES = {
 DEFAULT_SUITES = ("model", "attention", "norms")
 ALL_BACKENDS = tuple(dict.fromkeys(
     suite_model.BACKENDS + suite_attention.BACKENDS + suite_norms.BACKENDS))
-COMPILED_BACKENDS = ("compile", "flex")
+COMPILED_BACKENDS = ("compile", "compile_triton", "flex")
 
 
 def parse_args(argv):
@@ -93,7 +93,7 @@ def _cost_rank(suite: str, backend: str) -> int:
     call compiles: tens of seconds) rather than the kernels' rows."""
     if backend == "flex":
         return 1
-    if backend == "compile":
+    if backend in ("compile", "compile_triton"):
         return 3 if suite == "model" else 2
     return 0
 

@@ -114,11 +114,12 @@ def estimate(
     """Estimate the activation memory of one forward(+backward) of MIGT_TVDT.
 
     backend: the attention/norm backend ("triton", "sdpa", "reference";
-    "compile" counts as "sdpa", which is what it compiles). checkpointing:
+    "compile" and "compile_triton" count as "sdpa" and "triton", what they
+    compile). checkpointing:
     default config.activation_checkpointing. n_params: pass it to skip
     building the model on the meta device.
     """
-    backend = "sdpa" if backend in ("compile", "auto") else backend
+    backend = {"compile": "sdpa", "auto": "sdpa", "compile_triton": "triton"}.get(backend, backend)
     if checkpointing is None:
         checkpointing = config.activation_checkpointing
     T = seq_len or config.max_seq_len

@@ -9,7 +9,8 @@ Backends:
   flex: torch.compile(flex_attention) with a BlockMask built from the key
       padding mask (time: batch B*V, rows and keys of padded steps masked;
       variables: q, k, v permuted to (B*T, H, V, Dh), rows of padded steps
-      masked), plus the permute back to (B, V, T, H, Dh) the model needs.
+      masked, one call per chunk of rows within CUDA's grid limit), plus
+      the permute back to (B, V, T, H, Dh) the model needs.
       The BlockMask is built once per case (its cost is in extra.block_mask_ms).
 fwd_bwd runs the forward, then backward of a fixed random gradient into the
 fused tensor. TFLOP/s counts valid tokens only: 4 * n_q * n_k * Dh per
@@ -23,6 +24,7 @@ import torch
 
 from bench.common import DTYPES, RunSettings, day_masks, flex_attention_module, skip_unless_runnable
 from bench.harness import Case, Skip, Timed, Work
+from kernels.sdpa import GRID_YZ_LIMIT
 
 # triton_packed: the Triton kernel through masked_attention_qkvpacked (the
 # model's entry point), whose backward writes one packed gradient instead of
@@ -75,19 +77,29 @@ def _flex_fn(q, k, v, mask, axis, device):
             out = compiled(qh, kh, vh, block_mask=block_mask)  # [B*V, H, T, Dh]
             return out.view(B, V, H, T, Dh).permute(0, 1, 3, 2, 4).contiguous()
     else:
+        # B*T rows x H heads pass CUDA's 65535 grid limit from B=28 at the seed
+        # shape (the H200 run: "CUDA driver error: invalid argument"), so one
+        # launch per chunk of rows, each with its own BlockMask.
         rows = mask.reshape(B * T)
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return rows[b] & (kv_idx >= 0)
-
-        block_mask = flex.create_block_mask(mask_mod, B * T, None, V, V, device=device.type)
+        step = GRID_YZ_LIMIT // H
+        chunks = [(start, _variable_block_mask(flex, rows[start:start + step], V, device))
+                  for start in range(0, B * T, step)]
 
         def fn():
             # (B*T, H, V, Dh): a copy, B and T are not adjacent
             qh, kh, vh = (t.permute(0, 2, 3, 1, 4).reshape(B * T, H, V, Dh) for t in (q, k, v))
-            out = compiled(qh, kh, vh, block_mask=block_mask)  # [B*T, H, V, Dh]
+            out = torch.cat([compiled(qh[s:s + step], kh[s:s + step], vh[s:s + step], block_mask=bm)
+                             for s, bm in chunks])  # [B*T, H, V, Dh]
             return out.view(B, T, H, V, Dh).permute(0, 3, 1, 2, 4).contiguous()
     return fn
+
+
+def _variable_block_mask(flex, rows, n_vars, device):
+    """BlockMask over (len(rows), H, V, V): rows of padded steps masked."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return rows[b] & (kv_idx >= 0)
+
+    return flex.create_block_mask(mask_mod, rows.shape[0], None, n_vars, n_vars, device=device.type)
 
 
 def _setup(settings: RunSettings, backend, dtype, batch, T, axis, backward):

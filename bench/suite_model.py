@@ -4,8 +4,11 @@ Cases, for each batch size and dtype (fp32, or bf16 autocast):
   inference        eval mode, torch.no_grad, one forward;
   train_step       forward, migt.pinball_loss, backward, AdamW step, zero_grad;
   train_step_ckpt  the same with activation_checkpointing=True;
-for backends triton, sdpa, reference (the config's `backend`) and compile
-(torch.compile of the sdpa model). Inputs: migt.data.synthetic_batch. The
+  train_step_pooled  the same with variable_attention="pooled" (the variable
+                   blocks after aggregation, the FuturesSL order);
+for backends triton, sdpa, reference (the config's `backend`), compile
+(torch.compile of the sdpa model) and compile_triton (torch.compile of the
+triton model, the fastest configuration on the H200). Inputs: migt.data.synthetic_batch. The
 ratio column divides by sdpa. Each row also carries the memory model's
 estimate (bench/memory_model.py) and, for training without checkpointing,
 the saved-activation bytes measured with saved_tensors_hooks.
@@ -20,8 +23,16 @@ from bench import memory_model
 from bench.common import RunSettings, load_config, skip_unless_runnable
 from bench.harness import MIB, Case, Timed, Work, is_oom
 
-BACKENDS = ("sdpa", "triton", "reference", "compile")
-OPS = ("inference", "train_step", "train_step_ckpt")
+BACKENDS = ("sdpa", "triton", "reference", "compile", "compile_triton")
+# op -> the config changes it runs with
+OPS = {
+    "inference": {},
+    "train_step": {},
+    "train_step_ckpt": {"activation_checkpointing": True},
+    "train_step_pooled": {"variable_attention": "pooled"},
+}
+# what each compiled backend compiles
+COMPILED = {"compile": "sdpa", "compile_triton": "triton"}
 KERNEL_OPS = ("masked_attention", "revin_normalize", "gated_residual_norm")
 
 
@@ -29,7 +40,7 @@ def cases(settings: RunSettings) -> list:
     backends = [b for b in BACKENDS if b in settings.backends]
     # compile cases last: their first call compiles, and a time budget should
     # cut them rather than the kernels' rows
-    backends.sort(key=lambda b: b == "compile")
+    backends.sort(key=lambda b: b in COMPILED)
     T = settings.model_seq_len
     out = []
     for backend in backends:
@@ -50,20 +61,19 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
     def setup() -> Timed:
         import migt
 
-        skip_unless_runnable(settings, backend, KERNEL_OPS)
+        eager_backend = COMPILED.get(backend, backend)
+        skip_unless_runnable(settings, backend, ())
+        skip_unless_runnable(settings, eager_backend, KERNEL_OPS)
         device = settings.device
-        checkpointing = op == "train_step_ckpt"
-        config = load_config(
-            settings, backend="sdpa" if backend == "compile" else backend,
-            activation_checkpointing=checkpointing,
-        )
+        config = load_config(settings, backend=eager_backend, **OPS[op])
+        checkpointing = config.activation_checkpointing
         torch.manual_seed(0)
         model = migt.MIGT_TVDT(config).to(device)
         data = migt.data.synthetic_batch(batch, config, seed=0, device=device, seq_len=T)
         inputs = (data["features"], data["attention_mask"], data["temporal_info"])
         targets = data["targets"]
         runner = model
-        if backend == "compile":
+        if backend in COMPILED:
             torch._dynamo.reset()
             runner = torch.compile(model)
         use_bf16 = dtype == "bf16"
@@ -107,7 +117,7 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
             }
             # Hooks see what autograd saves; compiled graphs and checkpointed
             # blocks save through their own mechanisms, so only eager, full runs.
-            if op == "train_step" and backend != "compile":
+            if op in ("train_step", "train_step_pooled") and backend not in COMPILED:
                 try:
                     saved = memory_model.measure_saved_bytes(forward_loss, exclude=list(model.parameters()))
                     extra["mem_saved_mib"] = round(saved / MIB, 1)

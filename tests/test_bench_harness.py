@@ -53,7 +53,7 @@ def test_quick_run_writes_well_formed_rows(quick_run):
             assert r["median_ms"] > 0 and r["throughput"] > 0, r
             assert r["throughput_unit"] in ("samples/s", "TFLOP/s", "GB/s")
     ok = {(r["suite"], r["op"], r["backend"]) for r in rows if r["status"] == "ok"}
-    for op in ("inference", "train_step", "train_step_ckpt"):
+    for op in ("inference", "train_step", "train_step_ckpt", "train_step_pooled"):
         assert ("model", op, "sdpa") in ok and ("model", op, "reference") in ok
     for op in ("time_fwd", "time_fwd_bwd", "variable_fwd", "variable_fwd_bwd"):
         assert ("attention", op, "sdpa") in ok
@@ -83,8 +83,8 @@ def test_plots_are_written(quick_run):
 
 def test_memory_model_rows_agree_with_measured_saved_bytes(quick_run):
     _, _, rows = quick_run
-    train = [r for r in rows if r["op"] == "train_step" and r["status"] == "ok"]
-    assert train
+    train = [r for r in rows if r["op"] in ("train_step", "train_step_pooled") and r["status"] == "ok"]
+    assert {r["op"] for r in train} == {"train_step", "train_step_pooled"}
     for r in train:
         ratio = r["extra"]["mem_saved_mib"] / r["extra"]["mem_est_saved_mib"]
         assert 0.8 < ratio < 1.25, (r["backend"], r["extra"])
@@ -93,7 +93,7 @@ def test_memory_model_rows_agree_with_measured_saved_bytes(quick_run):
 def test_compiled_backends_left_out_of_cpu_quick_runs():
     settings, timer, quick = cli.settings_from(cli.parse_args(["--device", "cpu"]))
     assert quick and timer.repeats == 3 and settings.batch_sizes == (1, 2)
-    assert set(settings.left_out) == {"compile", "flex"}
+    assert set(settings.left_out) == {"compile", "compile_triton", "flex"}
     settings, _, _ = cli.settings_from(cli.parse_args(["--device", "cpu", "--backends", "compile"]))
     assert settings.left_out == {}
 
