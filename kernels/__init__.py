@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import _dispatch, _validate, reference, sdpa
+import torch
+
+from . import _dispatch, _validate, philox, reference, sdpa
 from ._dispatch import BACKENDS
 
 __all__ = [
@@ -23,6 +25,10 @@ __all__ = [
     "revin_normalize",
     "revin_denormalize",
     "gated_residual_norm",
+    "layer_norm_linear",
+    "residual_feed_forward",
+    "dropout_seeds",
+    "fused_block_backend",
 ]
 
 # Triton implementation module of each op; each exposes
@@ -31,7 +37,9 @@ __all__ = [
 # an import made inside the compiled region. (It costs ~0.15 s, mostly triton.)
 try:
     from . import attention as _triton_attention
+    from . import feed_forward as _triton_feed_forward
     from . import gated_norm as _triton_gated_norm
+    from . import norm_linear as _triton_norm_linear
     from . import revin as _triton_revin
 except ImportError as err:
     if not (err.name or "").startswith("triton"):
@@ -42,6 +50,8 @@ else:
         "masked_attention": _triton_attention,
         "revin_normalize": _triton_revin,
         "gated_residual_norm": _triton_gated_norm,
+        "layer_norm_linear": _triton_norm_linear,
+        "residual_feed_forward": _triton_feed_forward,
     }
 
 
@@ -155,3 +165,87 @@ def gated_residual_norm(x, update, gate_logits, weight, bias, eps: float = 1e-5,
     if choice == "triton":
         return _triton_module("gated_residual_norm").gated_residual_norm(x, update, gate_logits, weight, bias, eps)
     return reference.gated_residual_norm(x, update, gate_logits, weight, bias, eps)
+
+
+# ------------------------------------------------ the transformer block's fused work
+
+
+def _gemm_dtype(x, weight) -> torch.dtype:
+    """The dtype the block's GEMMs run in: autocast's when it is on (as
+    nn.Linear would), else the weight's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight.dtype
+
+
+def _in_gemm_dtype(dtype: torch.dtype, *tensors):
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def fused_block_backend(backend: str, x) -> str:
+    """The backend the fused transformer-block ops (layer_norm_linear,
+    residual_feed_forward) resolve to for residual stream x: "triton", or
+    "sdpa"/"reference", whose models keep the plain modules."""
+    return _dispatch.choose("residual_feed_forward", backend, x.device,
+                            lambda: _triton_reason("residual_feed_forward", x))
+
+
+def dropout_seeds(device, n: int = 3):
+    """Fresh int64 seeds for the fused dropout sites, drawn from torch's
+    generator of ``device`` (so torch.manual_seed reproduces them, and
+    activation checkpointing, which restores the RNG state, redraws them)."""
+    return philox.new_seeds(n, device)
+
+
+def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
+    """layer_norm(x; norm_weight, norm_bias) @ weight.T + bias, the pre-norm
+    of a transformer block fused with the GEMM it feeds.
+
+    x: (..., D); norm_weight, norm_bias: (D,); weight: (D_out, D); bias:
+    (D_out,). Returns (..., D_out) in the GEMM's dtype (autocast's when it is
+    on, else weight's). The norm runs in float32 at least. With the Triton
+    backend the backward keeps only x and two floats per row, recomputing the
+    normalised rows instead of storing them.
+    """
+    _validate.layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias)
+    choice = _dispatch.choose("layer_norm_linear", backend, x.device,
+                              lambda: _triton_reason("layer_norm_linear", x))
+    weight, bias = _in_gemm_dtype(_gemm_dtype(x, weight), weight, bias)
+    if choice == "triton":
+        return _triton_module("layer_norm_linear").layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps)
+    return reference.layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps)
+
+
+def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                          dropout_p: float = 0.0, eps: float = 1e-5, *, seeds=None,
+                          recompute_hidden: bool = False, backend: str = "auto"):
+    """The second half of a pre-norm transformer block, with the residual add
+    of the first half:
+
+        x_mid = x + dropout(branch)
+        out   = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid))))))
+
+    x, branch: (..., D) (x is the residual stream, branch e.g. the attention
+    output projection); norm_weight, norm_bias: (D,); fc1_weight (d_ff, D),
+    fc1_bias (d_ff,), fc2_weight (D, d_ff), fc2_bias (D,). GELU is the exact
+    (erf) form. Returns out in x's dtype; the GEMMs run in autocast's dtype
+    when it is on, else fc1_weight's; everything else in float32 at least.
+
+    Dropout (probability dropout_p, at three sites) draws its keep bits from
+    ``seeds`` (int64 (3,), default: fresh ones from torch's generator), never
+    from a stored mask: the backward redraws them. The same seeds give the
+    same masks on every backend (kernels/philox.py). recompute_hidden=True
+    also drops the FFN's (..., d_ff) pre-activation from what the backward
+    keeps, at the cost of redoing the first GEMM there.
+    """
+    _validate.feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                  dropout_p, seeds)
+    if seeds is None:
+        seeds = dropout_seeds(x.device) if dropout_p > 0 else torch.empty((0,), dtype=torch.int64, device=x.device)
+    choice = _dispatch.choose("residual_feed_forward", backend, x.device,
+                              lambda: _triton_reason("residual_feed_forward", x))
+    fc1_weight, fc1_bias, fc2_weight, fc2_bias = _in_gemm_dtype(
+        _gemm_dtype(x, fc1_weight), fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    impl = _triton_module("residual_feed_forward") if choice == "triton" else reference
+    return impl.residual_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias,
+                                      fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, recompute_hidden)

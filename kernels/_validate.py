@@ -112,3 +112,63 @@ def gated_norm_inputs(x, update, gate_logits, weight, bias) -> None:
             raise ValueError(f"{name} must have shape (D,) = ({d},), got {_shape(t)}")
         floating(name, t)
     same_device(x=x, update=update, gate_logits=gate_logits, weight=weight, bias=bias)
+
+
+def _matrix(name: str, t, rows: int, cols: int, dims: str) -> None:
+    tensor(name, t, ndim=2, dims=dims)
+    if tuple(t.shape) != (rows, cols):
+        raise ValueError(f"{name} must have shape {dims} = ({rows}, {cols}), got {_shape(t)}")
+    floating(name, t)
+
+
+def _vector(name: str, t, size: int, dims: str) -> None:
+    tensor(name, t, ndim=1, dims=dims)
+    if t.shape[0] != size:
+        raise ValueError(f"{name} must have shape {dims} = ({size},), got {_shape(t)}")
+    floating(name, t)
+
+
+def _residual_rows(x) -> int:
+    tensor("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dim (..., D)")
+    floating("x", x)
+    return x.shape[-1]
+
+
+def dropout_probability(p) -> None:
+    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {p!r}")
+
+
+def layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias) -> None:
+    d = _residual_rows(x)
+    _vector("norm_weight", norm_weight, d, "(D,)")
+    _vector("norm_bias", norm_bias, d, "(D,)")
+    tensor("weight", weight, ndim=2, dims="(D_out, D)")
+    _matrix("weight", weight, weight.shape[0], d, "(D_out, D)")
+    _vector("bias", bias, weight.shape[0], "(D_out,)")
+    same_device(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias)
+
+
+def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, p,
+                        seeds) -> None:
+    d = _residual_rows(x)
+    tensor("branch", branch)
+    floating("branch", branch)
+    if branch.shape != x.shape:
+        raise ValueError(f"branch must have the shape of x {_shape(x)}, got {_shape(branch)}")
+    _vector("norm_weight", norm_weight, d, "(D,)")
+    _vector("norm_bias", norm_bias, d, "(D,)")
+    tensor("fc1_weight", fc1_weight, ndim=2, dims="(d_ff, D)")
+    c = fc1_weight.shape[0]
+    _matrix("fc1_weight", fc1_weight, c, d, "(d_ff, D)")
+    _vector("fc1_bias", fc1_bias, c, "(d_ff,)")
+    _matrix("fc2_weight", fc2_weight, d, c, "(D, d_ff)")
+    _vector("fc2_bias", fc2_bias, d, "(D,)")
+    dropout_probability(p)
+    if seeds is not None:
+        tensor("seeds", seeds, ndim=1, dims="(3,)")
+        if seeds.dtype != torch.int64 or seeds.shape[0] != 3:
+            raise ValueError(f"seeds must be an int64 tensor of shape (3,), got {seeds.dtype} {_shape(seeds)}")
+    same_device(x=x, branch=branch, norm_weight=norm_weight, fc1_weight=fc1_weight, fc2_weight=fc2_weight)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from . import philox
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32."""
@@ -113,3 +115,36 @@ def gated_residual_norm(x, update, gate_logits, weight, bias, eps: float = 1e-5)
     xs = x.to(dt)
     out = xs + torch.sigmoid(gate_logits.to(dt)) * (normed - xs)
     return out.to(x.dtype)
+
+
+def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5):
+    """layer_norm(x; norm_weight, norm_bias) @ weight.T + bias; the norm in
+    float32 at least, the product in weight's dtype."""
+    dt = compute_dtype(x.dtype)
+    h = torch.nn.functional.layer_norm(x.to(dt), (x.shape[-1],), norm_weight.to(dt), norm_bias.to(dt), eps)
+    return torch.nn.functional.linear(h.to(weight.dtype), weight, bias)
+
+
+def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                          eps: float = 1e-5, recompute_hidden: bool = False):
+    """x_mid = x + dropout(branch); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
+
+    The three dropouts use the kernels' masks (kernels.philox.keep_mask of
+    seeds[0], seeds[1], seeds[2]); the GEMMs run in fc1_weight's dtype, the
+    rest in float32 at least. recompute_hidden changes memory, not values.
+    """
+    dt = compute_dtype(x.dtype)
+    gemm_dt = fc1_weight.dtype
+
+    def dropout(t, site):
+        if p == 0.0 or seeds.numel() == 0:
+            return t
+        keep = philox.keep_mask(seeds[site], t.shape, p)
+        return torch.where(keep, t / (1.0 - p), 0.0)
+
+    x_mid = x.to(dt) + dropout(branch.to(dt), 0)
+    h = torch.nn.functional.layer_norm(x_mid, (x.shape[-1],), norm_weight.to(dt), norm_bias.to(dt), eps)
+    hidden = torch.nn.functional.linear(h.to(gemm_dt), fc1_weight, fc1_bias)
+    g = dropout(torch.nn.functional.gelu(hidden.to(dt)), 1).to(gemm_dt)
+    f = torch.nn.functional.linear(g, fc2_weight, fc2_bias)
+    return (x_mid + dropout(f.to(dt), 2)).to(x.dtype)

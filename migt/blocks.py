@@ -5,6 +5,14 @@ over V for each (b, t)) through ``kernels.masked_attention_qkvpacked``. The
 fused QKV projection's output is viewed (B, V, T, 3, H, Dh), the kernel reads
 q, k, v from it by strides and writes (B, V, T, H, Dh), so the activations
 are never permuted and copied between layers.
+
+On the triton backend the work around attention is fused too (DESIGN.md,
+"Where a training step's time and memory go"): the pre-norm and the QKV GEMM
+are one node that keeps no normalised copy (``kernels.layer_norm_linear``),
+and the residual add + dropout + norm + FFN (bias, GELU, dropout) + residual
+add are one node whose dropout masks are redrawn from seeds, never stored
+(``kernels.residual_feed_forward``). Parameters are the same modules on every
+backend, so a state dict moves between them.
 """
 
 from __future__ import annotations
@@ -55,8 +63,29 @@ class AxisAttentionBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.norm_ff = nn.LayerNorm(D)
         self.ff = FeedForward(D, config.d_ff, config.dropout)
+        self.recompute_ffn_hidden = config.recompute_ffn_hidden
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if kernels.fused_block_backend(self.backend, x) == "triton":
+            return self._forward_fused(x, mask)
+        return self._forward_modules(x, mask)
+
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, V, T, D = x.shape
+        norm, ff = self.norm_attn, self.ff
+        qkv = kernels.layer_norm_linear(
+            x, norm.weight, norm.bias, self.qkv.weight, self.qkv.bias, norm.eps, backend="triton"
+        ).view(B, V, T, 3, self.n_heads, self.head_dim)
+        attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
+        branch = self.out_proj(self.attn_dropout(attn).view(B, V, T, D))
+        return kernels.residual_feed_forward(
+            x, branch, self.norm_ff.weight, self.norm_ff.bias,
+            ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
+            dropout_p=self.dropout.p if self.training else 0.0, eps=self.norm_ff.eps,
+            recompute_hidden=self.recompute_ffn_hidden, backend="triton",
+        )
+
+    def _forward_modules(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, V, T, D = x.shape
         # A view of the one projection, no copy: the kernel reads q, k, v by
         # strides, and the packed entry point writes their gradients into one

@@ -1,0 +1,50 @@
+"""Triton helpers shared by the fused transformer-block kernels
+(kernels/norm_linear.py, kernels/feed_forward.py): row tiles, the inline
+dropout keep bits, and the LayerNorm forward/backward of a row tile.
+
+Offsets are int64: the FFN hidden of a large batch, (B*V*T, d_ff), passes
+2**31 elements (B=512 at the seed config).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .philox import THRESHOLD_BITS
+
+
+@triton.jit
+def tile_offsets(rows, cols, n_cols):
+    """[BLOCK_M, BLOCK_N] flat int64 offsets of a row-major (N, n_cols) tensor;
+    also the Philox counters of its dropout draws."""
+    return rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+
+
+@triton.jit
+def keep_bits(seed_ptr, SITE: tl.constexpr, offsets, cut):
+    """Dropout keep mask of the elements at ``offsets`` for the seed of dropout
+    site SITE: the same bits as kernels.philox.keep_mask, forward and backward."""
+    seed = tl.load(seed_ptr + SITE)
+    bits = tl.randint(seed, offsets) >> (32 - THRESHOLD_BITS)
+    return bits.to(tl.int32) >= cut
+
+
+@triton.jit
+def layer_norm_rows(x, ok, w, b, n_cols, eps):
+    """LayerNorm of a [BLOCK_M, BLOCK_D] tile whose masked-out entries are 0:
+    returns (normalised, mean [BLOCK_M], rstd [BLOCK_M])."""
+    mean = tl.sum(x, 1) / n_cols
+    centred = tl.where(ok, x - mean[:, None], 0.0)
+    var = tl.sum(centred * centred, 1) / n_cols
+    rstd = 1.0 / tl.sqrt(var + eps)
+    return centred * rstd[:, None] * w[None, :] + b[None, :], mean, rstd
+
+
+@triton.jit
+def layer_norm_rows_bwd(dy, xhat, w, rstd, n_cols):
+    """Input gradient of LayerNorm for a row tile, given xhat = (x - mean) * rstd
+    (0 outside the tile) and the output gradient dy (0 outside the tile)."""
+    dxhat = dy * w[None, :]
+    mean_dxhat = tl.sum(dxhat, 1) / n_cols  # [BLOCK_M]
+    mean_dxhat_xhat = tl.sum(dxhat * xhat, 1) / n_cols
+    return rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])

@@ -1,0 +1,310 @@
+"""The FFN half of a pre-norm transformer block as one autograd node (the
+"triton" backend of kernels.residual_feed_forward):
+
+    x_mid  = x + dropout(branch)                        residual add   (site 0)
+    h      = layer_norm(x_mid)                          one pass with the add
+    hidden = h @ W1.T + b1                              cuBLAS GEMM, bias in its epilogue
+    g      = dropout(gelu(hidden))                      one pass       (site 1)
+    out    = x_mid + dropout(g @ W2.T + b2)             GEMM, then one pass (site 2)
+
+What the backward keeps: x_mid, the per-row mean and rstd of the norm, the
+GEMMs' pre-activation ``hidden`` (or nothing of it with
+recompute_hidden=True, which redoes the first GEMM), and one int64 seed per
+dropout site. h and g are recomputed; the dropout bits are redrawn from the
+seeds (kernels/philox.py); no mask is stored. The first bias's gradient is
+reduced inside the GELU backward (two stages, deterministic).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._tiles import keep_bits, tile_offsets
+from .norm_linear import (
+    acc_dtype, backward_programs, dropout_args, linear_backward, residual_norm_bwd, residual_norm_fwd,
+)
+from .norm_linear import unsupported_reason as _norm_unsupported
+from .reference import compute_dtype
+
+BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2
+N_SITES = 3
+# Hidden tiles: 16 rows x 256 columns forward (pure streaming), 8 x 256
+# backward; elementwise tiles: 4096 elements. Chosen by reasoning, not tuned.
+HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 8
+FLAT_BLOCK = 4096
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+# ------------------------------------------------------------------ kernels
+
+
+@triton.jit
+def _gelu_dropout_fwd_kernel(
+    hidden_ptr, seed_ptr, g_ptr, N, C, cut, scale,
+    HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    ok = (rows < N)[:, None] & (cols < C)[None, :]  # [BLOCK_M, BLOCK_C]
+    offs = tile_offsets(rows, cols, C)
+    f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
+    g = 0.5 * f * (1.0 + tl.math.erf(f * _SQRT1_2))  # exact (erf) GELU, as nn.GELU()
+    if HAS_DROPOUT:
+        g = tl.where(keep_bits(seed_ptr, SITE, offs, cut), g * scale, 0.0)
+    tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _gelu_dropout_bwd_kernel(
+    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, db_part_ptr, N, C, cut, scale,
+    HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Program (pid, column block) walks row blocks pid, pid + P, ... and keeps
+    # its partial column sums of dhidden (the first bias's gradient).
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    col_ok = cols < C
+    db_acc = tl.zeros([BLOCK_C], ACC)
+    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        ok = (rows < N)[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_C]
+        offs = tile_offsets(rows, cols, C)
+        f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
+        dg = tl.load(dg_ptr + offs, mask=ok, other=0.0).to(ACC)
+        if HAS_DROPOUT:
+            dg = tl.where(keep_bits(seed_ptr, SITE, offs, cut), dg * scale, 0.0)
+        cdf = 0.5 * (1.0 + tl.math.erf(f * _SQRT1_2))
+        pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
+        df = dg * (cdf + f * pdf)
+        db_acc += tl.sum(df, 0)
+        tl.store(dhidden_ptr + offs, df.to(dhidden_ptr.dtype.element_ty), mask=ok)
+    tl.store(db_part_ptr + pid * C + cols, db_acc, mask=col_ok)
+
+
+@triton.jit
+def _dropout_add_kernel(
+    x_ptr, branch_ptr, seed_ptr, out_ptr, numel, cut, scale,
+    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    ok = offs < numel
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+    branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+    branch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), branch * scale, 0.0)
+    tl.store(out_ptr + offs, (x + branch).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dropout_grad_kernel(
+    dout_ptr, seed_ptr, dbranch_ptr, numel, cut, scale,
+    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    ok = offs < numel
+    dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
+    dbranch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), dout * scale, 0.0)
+    tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
+
+
+# --------------------------------------------------------------- host side
+
+
+def gelu_dropout_fwd(hidden, seeds, p: float):
+    """g = dropout(gelu(hidden)) for contiguous hidden (N, C), in hidden's dtype."""
+    N, C = hidden.shape
+    g = torch.empty_like(hidden)
+    if hidden.numel() == 0:
+        return g
+    has_dropout, cut, scale = dropout_args(seeds, p)
+    grid = (triton.cdiv(N, HIDDEN_BLOCK_M), triton.cdiv(C, HIDDEN_BLOCK_C))
+    _gelu_dropout_fwd_kernel[grid](
+        hidden, seeds if has_dropout else hidden, g, N, C, cut, scale,
+        HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
+        BLOCK_M=HIDDEN_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
+    )
+    return g
+
+
+def gelu_dropout_bwd(dg, hidden, seeds, p: float):
+    """Returns dhidden (N, C) in hidden's dtype and its column sums (C,) in the compute dtype."""
+    N, C = hidden.shape
+    acc = compute_dtype(hidden.dtype)
+    dhidden = torch.empty_like(hidden)
+    if hidden.numel() == 0:
+        return dhidden, torch.zeros((C,), dtype=acc, device=hidden.device)
+    has_dropout, cut, scale = dropout_args(seeds, p)
+    col_blocks = triton.cdiv(C, HIDDEN_BLOCK_C)
+    # enough (row, column) programs to fill the GPU, each looping over row blocks
+    programs = max(1, backward_programs(hidden.device, triton.cdiv(N, HIDDEN_BWD_BLOCK_M)) // col_blocks)
+    db_part = torch.empty((programs, C), dtype=acc, device=hidden.device)
+    _gelu_dropout_bwd_kernel[(programs, col_blocks)](
+        dg, hidden, seeds if has_dropout else hidden, dhidden, db_part, N, C, cut, scale,
+        HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
+        BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
+    )
+    return dhidden, db_part.sum(0)
+
+
+def dropout_add(x, branch, seeds, p: float):
+    """x + dropout(branch) (site 2) for contiguous tensors of one shape, in x's dtype."""
+    has_dropout, cut, scale = dropout_args(seeds, p)
+    if not has_dropout:
+        return x + branch.to(x.dtype)
+    out = torch.empty_like(x)
+    if x.numel():
+        _dropout_add_kernel[(triton.cdiv(x.numel(), FLAT_BLOCK),)](
+            x, branch, seeds, out, x.numel(), cut, scale,
+            SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype), BLOCK=FLAT_BLOCK, num_warps=8,
+        )
+    return out
+
+
+def dropout_grad(dout, seeds, p: float, dtype):
+    """Gradient of dropout (site 2) for contiguous dout, in ``dtype``."""
+    has_dropout, cut, scale = dropout_args(seeds, p)
+    if not has_dropout:
+        return dout.to(dtype)
+    dbranch = torch.empty(dout.shape, dtype=dtype, device=dout.device)
+    if dout.numel():
+        _dropout_grad_kernel[(triton.cdiv(dout.numel(), FLAT_BLOCK),)](
+            dout, seeds, dbranch, dout.numel(), cut, scale,
+            SITE=OUTPUT_SITE, ACC=acc_dtype(dout.dtype), BLOCK=FLAT_BLOCK, num_warps=8,
+        )
+    return dbranch
+
+
+def unsupported_reason(x: torch.Tensor) -> Optional[str]:
+    return _norm_unsupported(x)
+
+
+def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                     keep_hidden: bool):
+    """Returns out, x_mid (N, D), mean, rstd (N,), and hidden (N, C) (an empty
+    tensor when not kept)."""
+    D = x.shape[-1]
+    x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
+    x_mid, h, mean, rstd = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
+                                             fc1_weight.dtype)
+    hidden = torch.addmm(fc1_bias, h, fc1_weight.t())  # [N, C]
+    del h
+    g = gelu_dropout_fwd(hidden, seeds, p)
+    f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [N, D]
+    del g
+    out = dropout_add(x_mid, f, seeds, p)
+    if not keep_hidden:
+        hidden = hidden.new_empty((0,))
+    return out.view(x.shape), x_mid, mean, rstd, hidden
+
+
+def feed_forward_bwd(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
+                     fc1_weight, fc1_bias, fc2_weight, branch_dtype):
+    """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1, dW2, db2."""
+    D = x_mid.shape[-1]
+    acc = mean.dtype
+    dout2 = dout.reshape(-1, D).contiguous()
+    df = dropout_grad(dout2, seeds, p, fc2_weight.dtype)  # [N, D]
+    _, h, _, _ = residual_norm_fwd(x_mid, None, None, BRANCH_SITE, 0.0, norm_weight, norm_bias, eps,
+                                   fc1_weight.dtype, store_stats=False)
+    if hidden.numel() == 0 and x_mid.numel() > 0:  # selective recompute of the FFN hidden
+        hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
+    g = gelu_dropout_fwd(hidden, seeds, p)
+    dg, dw2, db2 = linear_backward(df, g, fc2_weight, acc)
+    del g, df
+    dhidden, db1 = gelu_dropout_bwd(dg, hidden, seeds, p)
+    del dg
+    dh = dhidden @ fc1_weight
+    dw1 = dhidden.t() @ h
+    del dhidden, h
+    dx, dbranch, dnw, dnb = residual_norm_bwd(dh, dout2, x_mid, mean, rstd, norm_weight, seeds, BRANCH_SITE, p,
+                                              branch_dtype)
+    return dx, dbranch, dnw, dnb, dw1, db1, dw2, db2
+
+
+# ------------------------------------------------------ custom-op registration
+
+
+@torch.library.custom_op("migt::residual_feed_forward", mutates_args=())
+def _feed_forward_op(
+    x: torch.Tensor, branch: torch.Tensor, seeds: torch.Tensor, p: float,
+    norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
+    fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
+    keep_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps,
+                            fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden)
+
+
+@_feed_forward_op.register_fake
+def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden):
+    D = x.shape[-1]
+    N = x.numel() // D
+    acc = compute_dtype(x.dtype)
+    hidden_shape = (N, fc1_weight.shape[0]) if keep_hidden else (0,)
+    return (x.new_empty(x.shape), x.new_empty((N, D)), x.new_empty((N,), dtype=acc),
+            x.new_empty((N,), dtype=acc), x.new_empty(hidden_shape, dtype=fc1_weight.dtype))
+
+
+@torch.library.custom_op("migt::residual_feed_forward_backward", mutates_args=())
+def _feed_forward_backward_op(
+    dout: torch.Tensor, x_mid: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, hidden: torch.Tensor,
+    seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
+    fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, branch_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    return feed_forward_bwd(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
+                            fc1_weight, fc1_bias, fc2_weight, branch_dtype)
+
+
+@_feed_forward_backward_op.register_fake
+def _(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
+      branch_dtype):
+    D = x_mid.shape[-1]
+    C = fc1_weight.shape[0]
+    return (x_mid.new_empty(x_mid.shape), x_mid.new_empty(x_mid.shape, dtype=branch_dtype),
+            mean.new_empty((D,)), mean.new_empty((D,)),
+            fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,)),
+            fc2_weight.new_empty(fc2_weight.shape), mean.new_empty((D,)))
+
+
+def _setup_context(ctx, inputs, output):
+    (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _) = inputs
+    _, x_mid, mean, rstd, hidden = output
+    ctx.p, ctx.eps, ctx.branch_dtype, ctx.x_shape = p, eps, branch.dtype, x.shape
+    ctx.save_for_backward(x_mid, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight)
+
+
+def _backward(ctx, dout, _dx_mid, _dmean, _drstd, _dhidden):
+    x_mid, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+    dx, dbranch, dnw, dnb, dw1, db1, dw2, db2 = _feed_forward_backward_op(
+        dout, x_mid, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
+        fc1_weight, fc1_bias, fc2_weight, ctx.branch_dtype,
+    )
+    return (dx.view(ctx.x_shape), dbranch.view(ctx.x_shape), None, None,
+            dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None,
+            dw1, db1.to(fc1_weight.dtype), dw2, db2.to(fc2_weight.dtype), None)
+
+
+_feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------ public function
+
+
+def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                          eps: float = 1e-5, recompute_hidden: bool = False):
+    """x_mid = x + dropout(branch); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
+
+    x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
+    p == 0); weights and biases already in the GEMMs' dtype. Returns out in x's dtype.
+    """
+    out, _, _, _, _ = _feed_forward_op(
+        x.contiguous(), branch.contiguous(), seeds, float(p), norm_weight, norm_bias, float(eps),
+        fc1_weight, fc1_bias, fc2_weight, fc2_bias, not recompute_hidden,
+    )
+    return out

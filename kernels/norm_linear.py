@@ -1,0 +1,295 @@
+"""Residual add + dropout + LayerNorm in one pass, and LayerNorm + Linear that
+keeps no normalised copy (the "triton" backend of kernels.layer_norm_linear,
+and the first half of kernels.residual_feed_forward).
+
+Rows of D (the last dim) are read as a contiguous (N, D) matrix, BLOCK_M rows
+per tile, each whole row in one block (D <= MAX_D), with float32 math
+(float64 for float64 input).
+
+Forward: x_new = x + dropout(branch) (when a branch is given), then
+h = layer_norm(x_new) in the GEMM's dtype; only x_new and the per-row mean
+and rstd are kept. The backward recomputes h with the same kernel (for the
+weight gradient of the GEMM that consumed it) and redraws the dropout bits
+from the seed, so neither h nor a mask is ever saved. dweight and dbias of
+the norm are reduced in two stages (a partial row per program, then one sum
+on the host): no atomics, so bitwise deterministic on a given GPU.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import philox
+from ._launch import split_float32
+from ._tiles import keep_bits, layer_norm_rows, layer_norm_rows_bwd, tile_offsets
+from .reference import compute_dtype
+
+MAX_D = 8192
+# About 4096 elements per tile (16 rows at D=256) forward; 8 rows backward,
+# where twice as many row tensors are live. Chosen by reasoning, not tuned on a GPU.
+TILE_ELEMENTS = 4096
+BWD_TILE_ELEMENTS = 2048
+MAX_BLOCK_M = 16
+BWD_PROGRAMS_PER_SM = 4
+BWD_PROGRAMS_CPU = 3  # interpreter: few programs, so the tests exercise the row loop
+
+
+# ------------------------------------------------------------------ kernels
+
+
+@triton.jit
+def _residual_norm_fwd_kernel(
+    x_ptr, branch_ptr, seed_ptr, w_ptr, b_ptr,
+    x_out_ptr, h_ptr, mean_ptr, rstd_ptr,
+    N, D, cut, scale, eps_hi, eps_lo,
+    HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr,
+    STORE_X: tl.constexpr, STORE_STATS: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = rows < N
+    col_ok = cols < D
+    ok = row_ok[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
+    offs = tile_offsets(rows, cols, D)
+
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)  # [BLOCK_M, BLOCK_D]
+    if HAS_BRANCH:
+        branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+        if HAS_DROPOUT:
+            branch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), branch * scale, 0.0)
+        x = x + branch
+        if STORE_X:
+            tl.store(x_out_ptr + offs, x.to(x_out_ptr.dtype.element_ty), mask=ok)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
+    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    # eps arrives as two float32 halves, so a float64 kernel sees it unrounded
+    h, mean, rstd = layer_norm_rows(x, ok, w, b, D, eps_hi + eps_lo)
+    tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=ok)
+    if STORE_STATS:
+        tl.store(mean_ptr + rows, mean, mask=row_ok)
+        tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _residual_norm_bwd_kernel(
+    dh_ptr, dres_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
+    dx_ptr, dbranch_ptr, dw_part_ptr, db_part_ptr,
+    N, D, cut, scale,
+    HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # x is the saved x_new = x_in + dropout(branch), so
+    #   dx_in = dres + layer_norm_grad(dh)   and   dbranch = keep * scale * dx_in
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    col_ok = cols < D
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    dw_acc = tl.zeros([BLOCK_D], ACC)
+    db_acc = tl.zeros([BLOCK_D], ACC)
+    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        row_ok = rows < N
+        ok = row_ok[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
+        offs = tile_offsets(rows, cols, D)
+        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)  # [BLOCK_M]
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)  # [BLOCK_M, BLOCK_D]
+        xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dh = tl.load(dh_ptr + offs, mask=ok, other=0.0).to(ACC)
+        dw_acc += tl.sum(dh * xhat, 0)
+        db_acc += tl.sum(dh, 0)
+        dx = layer_norm_rows_bwd(dh, xhat, w, rstd, D)
+        if HAS_RES_GRAD:
+            dx += tl.load(dres_ptr + offs, mask=ok, other=0.0).to(ACC)
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+        if HAS_BRANCH:
+            dbranch = dx
+            if HAS_DROPOUT:
+                dbranch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), dx * scale, 0.0)
+            tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
+    tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
+    tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
+
+
+# --------------------------------------------------------------- host side
+
+
+def acc_dtype(dtype: torch.dtype):
+    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
+
+
+def dropout_args(seeds: Optional[torch.Tensor], p: float) -> tuple[bool, int, float]:
+    """(has_dropout, integer cut, 1/(1-p)) for a kernel launch."""
+    has = seeds is not None and seeds.numel() > 0 and p > 0.0
+    return has, (philox.threshold(p) if has else 0), (1.0 / (1.0 - p) if has else 1.0)
+
+
+def backward_programs(device: torch.device, n_blocks: int) -> int:
+    """Programs of a persistent backward: a few per SM, each looping over row blocks."""
+    if device.type == "cuda":
+        per_device = torch.cuda.get_device_properties(device).multi_processor_count * BWD_PROGRAMS_PER_SM
+    else:
+        per_device = BWD_PROGRAMS_CPU
+    return max(1, min(n_blocks, per_device))
+
+
+def _block_m(block_d: int, tile: int) -> int:
+    return max(1, min(MAX_BLOCK_M, tile // block_d))
+
+
+def _warps(block_m: int, block_d: int) -> int:
+    return min(16, max(4, block_m * block_d // 512))
+
+
+def unsupported_reason(x: torch.Tensor) -> Optional[str]:
+    D = x.shape[-1]
+    if D < 1:
+        return "the last dim D is 0"
+    if D > MAX_D:
+        return f"D={D} is over {MAX_D} (a row must fit one block)"
+    return None
+
+
+def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: float, h_dtype,
+                      *, store_x: bool = True, store_stats: bool = True):
+    """x, branch: contiguous (N, D) (branch may be None). Returns
+    (x_new or None, h (N, D) in h_dtype, mean (N,), rstd (N,)): x_new only
+    when a branch is given and store_x; mean and rstd only when store_stats."""
+    N, D = x.shape
+    acc = compute_dtype(x.dtype)
+    has_branch = branch is not None
+    x_new = torch.empty_like(x) if has_branch and store_x else None
+    h = torch.empty((N, D), dtype=h_dtype, device=x.device)
+    mean = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
+    rstd = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
+    if N == 0:
+        return x_new, h, mean, rstd
+    has_dropout, cut, scale = dropout_args(seeds, p)
+    block_d = triton.next_power_of_2(D)
+    block_m = _block_m(block_d, TILE_ELEMENTS)
+    eps_hi, eps_lo = split_float32(eps)
+    _residual_norm_fwd_kernel[(triton.cdiv(N, block_m),)](
+        x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
+        x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
+        N, D, cut, scale, eps_hi, eps_lo,
+        HAS_BRANCH=has_branch, HAS_DROPOUT=has_dropout, SITE=site,
+        STORE_X=x_new is not None, STORE_STATS=store_stats,
+        ACC=acc_dtype(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=_warps(block_m, block_d),
+    )
+    return x_new, h, mean, rstd
+
+
+def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: float, branch_dtype):
+    """Gradients of (x_new = x + dropout(branch), h = layer_norm(x_new)).
+
+    dh: (N, D) gradient of h; dres: (N, D) gradient of x_new itself, or None.
+    Returns dx (x_new's dtype), dbranch (branch_dtype, or None when
+    branch_dtype is None), dweight, dbias (D,) in the compute dtype.
+    """
+    N, D = x_new.shape
+    acc = compute_dtype(x_new.dtype)
+    dx = torch.empty_like(x_new)
+    dbranch = torch.empty((N, D), dtype=branch_dtype, device=x_new.device) if branch_dtype is not None else None
+    if N == 0:
+        zeros = torch.zeros((D,), dtype=acc, device=x_new.device)
+        return dx, dbranch, zeros, zeros.clone()
+    has_dropout, cut, scale = dropout_args(seeds, p)
+    block_d = triton.next_power_of_2(D)
+    block_m = _block_m(block_d, BWD_TILE_ELEMENTS)
+    programs = backward_programs(x_new.device, triton.cdiv(N, block_m))
+    dw_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
+    db_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
+    _residual_norm_bwd_kernel[(programs,)](
+        dh, dres if dres is not None else dh, x_new, mean, rstd, weight.contiguous(),
+        seeds if has_dropout else x_new,
+        dx, dbranch if dbranch is not None else dx, dw_part, db_part,
+        N, D, cut, scale,
+        HAS_RES_GRAD=dres is not None, HAS_BRANCH=dbranch is not None, HAS_DROPOUT=has_dropout,
+        SITE=site, ACC=acc_dtype(x_new.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=_warps(block_m, block_d),
+    )
+    return dx, dbranch, dw_part.sum(0), db_part.sum(0)
+
+
+def linear_backward(dy, inp, weight, acc):
+    """Gradients of y = inp @ weight.T + bias: (dinp, dweight, dbias)."""
+    return dy @ weight, dy.t() @ inp, dy.sum(0, dtype=acc)
+
+
+# ------------------------------------------------------ custom-op registration
+
+
+@torch.library.custom_op("migt::layer_norm_linear", mutates_args=())
+def _layer_norm_linear_op(
+    x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
+    weight: torch.Tensor, bias: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    D = x.shape[-1]
+    _, h, mean, rstd = residual_norm_fwd(x.reshape(-1, D), None, None, 0, 0.0, norm_weight, norm_bias, eps,
+                                         weight.dtype)
+    y = torch.addmm(bias, h, weight.t())
+    return y.view(*x.shape[:-1], weight.shape[0]), mean, rstd
+
+
+@_layer_norm_linear_op.register_fake
+def _(x, norm_weight, norm_bias, eps, weight, bias):
+    N = x.numel() // x.shape[-1]
+    acc = compute_dtype(x.dtype)
+    return (x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype),
+            x.new_empty((N,), dtype=acc), x.new_empty((N,), dtype=acc))
+
+
+@torch.library.custom_op("migt::layer_norm_linear_backward", mutates_args=())
+def _layer_norm_linear_backward_op(
+    dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float, weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    D = x.shape[-1]
+    x2 = x.reshape(-1, D)
+    _, h, _, _ = residual_norm_fwd(x2, None, None, 0, 0.0, norm_weight, norm_bias, eps, weight.dtype,
+                                   store_stats=False)
+    dh, dweight, dbias = linear_backward(dy.reshape(-1, weight.shape[0]).contiguous(), h, weight, mean.dtype)
+    del h
+    dx, _, dnorm_w, dnorm_b = residual_norm_bwd(dh, None, x2, mean, rstd, norm_weight, None, 0, 0.0, None)
+    return dx.view(x.shape), dnorm_w, dnorm_b, dweight, dbias
+
+
+@_layer_norm_linear_backward_op.register_fake
+def _(dy, x, mean, rstd, norm_weight, norm_bias, eps, weight):
+    D = x.shape[-1]
+    return (x.new_empty(x.shape), mean.new_empty((D,)), mean.new_empty((D,)),
+            weight.new_empty(weight.shape), mean.new_empty((weight.shape[0],)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, norm_weight, norm_bias, eps, weight, _ = inputs
+    _, mean, rstd = output
+    ctx.eps = eps
+    ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+    dx, dnw, dnb, dw, db = _layer_norm_linear_backward_op(dy, x, mean, rstd, norm_weight, norm_bias, ctx.eps, weight)
+    return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db.to(weight.dtype)
+
+
+_layer_norm_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------ public function
+
+
+def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5):
+    """layer_norm(x; norm_weight, norm_bias) @ weight.T + bias, keeping only x
+    and the per-row statistics for the backward.
+
+    x: (..., D) contiguous; norm_weight, norm_bias: (D,); weight: (D_out, D)
+    and bias (D_out,) in the GEMM's dtype. Returns (..., D_out) in weight's dtype.
+    """
+    y, _, _ = _layer_norm_linear_op(x.contiguous(), norm_weight, norm_bias, float(eps), weight, bias)
+    return y
