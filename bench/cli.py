@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench import plots, results, suite_attention, suite_ceilings, suite_model, suite_norms
+from bench import max_batch, plots, results, suite_attention, suite_ceilings, suite_model, suite_norms
 from bench.common import DEFAULT_CONFIG, DTYPES, RunSettings
 from bench.harness import REPO_ROOT, Budget, Timer, environment, fill_ratios, run_case
 
@@ -51,6 +51,11 @@ def parse_args(argv):
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="model config (default configs/model_config.yaml)")
     p.add_argument("--threads", type=int, help="CPU threads (default 1 in a CPU quick run, else torch's default)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--max-batch", action="store_true",
+                   help="instead of the suites: the largest batch whose training step runs, per backend "
+                        "(triton, sdpa; --backends to choose), each try in a fresh process (bench/max_batch.py)")
+    p.add_argument("--max-batch-start", type=int, default=None, help="first batch tried (default 8 on CUDA, 1 on a CPU)")
+    p.add_argument("--max-batch-limit", type=int, default=4096, help="largest batch tried (default 4096)")
     return p.parse_args(argv)
 
 
@@ -148,6 +153,8 @@ def main(argv=None) -> int:
           f"git {env['git_commit']}, batch sizes {settings.batch_sizes}, dtypes {settings.dtypes}"
           + (", quick" if quick else ""), flush=True)
 
+    if args.max_batch:
+        return _max_batch(args, settings, env, command)
     with _stop_on_sigterm():
         all_rows = run_cases(args.suites, settings, timer, budget, env, quick)
     results.append_rows(all_rows, args.out, env["device_slug"])
@@ -168,3 +175,24 @@ def main(argv=None) -> int:
     for r in errors:
         print(f"ERROR {r['suite']} {r['op']} {r['backend']} {r['dtype']} B={r['batch']}: {r['status']}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _max_batch(args, settings, env, command) -> int:
+    """`--max-batch`: rows appended like the suites', table in <slug>-max-batch.md."""
+    start = args.max_batch_start or (8 if settings.device.type == "cuda" else 1)
+    with _stop_on_sigterm():
+        rows = [{**env, "quick": False, **row}
+                for row in max_batch.run(settings, start=start, limit=args.max_batch_limit)]
+    results.append_rows(rows, args.out, env["device_slug"])
+    text = results.table(rows)
+    for r in rows:
+        e = r["extra"]
+        text += (f"\n{r['backend']} {r['dtype']}: largest batch that ran {r['batch'] or 'none'}"
+                 + (f" (limit {e['limit']} reached)" if e["limit_reached"] else
+                    f"; B={e['first_failing']}: {e['first_failing_status']}"))
+    path = args.out / f"{env['device_slug']}-max-batch.md"
+    path.write_text(f"Made by `{command}` on {env['device']} at {env['timestamp']}, git {env['git_commit']}.\n\n"
+                    + results.table(rows, markdown=True) + "\n\n```\n" + text + "\n```\n", encoding="utf-8")
+    print(text)
+    print(f"\nrows appended to {args.out / (env['device_slug'] + '.jsonl')}; table in {path}")
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0

@@ -26,6 +26,8 @@ class RunSettings:
     config_path: Path = DEFAULT_CONFIG
     # backend name -> reason it is left out of this run (e.g. compile in --quick on a CPU)
     left_out: dict = dataclasses.field(default_factory=dict)
+    # model suite: also measure saved-activation bytes (one more forward per train_step case)
+    measure_saved: bool = True
 
 
 def load_config(settings: RunSettings, **changes):

@@ -117,7 +117,7 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
             }
             # Hooks see what autograd saves; compiled graphs and checkpointed
             # blocks save through their own mechanisms, so only eager, full runs.
-            if op in ("train_step", "train_step_pooled") and backend not in COMPILED:
+            if settings.measure_saved and op in ("train_step", "train_step_pooled") and backend not in COMPILED:
                 try:
                     saved = memory_model.measure_saved_bytes(forward_loss, exclude=list(model.parameters()))
                     extra["mem_saved_mib"] = round(saved / MIB, 1)
