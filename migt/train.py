@@ -23,7 +23,7 @@ from typing import NamedTuple, Sequence
 import yaml
 
 from .config import MIGTConfig
-from .data.bars import load_bars, synthetic_bars
+from .data.bars import infer_session_open, load_bars, parse_time_of_day, synthetic_bars
 from .data.dataset import BarDayDataset, chronological_split
 from .data.features import N_FEATURES
 from .training import Trainer, TrainOptions, barrier, init_distributed, shutdown_distributed
@@ -33,6 +33,10 @@ _CONFIG_FLAGS = {
     "d_model": int, "n_heads": int, "d_ff": int, "n_temporal_layers": int,
     "n_variable_layers": int, "dropout": float, "backend": str,
 }
+
+
+# TrainOptions' booleans, given as on/off switches rather than typed values.
+_SWITCHES = ("progress", "compile")
 
 
 class RunResult(NamedTuple):
@@ -63,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt = p.add_argument_group("training")
     defaults = TrainOptions()
     for f in dataclasses.fields(TrainOptions):
-        if f.name == "progress":
+        if f.name in _SWITCHES:
             continue
         opt.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                          default=getattr(defaults, f.name))
     opt.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    opt.add_argument("--compile", action="store_true",
+                     help="torch.compile the model (slow to start, fastest on CUDA)")
     opt.add_argument("--device", default="auto", help="auto | cpu | cuda")
     opt.add_argument("--out", default="runs/migt", help="directory for checkpoints and logs")
     opt.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' (<out>/checkpoint.pt if present)")
@@ -94,6 +100,12 @@ def load_data(args: argparse.Namespace):
     return load_bars(args.data, timezone=args.timezone)
 
 
+def session_open_of(args: argparse.Namespace, bars) -> str:
+    """--session-open, or the one inferred from the bars, as "HH:MM"."""
+    value = args.session_open if args.session_open is not None else infer_session_open(bars["timestamp"])
+    return parse_time_of_day(value).strftime("%H:%M")
+
+
 def main(argv: Sequence[str] | None = None) -> RunResult:
     args = build_parser().parse_args(argv)
     ctx = init_distributed(args.device)
@@ -105,13 +117,20 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
                 f"config n_variables={config.n_variables} but the feature pipeline produces {N_FEATURES}; "
                 f"set n_variables: {N_FEATURES}"
             )
-        dataset = BarDayDataset.from_bars(load_data(args), config, session_open=args.session_open)
+        bars = load_data(args)
+        session_open = session_open_of(args, bars)
+        dataset = BarDayDataset.from_bars(bars, config, session_open=session_open)
         train_set, val_set, test_set = chronological_split(dataset, args.val_fraction, args.test_fraction)
         options = TrainOptions(**{
-            f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions) if f.name != "progress"
-        }, progress=not args.no_progress)
+            f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions) if f.name not in _SWITCHES
+        }, progress=not args.no_progress, compile=args.compile)
         out = Path(args.out)
-        trainer = Trainer(config, train_set, val_set, options, ctx=ctx, out_dir=out)
+        # What predict/evaluate need to cut the same sessions and the same split.
+        data_info = {"source": str(args.data), "session_open": session_open, "timezone": args.timezone,
+                     "val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+        if args.data == "synthetic":
+            data_info.update(synthetic_days=args.synthetic_days, synthetic_seed=args.synthetic_seed)
+        trainer = Trainer(config, train_set, val_set, options, ctx=ctx, out_dir=out, data_info=data_info)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             config.to_yaml(out / "config.yaml")

@@ -13,14 +13,22 @@ from typing import Sequence
 
 import torch
 
-_INTERVALS = {"coverage_50": (0.25, 0.75), "coverage_90": (0.05, 0.95)}
+# Central intervals reported as coverage: name -> (lower level, upper level).
+INTERVALS = {"coverage_50": (0.25, 0.75), "coverage_90": (0.05, 0.95)}
 
 
-def _level_index(levels: Sequence[float], value: float) -> int | None:
+def level_index(levels: Sequence[float], value: float) -> int | None:
+    """Position of ``value`` in ``levels`` (within 1e-9), or None."""
     for i, q in enumerate(levels):
         if abs(q - value) < 1e-9:
             return i
     return None
+
+
+def pinball_terms(quantiles: torch.Tensor, targets: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Pinball loss of every quantile: quantiles (..., Q), targets (...), levels (Q,) -> (..., Q)."""
+    err = targets.unsqueeze(-1) - quantiles
+    return torch.maximum(levels * err, (levels - 1.0) * err)
 
 
 class QuantileMetrics:
@@ -30,11 +38,11 @@ class QuantileMetrics:
         self.levels = [float(q) for q in levels]
         self._levels_t = torch.tensor(self.levels, dtype=torch.float64, device=device)
         self.intervals = {
-            name: (_level_index(self.levels, lo), _level_index(self.levels, hi))
-            for name, (lo, hi) in _INTERVALS.items()
+            name: (level_index(self.levels, lo), level_index(self.levels, hi))
+            for name, (lo, hi) in INTERVALS.items()
         }
         # [pinball per horizon (H), count, inside per interval, crossings]
-        self.sums = torch.zeros(n_horizons + 2 + len(_INTERVALS), dtype=torch.float64, device=device)
+        self.sums = torch.zeros(n_horizons + 2 + len(INTERVALS), dtype=torch.float64, device=device)
         self.n_horizons = n_horizons
 
     @torch.no_grad()
@@ -43,8 +51,7 @@ class QuantileMetrics:
         q = quantiles.to(torch.float64)
         y = targets.to(torch.float64)
         H = self.n_horizons
-        err = y.unsqueeze(-1) - q  # [B, H, Q]
-        pinball = torch.maximum(self._levels_t * err, (self._levels_t - 1.0) * err)  # [B, H, Q]
+        pinball = pinball_terms(q, y, self._levels_t)  # [B, H, Q]
         self.sums[:H] += pinball.mean(-1).sum(0)
         self.sums[H] += q.shape[0]
         for k, (lo, hi) in enumerate(self.intervals.values()):

@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -58,6 +59,7 @@ class TrainOptions:
     seed: int = 0
     num_workers: int = 0
     amp: str = "auto"             # "auto" = bf16 autocast on CUDA, "bf16", "off"
+    compile: bool = False         # torch.compile the model (the fastest measured setting on CUDA)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -69,8 +71,30 @@ class TrainOptions:
             raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}")
         if not (self.lr > 0 and self.target_scale > 0):
             raise ValueError(f"lr and target_scale must be > 0; got {self.lr}, {self.target_scale}")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16' or 'off'; got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}; got {self.amp!r}")
+
+
+AMP_MODES = ("auto", "bf16", "off")
+# Progress-bar labels of the throughput fields of the train log.
+_BAR_LABELS = {"samples_per_s": "samples/s", "peak_mem_gib": "peak_GiB"}
+
+
+def autocast_context(amp: str, device: torch.device):
+    """A factory of the forward's autocast context: bf16 for "bf16", and for
+    "auto" on CUDA (how the model trains there); float32 otherwise."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}; got {amp!r}")
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def compile_model(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile of ``module`` (the kernels are custom ops, so the whole
+    model is one graph). Parameters stay shared with ``module``; save and load
+    the uncompiled module, whose state-dict keys have no ``_orig_mod.`` prefix."""
+    return torch.compile(module)
 
 
 class Trainer:
@@ -83,8 +107,12 @@ class Trainer:
         *,
         ctx: DistContext | None = None,
         out_dir: str | Path | None = None,
+        data_info: dict | None = None,
     ) -> None:
+        """data_info: how the sessions were cut and split (session open, split
+        fractions, ...), stored in checkpoints for predict/evaluate."""
         self.config, self.options = config, options
+        self.data_info = dict(data_info or {})
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
         self.train_set, self.val_set = train_set, val_set
@@ -108,24 +136,23 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         else:
             self.ddp = self.model
+        # The compiled wrapper is used for training steps only; evaluation and
+        # checkpoints use the plain module (same parameters).
+        self.forward_model = compile_model(self.ddp) if options.compile else self.ddp
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=options.lr, betas=(0.9, 0.95))
         self.scheduler = warmup_cosine(self.optimizer, options.warmup_steps, options.max_steps, options.min_lr_ratio)
         self.levels = list(config.quantiles)
         self.step = 0
         self.best_val = math.inf
         self.history: list[dict] = []
-        use_bf16 = options.amp == "bf16" or (options.amp == "auto" and self.device.type == "cuda")
-        self._autocast = (
-            (lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
-            if use_bf16 else contextlib.nullcontext
-        )
+        self._autocast = autocast_context(options.amp, self.device)
 
     def release_distributed(self) -> None:
         """Drop the DDP wrapper, the last holder of the process group, so that the
         group's threads are joined by destroy_process_group and not at interpreter
         exit (where gloo can abort the process). The trainer stays usable on one rank."""
         if self.ddp is not self.model:
-            self.ddp = self.model
+            self.ddp = self.forward_model = self.model
             gc.collect()  # DDP's reducer sits in reference cycles
 
     # ------------------------------------------------------------------ pieces
@@ -179,7 +206,7 @@ class Trainer:
         self.ddp.train()
         b = self._to_device(batch)
         with self._autocast():
-            out = self.ddp(b["features"], b["attention_mask"], b["temporal_info"])
+            out = self.forward_model(b["features"], b["attention_mask"], b["temporal_info"])
         loss = pinball_loss(out["quantiles"].float(), b["targets"], self.levels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,6 +254,7 @@ class Trainer:
             "horizons": list(self.train_set.horizons),
             "target_scale": self.options.target_scale,
             "world_size": self.ctx.world_size,
+            "data": self.data_info,
         }
 
     def save_checkpoint(self, path: str | Path) -> None:
@@ -239,12 +267,10 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything needed to continue exactly where the checkpoint was taken."""
         state = ckpt.load(path)
-        mine, saved = self.config.to_dict(), state["config"]
-        differ = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
+        differ = ckpt.config_differences(state["config"], self.config.to_dict())
         if differ:
             raise ValueError(
-                f"checkpoint {str(path)!r} was trained with a different config; fields differ: "
-                + ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
+                f"checkpoint {str(path)!r} was trained with a different config; fields differ: " + ", ".join(differ)
             )
         # Options that change the batch order or the units of the loss: resuming
         # with others would silently train a different run (lr, max_steps may change).
@@ -272,6 +298,15 @@ class Trainer:
         """Mean train loss of these steps over every rank's shard (a collective under DDP)."""
         total = torch.tensor(sum(losses) / len(losses), dtype=torch.float64, device=self.device)
         return float(all_reduce_sum(total, self.ctx)) / self.ctx.world_size
+
+    def _throughput(self, step_seconds: list[float]) -> dict:
+        """Samples/s over all processes for the steps since the last log line, and
+        the peak GPU memory of this process so far (GiB, CUDA only)."""
+        out = {"samples_per_s": self.options.batch_size * self.ctx.world_size * len(step_seconds)
+               / max(sum(step_seconds), 1e-9)}
+        if self.device.type == "cuda":
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return out
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
@@ -305,16 +340,21 @@ class Trainer:
             progress = tqdm(total=self.options.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
         batches = self.train_batches()
         running = []
+        step_seconds = []  # batch loading + step, validation excluded
         while self.step < end:
-            stats = self.train_step(next(batches))
+            started = time.perf_counter()
+            stats = self.train_step(next(batches))  # float(loss) waits for the GPU
+            step_seconds.append(time.perf_counter() - started)
             running.append(stats["loss"])
+            speed = self._throughput(step_seconds)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
+                                     **{_BAR_LABELS[k]: f"{v:.3g}" for k, v in speed.items()})
             if self.step % self.options.log_every == 0 or self.step == end:
                 self._log({"step": self.step, "split": "train", "loss": self._mean_over_ranks(running),
-                           "grad_norm": stats["grad_norm"], "lr": stats["lr"]})
-                running = []
+                           "grad_norm": stats["grad_norm"], "lr": stats["lr"], **speed})
+                running, step_seconds = [], []
             if self.step % self.options.eval_every == 0 or self.step == self.options.max_steps:
                 val = self.validate_and_save()
                 if progress is not None and val is not None:
