@@ -1,0 +1,298 @@
+"""The fused transformer-block ops (kernels.layer_norm_linear,
+kernels.residual_feed_forward) on the Triton backend under the interpreter:
+parity with the plain-PyTorch reference on the output and every gradient,
+dropout whose masks are redrawn (never stored) and reproducible, and what
+the backward keeps."""
+import pytest
+import torch
+
+import kernels
+from kernels import feed_forward, norm_linear, philox
+from helpers import assert_close
+from migt import MIGT_TVDT, MIGTConfig, pinball_loss
+from migt.data import synthetic_batch
+
+F64 = dict(atol=1e-10, rtol=1e-9)
+
+
+def ffn_params(D, C, dtype, *, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    return dict(
+        norm_weight=rand(D), norm_bias=rand(D),
+        fc1_weight=rand(C, D, scale=D ** -0.5), fc1_bias=rand(C),
+        fc2_weight=rand(D, C, scale=C ** -0.5), fc2_bias=rand(D),
+    )
+
+
+def residual_and_branch(shape, dtype, branch_dtype=None, *, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    branch = torch.randn(*shape, generator=g, dtype=torch.float64).to(branch_dtype or dtype).requires_grad_()
+    return x, branch
+
+
+def run_ffn(backend, x, branch, params, p, seeds, recompute=False):
+    out = kernels.residual_feed_forward(x, branch, **params, dropout_p=p, seeds=seeds,
+                                        recompute_hidden=recompute, backend=backend)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(out.dtype)
+    inputs = [x, branch, *params.values()]
+    return out, torch.autograd.grad(out, inputs, upstream)
+
+
+NAMES = ["x", "branch", "norm_weight", "norm_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"]
+
+# (rows as a shape, D, d_ff): D and d_ff off the block sizes; rows not a
+# multiple of any tile; one case with a single row
+SHAPES = [((2, 3, 7), 48, 80), ((1, 1, 1), 40, 300), ((5, 9), 256, 64)]
+
+
+@pytest.mark.parametrize("shape,D,C", SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep_hidden", "recompute_hidden"])
+def test_feed_forward_matches_float64_reference(shape, D, C, p, recompute, poisoned_allocations):
+    x, branch = residual_and_branch((*shape, D), torch.float64)
+    params = ffn_params(D, C, torch.float64)
+    seeds = kernels.dropout_seeds("cpu")
+    out, grads = run_ffn("triton", x, branch, params, p, seeds, recompute)
+    ref_out, ref_grads = run_ffn("reference", x, branch, params, p, seeds)
+    assert_close(out, ref_out, **F64, name="out")
+    for name, a, b in zip(NAMES, grads, ref_grads):
+        assert_close(a, b, **F64, name=f"d{name}")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float16, 2e-2), (torch.bfloat16, 6e-2)],
+                         ids=["fp32", "fp16", "bf16"])
+def test_feed_forward_low_precision_gemms_with_float32_residual(dtype, tol, poisoned_allocations):
+    # the model's case under autocast: a float32 residual stream, the branch
+    # and GEMMs in half precision, norm weights in float32
+    x, branch = residual_and_branch((3, 11, 64), torch.float32, dtype)
+    params = ffn_params(64, 96, torch.float32)
+    params = {k: (v.detach().to(dtype).requires_grad_() if k.startswith("fc") else v) for k, v in params.items()}
+    seeds = kernels.dropout_seeds("cpu")
+    out, grads = run_ffn("triton", x, branch, params, 0.2, seeds)
+    ref_out, ref_grads = run_ffn("reference", x, branch, params, 0.2, seeds)
+    assert out.dtype == torch.float32
+    scale = lambda t: t.detach().double().abs().max().item()  # noqa: E731
+    assert_close(out, ref_out, atol=tol * scale(ref_out), rtol=tol, name="out")
+    for name, a, b in zip(NAMES, grads, ref_grads):
+        assert a.dtype == b.dtype, name
+        assert_close(a, b, atol=tol * scale(b), rtol=tol, name=f"d{name}")
+
+
+@pytest.mark.parametrize("shape,D,D_out", [((2, 3, 7), 48, 144), ((1,), 256, 40)], ids=str)
+def test_layer_norm_linear_matches_float64_reference(shape, D, D_out, poisoned_allocations):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, D, generator=g, dtype=torch.float64, requires_grad=True)
+    nw, nb, b = (torch.randn(n, generator=g, dtype=torch.float64, requires_grad=True) for n in (D, D, D_out))
+    w = torch.randn(D_out, D, generator=g, dtype=torch.float64, requires_grad=True)
+    results = []
+    for backend in ("triton", "reference"):
+        y = kernels.layer_norm_linear(x, nw, nb, w, b, backend=backend)
+        upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        results.append((y, torch.autograd.grad(y, [x, nw, nb, w, b], upstream)))
+    (y, grads), (ref_y, ref_grads) = results
+    assert_close(y, ref_y, **F64, name="y")
+    for name, a, r in zip(["x", "norm_weight", "norm_bias", "weight", "bias"], grads, ref_grads):
+        assert_close(a, r, **F64, name=f"d{name}")
+
+
+def test_layer_norm_linear_under_autocast_runs_the_gemm_in_bfloat16():
+    x = torch.randn(2, 5, 32)
+    nw, nb, w, b = torch.ones(32), torch.zeros(32), torch.randn(64, 32), torch.randn(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kernels.layer_norm_linear(x, nw, nb, w, b, backend="triton")
+        ref = kernels.layer_norm_linear(x, nw, nb, w, b, backend="reference")
+    assert y.dtype == ref.dtype == torch.bfloat16
+    # bf16 outputs of size ~10 are rounded to 1/16: compare against the largest
+    assert_close(y, ref, atol=1e-2 * ref.abs().max().item(), rtol=1e-2, name="y")
+
+
+# ------------------------------------------------------------------ dropout
+
+
+def test_kernel_masks_are_the_philox_reference_masks():
+    # out = 0 + dropout(1): the kept elements read 1/(1-p), the rest 0
+    p, n = 0.25, 3 * 4096 + 17
+    seeds = kernels.dropout_seeds("cpu")
+    out = feed_forward.dropout_add(torch.zeros(n), torch.ones(n), seeds, p)
+    keep = philox.keep_mask(seeds[feed_forward.OUTPUT_SITE], (n,), p)
+    assert torch.equal(out, torch.where(keep, 1.0 / (1.0 - p), 0.0))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_rate_and_scaling(p):
+    # n = 2**20 draws: the kept fraction is binomial, its sd sqrt(p(1-p)/n) < 5e-4
+    n = 2**20
+    keep = philox.keep_mask(kernels.dropout_seeds("cpu")[0], (n,), p)
+    rate = keep.double().mean().item()
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(rate - (1 - p)) < 5 * sd, rate
+    # inverted dropout keeps the expectation: mean of dropout(1) is 1
+    scaled = torch.where(keep, 1.0 / (1.0 - p), 0.0)
+    assert abs(scaled.mean().item() - 1.0) < 5 * sd / (1 - p)
+    # neighbours are independent (no stripes from the counter layout)
+    both = (keep[:-1] & keep[1:]).double().mean().item()
+    assert abs(both - (1 - p) ** 2) < 10 * sd
+
+
+def test_sites_and_seeds_draw_different_masks():
+    seeds = kernels.dropout_seeds("cpu")
+    masks = [philox.keep_mask(seeds[i], (4096,), 0.5) for i in range(3)]
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    assert not torch.equal(masks[0], philox.keep_mask(seeds[0] + 1, (4096,), 0.5))
+
+
+def test_triton_dropout_draws_every_site(poisoned_allocations):
+    # p near 1 at one site at a time would need three ops; instead: with
+    # dropout, the output differs from p=0 and from another seed's output
+    x, branch = residual_and_branch((4, 6, 32), torch.float64)
+    params = ffn_params(32, 40, torch.float64)
+    outs = [kernels.residual_feed_forward(x, branch, **params, dropout_p=p, seeds=s, backend="triton")
+            for p, s in ((0.0, None), (0.4, torch.tensor([1, 2, 3])), (0.4, torch.tensor([1, 2, 4])),
+                         (0.4, torch.tensor([1, 2, 3])))]
+    assert not torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[1], outs[2])  # only the output site's seed changed
+    assert torch.equal(outs[1], outs[3])
+
+
+# ------------------------------------------------------------------ the model
+
+TINY = dict(
+    d_model=32, n_heads=2, d_ff=48, dropout=0.2, attn_dropout=0.0,
+    n_temporal_layers=2, n_variable_layers=1, max_seq_len=24, n_variables=4,
+    n_horizons=3, n_quantiles=3, quantiles=[0.1, 0.5, 0.9],
+    time_of_day_dim=8, day_of_week_dim=4, day_of_month_dim=4, day_of_year_dim=6,
+)
+
+
+def tiny_model(backend="triton", **changes):
+    torch.manual_seed(0)
+    model = MIGT_TVDT(MIGTConfig(**{**TINY, **changes}, backend=backend))
+    batch = synthetic_batch(3, model.config, seed=2, n_empty=1)
+    return model, batch
+
+
+def train_grads(model, batch, seed=11):
+    torch.manual_seed(seed)
+    out = model(batch["features"], batch["attention_mask"], batch["temporal_info"])["quantiles"]
+    loss = pinball_loss(out, batch["targets"][:, :3], model.config.quantiles)
+    return out, torch.autograd.grad(loss, list(model.parameters()))
+
+
+def test_manual_seed_reproduces_a_training_step_and_another_seed_does_not():
+    model, batch = tiny_model()
+    model.train()
+    out_a, grads_a = train_grads(model, batch, seed=11)
+    out_b, grads_b = train_grads(model, batch, seed=11)
+    out_c, _ = train_grads(model, batch, seed=12)
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert not torch.equal(out_a, out_c)
+
+
+@pytest.mark.parametrize("recompute_hidden", [False, True], ids=["keep_hidden", "recompute_hidden"])
+def test_checkpointed_and_plain_training_steps_are_equal(recompute_hidden):
+    # checkpointing's recompute redraws the dropout seeds from the restored
+    # RNG state: the same masks, so the same gradients, bit for bit
+    plain, batch = tiny_model(recompute_ffn_hidden=recompute_hidden)
+    ckpt, _ = tiny_model(recompute_ffn_hidden=recompute_hidden, activation_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    plain.train(), ckpt.train()
+    out_p, grads_p = train_grads(plain, batch)
+    out_c, grads_c = train_grads(ckpt, batch)
+    assert torch.equal(out_p, out_c)
+    for (name, _), a, b in zip(plain.named_parameters(), grads_p, grads_c):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("mode", ["per_step", "pooled"])
+def test_model_agrees_across_backends_in_train_mode_without_dropout(mode):
+    results = []
+    for backend in ("triton", "sdpa", "reference"):
+        model, batch = tiny_model(backend, dropout=0.0, variable_attention=mode)
+        results.append(train_grads(model.train(), batch))
+    (out_t, g_t), *others = results
+    for out, grads in others:
+        assert_close(out_t, out, atol=1e-5, rtol=1e-4, name="quantiles")
+        for (name, _), a, b in zip(model.named_parameters(), g_t, grads):
+            assert_close(a, b, atol=1e-5, rtol=1e-3, name=f"grad of {name}")
+
+
+def saved_tensors(model, batch):
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        train_grads(model, batch)
+    params = {p.data_ptr() for p in model.parameters()}
+    return [t for t in saved if t.data_ptr() not in params]
+
+
+@pytest.mark.parametrize("recompute_hidden", [False, True], ids=["keep_hidden", "recompute_hidden"])
+def test_fused_blocks_keep_no_dropout_mask_and_one_hidden_at_most(recompute_hidden):
+    model, batch = tiny_model(recompute_ffn_hidden=recompute_hidden)
+    saved = saved_tensors(model.train(), batch)
+    n_blocks = model.config.n_temporal_layers + model.config.n_variable_layers
+    hidden = [t for t in saved if t.dim() and t.shape[-1] == model.config.d_ff]
+    assert len(hidden) == (0 if recompute_hidden else n_blocks)
+    # the plain modules keep a bool mask per dropout; the fused blocks keep
+    # none (what remains: the embedding's and the output pool's dropout)
+    sdpa_model, _ = tiny_model("sdpa")
+    sdpa_masks = [t for t in saved_tensors(sdpa_model.train(), batch) if t.dtype == torch.bool]
+    masks = [t for t in saved if t.dtype == torch.bool]
+    assert len(sdpa_masks) - len(masks) == 3 * n_blocks
+
+
+# ------------------------------------------------------------------ contract
+
+
+def test_custom_ops_pass_opcheck():
+    x, branch = residual_and_branch((2, 5, 16), torch.float32)
+    params = ffn_params(16, 24, torch.float32)
+    seeds = torch.tensor([5, 6, 7])
+    args = (x, branch, seeds, 0.3, params["norm_weight"], params["norm_bias"], 1e-5,
+            params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"], True)
+    torch.library.opcheck(feed_forward._feed_forward_op, args)
+    w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
+    torch.library.opcheck(norm_linear._layer_norm_linear_op,
+                          (x, params["norm_weight"], params["norm_bias"], 1e-5, w, b))
+
+
+def test_bad_inputs_name_the_argument():
+    x, branch = residual_and_branch((2, 5, 16), torch.float32)
+    params = ffn_params(16, 24, torch.float32)
+    with pytest.raises(ValueError, match=r"branch must have the shape of x \(2, 5, 16\), got \(2, 5, 15\)"):
+        kernels.residual_feed_forward(x, branch[..., :15], **params)
+    bad = dict(params, fc2_weight=params["fc2_weight"][:, :23])
+    with pytest.raises(ValueError, match=r"fc2_weight must have shape \(D, d_ff\) = \(16, 24\), got \(16, 23\)"):
+        kernels.residual_feed_forward(x, branch, **bad)
+    with pytest.raises(ValueError, match=r"dropout_p must be a float in \[0, 1\), got 1.0"):
+        kernels.residual_feed_forward(x, branch, **params, dropout_p=1.0)
+    with pytest.raises(ValueError, match=r"seeds must be an int64 tensor of shape \(3,\)"):
+        kernels.residual_feed_forward(x, branch, **params, dropout_p=0.1, seeds=torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"weight must have shape \(D_out, D\) = \(8, 16\), got \(8, 15\)"):
+        kernels.layer_norm_linear(x, params["norm_weight"], params["norm_bias"], torch.randn(8, 15), torch.randn(8))
+
+
+def test_unsupported_width_raises_reason_and_auto_falls_back():
+    assert kernels._triton_reason("residual_feed_forward", torch.zeros(2, 8193)).startswith("D=8193 is over")
+    with pytest.raises(ValueError, match="backend='triton' cannot run this case: D=8193"):
+        kernels.fused_block_backend("triton", torch.zeros(2, 8193))
+    # on the CPU "auto" never picks triton: the model keeps its plain modules there
+    assert kernels.fused_block_backend("auto", torch.zeros(2, 8)) == "sdpa"
+
+
+def test_block_state_dict_moves_between_backends():
+    model, batch = tiny_model("triton")
+    other, _ = tiny_model("sdpa", dropout=0.0)
+    other.load_state_dict(model.state_dict())
+    model.eval(), other.eval()
+    args = (batch["features"], batch["attention_mask"], batch["temporal_info"])
+    assert_close(model(*args)["quantiles"], other(*args)["quantiles"], atol=1e-5, rtol=1e-4, name="quantiles")
