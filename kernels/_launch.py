@@ -1,6 +1,8 @@
 """Host-side helpers shared by the Triton norm kernels' launch code."""
 from __future__ import annotations
 
+import struct
+
 import torch
 
 # The norm kernels index with int32 element offsets.
@@ -9,8 +11,9 @@ INT32_LIMIT = 2**31 - 1
 
 def split_float32(value: float) -> tuple[float, float]:
     """value as hi + lo, both float32-exact: Triton passes a Python float to a
-    kernel as float32, which would round eps in a float64 kernel."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
+    kernel as float32, which would round eps in a float64 kernel. (struct
+    rounds to nearest like a tensor cast, at a tenth of its host cost.)"""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
     return hi, value - hi
 
 

@@ -5,8 +5,15 @@ Forward: one program per (sample b, block of BLOCK_V variables) reads x
 valid steps, and writes y already transposed to (B, V, T), plus mean and std.
 Backward: the same grid recomputes z = (x - mean) / std from the saved stats
 and writes dx (the gradient flows through y, mean and std), plus per-program
-partial sums for dweight and dbias, which the host adds over B (a two-stage,
-atomic-free and so bitwise deterministic reduction).
+partial sums for dweight and dbias, which one host-side sum adds over B (a
+two-stage, atomic-free and so bitwise deterministic reduction). Gradients
+that do not exist are not made: no zero-filled gradient for an unused mean
+or std, no dx for features that need none.
+
+The kernels take microseconds; host overhead decides this op's time, so a
+forward and backward costs two Triton launches and one torch op, with no
+host sync, and eager calls skip the custom op's dispatch (see
+docs/kernel-tuning.md).
 
 Statistics run in float32 (float64 for float64 input). The mean is found in
 two steps (a rough mean, then the mean of x - rough), so series sitting far
@@ -22,6 +29,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from ._launch import INT32_LIMIT, int32_indexable, max_offset, split_float32
 from .reference import compute_dtype
@@ -109,7 +117,7 @@ def _revin_fwd_kernel(
 @triton.jit
 def _revin_bwd_kernel(
     x_ptr, m_ptr, w_ptr, mean_ptr, std_ptr, gy_ptr, gmean_ptr, gstd_ptr,
-    dx_ptr, dw_part_ptr, db_part_ptr,
+    dx_ptr, part_ptr,
     T, V,
     stride_xb, stride_xt, stride_xv,
     stride_mb, stride_mt,
@@ -118,7 +126,13 @@ def _revin_bwd_kernel(
     stride_gsb, stride_gsv,
     stride_dxb, stride_dxt, stride_dxv,
     ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_GRAD_STATS: tl.constexpr, NEED_DX: tl.constexpr,
 ):
+    # part_ptr: (2, B, V) partial sums over this sample's steps, dweight in
+    # row 0 and dbias in row 1, so one host-side sum over B finishes both.
+    # HAS_GRAD_STATS False: mean and std got no gradient (the usual case: the
+    # loss reads y only), so none is read. NEED_DX False: x needs no
+    # gradient (features), so the second pass is skipped and dx is not written.
     # With z = (x - mean) / std over the n valid steps and gz = gy * w:
     #   dx = (gz - mean(gz) - z * mean(gz * z)) / std   (through y)
     #      + gmean / n + gstd * z / n                   (through mean and std)
@@ -154,26 +168,30 @@ def _revin_bwd_kernel(
     z_shift = tl.sum(sum_z, 0) / count  # [BLOCK_V]
     db = tl.sum(sum_gy, 0)
     dw = tl.sum(sum_gyz, 0) - z_shift * db
-    tl.store(db_part_ptr + stat_offs, db, mask=v_ok)
-    tl.store(dw_part_ptr + stat_offs, dw, mask=v_ok)
-    mean_gz = w * db / count  # [BLOCK_V]
-    mean_gzz = w * dw / count
-    gmean = tl.load(gmean_ptr + pid_b * stride_gmb + offs_v * stride_gmv, mask=v_ok, other=0.0).to(ACC)
-    gstd = tl.load(gstd_ptr + pid_b * stride_gsb + offs_v * stride_gsv, mask=v_ok, other=0.0).to(ACC)
+    tl.store(part_ptr + stat_offs, dw, mask=v_ok)
+    tl.store(part_ptr + tl.num_programs(0) * V + stat_offs, db, mask=v_ok)
+    if NEED_DX:
+        mean_gz = w * db / count  # [BLOCK_V]
+        mean_gzz = w * dw / count
+        if HAS_GRAD_STATS:
+            gmean = tl.load(gmean_ptr + pid_b * stride_gmb + offs_v * stride_gmv, mask=v_ok, other=0.0).to(ACC)
+            gstd = tl.load(gstd_ptr + pid_b * stride_gsb + offs_v * stride_gsv, mask=v_ok, other=0.0).to(ACC)
 
-    # pass 2: dx, 0 at padded steps
-    dx_ptr += pid_b * stride_dxb
-    for t0 in range(0, T, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
-        x, ok, step_ok = _load_steps(x_ptr, m_ptr, offs_t, offs_v, v_ok, T, stride_xt, stride_xv, stride_mt, ACC)
-        z = tl.where(ok, (x - mean[None, :]) * inv_std[None, :] - z_shift[None, :], 0.0)  # [BLOCK_T, BLOCK_V]
-        gy = tl.load(gy_ptr + offs_v[None, :] * stride_gyv + offs_t[:, None] * stride_gyt, mask=ok, other=0.0).to(ACC)
-        dx = (gy * w[None, :] - mean_gz[None, :] - z * mean_gzz[None, :]) * inv_std[None, :]
-        dx += (gmean[None, :] + gstd[None, :] * z) / count
-        dx = tl.where(ok, dx, 0.0)
-        in_range = (offs_t < T)[:, None] & v_ok[None, :]
-        tl.store(dx_ptr + offs_t[:, None] * stride_dxt + offs_v[None, :] * stride_dxv,
-                 dx.to(dx_ptr.dtype.element_ty), mask=in_range)
+        # pass 2: dx, 0 at padded steps
+        dx_ptr += pid_b * stride_dxb
+        for t0 in range(0, T, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            x, ok, step_ok = _load_steps(x_ptr, m_ptr, offs_t, offs_v, v_ok, T, stride_xt, stride_xv, stride_mt, ACC)
+            z = tl.where(ok, (x - mean[None, :]) * inv_std[None, :] - z_shift[None, :], 0.0)  # [BLOCK_T, BLOCK_V]
+            gy = tl.load(gy_ptr + offs_v[None, :] * stride_gyv + offs_t[:, None] * stride_gyt,
+                         mask=ok, other=0.0).to(ACC)
+            dx = (gy * w[None, :] - mean_gz[None, :] - z * mean_gzz[None, :]) * inv_std[None, :]
+            if HAS_GRAD_STATS:
+                dx += (gmean[None, :] + gstd[None, :] * z) / count
+            dx = tl.where(ok, dx, 0.0)
+            in_range = (offs_t < T)[:, None] & v_ok[None, :]
+            tl.store(dx_ptr + offs_t[:, None] * stride_dxt + offs_v[None, :] * stride_dxv,
+                     dx.to(dx_ptr.dtype.element_ty), mask=in_range)
 
 
 # --------------------------------------------------------------- host side
@@ -181,12 +199,6 @@ def _revin_bwd_kernel(
 
 def _blocks(T: int, V: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(max(T, 1)), BLOCK_T_MAX), min(triton.next_power_of_2(max(V, 1)), BLOCK_V_MAX)
-
-
-
-
-
-
 
 
 def unsupported_reason(x, mask, weight, bias) -> Optional[str]:
@@ -223,32 +235,42 @@ def revin_fwd(x, mask, weight, bias, eps: float):
     return y, mean, std
 
 
-def revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std):
-    """Returns dx (x's shape and dtype, contiguous) and dweight, dbias in the
-    statistics dtype (float32, float64 for float64 x)."""
+def revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std, need_dx: bool = True):
+    """Returns dx (x's shape and dtype, contiguous; an empty (0,) tensor when
+    need_dx is False) and (2, V): dweight and dbias in the statistics dtype
+    (float32, float64 for float64 x), one tensor because a custom op's
+    outputs may not alias. grad_mean and grad_std may be None (no gradient
+    reached them): they are then not read, instead of being zero-filled."""
     B, T, V = x.shape
-    dx = torch.empty((B, T, V), dtype=x.dtype, device=x.device)
-    dw_part = torch.empty((B, V), dtype=mean.dtype, device=x.device)
-    db_part = torch.empty((B, V), dtype=mean.dtype, device=x.device)
-    if B > 0 and V > 0:
-        grad_y, grad_mean, grad_std = (int32_indexable(g) for g in (grad_y, grad_mean, grad_std))
-        block_t, block_v = _blocks(T, V)
-        m = mask.view(torch.uint8)
-        weight = weight.contiguous()  # read at unit stride
-        _revin_bwd_kernel[(B, triton.cdiv(V, block_v))](
-            x, m, weight, mean, std, grad_y, grad_mean, grad_std,
-            dx, dw_part, db_part,
-            T, V,
-            x.stride(0), x.stride(1), x.stride(2),
-            m.stride(0), m.stride(1),
-            grad_y.stride(0), grad_y.stride(1), grad_y.stride(2),
-            grad_mean.stride(0), grad_mean.stride(1),
-            grad_std.stride(0), grad_std.stride(1),
-            dx.stride(0), dx.stride(1), dx.stride(2),
-            ACC=tl.float64 if mean.dtype == torch.float64 else tl.float32,
-            BLOCK_T=block_t, BLOCK_V=block_v, num_warps=NUM_WARPS,
-        )
-    return dx, dw_part.sum(0), db_part.sum(0)
+    dx = torch.empty((B, T, V) if need_dx else (0,), dtype=x.dtype, device=x.device)
+    parts = torch.empty((2, B, V), dtype=mean.dtype, device=x.device)  # dweight, dbias per sample
+    if B == 0 or V == 0:
+        return dx, parts.sum(1)
+    has_grad_stats = grad_mean is not None or grad_std is not None
+    if has_grad_stats:  # one of them alone is rare: the other becomes zeros
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else int32_indexable(grad_mean)
+        grad_std = torch.zeros_like(std) if grad_std is None else int32_indexable(grad_std)
+    else:  # never read (HAS_GRAD_STATS is off): any tensor fills the pointer slots
+        grad_mean = grad_std = mean
+    grad_y = int32_indexable(grad_y)
+    block_t, block_v = _blocks(T, V)
+    m = mask.view(torch.uint8)
+    weight = weight.contiguous()  # read at unit stride
+    _revin_bwd_kernel[(B, triton.cdiv(V, block_v))](
+        x, m, weight, mean, std, grad_y, grad_mean, grad_std,
+        dx, parts,
+        T, V,
+        x.stride(0), x.stride(1), x.stride(2),
+        m.stride(0), m.stride(1),
+        grad_y.stride(0), grad_y.stride(1), grad_y.stride(2),
+        grad_mean.stride(0), grad_mean.stride(1),
+        grad_std.stride(0), grad_std.stride(1),
+        *(dx.stride() if need_dx else (0, 0, 0)),
+        ACC=tl.float64 if mean.dtype == torch.float64 else tl.float32,
+        BLOCK_T=block_t, BLOCK_V=block_v, HAS_GRAD_STATS=has_grad_stats, NEED_DX=need_dx,
+        num_warps=NUM_WARPS,
+    )
+    return dx, parts.sum(1)  # the second stage: one small op for both
 
 
 # ------------------------------------------------------ custom-op registration
@@ -270,16 +292,17 @@ def _(x, mask, weight, bias, eps):
 
 @torch.library.custom_op("migt::revin_normalize_backward", mutates_args=())
 def _revin_backward_op(
-    grad_y: torch.Tensor, grad_mean: torch.Tensor, grad_std: torch.Tensor,
+    grad_y: torch.Tensor, grad_mean: Optional[torch.Tensor], grad_std: Optional[torch.Tensor],
     x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std)
+    need_dx: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std, need_dx)
 
 
 @_revin_backward_op.register_fake
-def _(grad_y, grad_mean, grad_std, x, mask, weight, mean, std):
+def _(grad_y, grad_mean, grad_std, x, mask, weight, mean, std, need_dx):
     V = x.shape[2]
-    return x.new_empty(x.shape), mean.new_empty((V,)), mean.new_empty((V,))
+    return x.new_empty(x.shape if need_dx else (0,)), mean.new_empty((2, V))
 
 
 def _setup_context(ctx, inputs, output):
@@ -287,18 +310,40 @@ def _setup_context(ctx, inputs, output):
     _, mean, std = output
     ctx.save_for_backward(x, mask, weight, mean, std)
     ctx.bias_dtype = bias.dtype
+    # unused outputs (mean and std, usually) send None, not zero-filled tensors
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_y, grad_mean, grad_std):
+def _backward(ctx, grad_y, grad_mean, grad_std, backward_fn=_revin_backward_op):
     x, mask, weight, mean, std = ctx.saved_tensors
-    grad_y = torch.zeros_like(x).transpose(1, 2) if grad_y is None else grad_y
-    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
-    dx, dw, db = _revin_backward_op(grad_y, grad_mean, grad_std, x, mask, weight, mean, std)
-    return dx, None, dw.to(weight.dtype), db.to(ctx.bias_dtype), None
+    if grad_y is None:  # only mean or std reached the loss
+        grad_y = torch.zeros_like(x).transpose(1, 2)
+    need_dx = ctx.needs_input_grad[0]
+    dx, dw_db = backward_fn(grad_y, grad_mean, grad_std, x, mask, weight, mean, std, need_dx)
+    dw, db = dw_db
+    return dx if need_dx else None, None, dw.to(weight.dtype), db.to(ctx.bias_dtype), None
 
 
 _revin_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerRevin(torch.autograd.Function):
+    """The same forward and backward as the custom op, without its dispatch:
+    in eager mode the custom op's Python round trips cost about as much host
+    time as the two launches themselves (measured on the CPU, see
+    docs/kernel-tuning.md), and RevIN's kernels are only microseconds long.
+    torch.compile and fake tensors still see the custom op."""
+
+    @staticmethod
+    def forward(ctx, x, mask, weight, bias, eps):
+        output = revin_fwd(x, mask, weight, bias, eps)
+        _setup_context(ctx, (x, mask, weight, bias, eps), output)
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_mean, grad_std):
+        return _backward(ctx, grad_y, grad_mean, grad_std, backward_fn=revin_bwd)
 
 
 # ------------------------------------------------------------ public function
@@ -312,4 +357,6 @@ def revin_normalize(x, mask, weight, bias, eps: float = 1e-5):
     std (B, V) in float32 (float64 for float64 x). Differentiable in x,
     weight and bias, through y, mean and std.
     """
-    return _revin_op(x, mask, weight, bias, float(eps))
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        return _revin_op(x, mask, weight, bias, float(eps))
+    return _EagerRevin.apply(x, mask, weight, bias, float(eps))

@@ -119,6 +119,62 @@ def test_revin_one_and_two_valid_steps(dtype, tol, poisoned_outputs):
     assert_close(got["std"][0], torch.full((5,), 1e-5, dtype=torch.float64), atol=0, rtol=tol, name="std")
 
 
+@pytest.mark.parametrize("path", ["eager", "custom-op"])
+def test_revin_gradient_of_y_only_features_without_grad(path, poisoned_outputs):
+    # The model's case: features need no gradient and the loss reads y only,
+    # so mean and std send None (not zero-filled tensors) and dx is skipped.
+    x, mask, w, b, (grad_y, _, _) = revin_case(4, 37, 5, torch.float32)
+    fn = {"eager": revin.revin_normalize, "custom-op": revin._revin_op}[path]
+    results = []
+    for xs, ws, bs, run in ((x, w, b, fn), (x.double(), w.double(), b.double(), kernels.reference.revin_normalize)):
+        ws, bs = ws.detach().requires_grad_(), bs.detach().requires_grad_()
+        y, _, _ = run(xs, mask, ws, bs, 1e-5)
+        results.append(torch.autograd.grad((y.double() * grad_y).sum(), (ws, bs)))
+    for name, got, want in zip(("dweight", "dbias"), *results):
+        close(got, want, 2e-6, name)
+
+
+@pytest.mark.parametrize("path", ["eager", "custom-op"])
+def test_revin_gradient_of_std_only(path, poisoned_outputs):
+    # y and mean send None: a zero gradient of y is made and grad_mean zero-filled
+    x, mask, w, b, (_, _, grad_std) = revin_case(4, 37, 5, torch.float32)
+    fn = {"eager": revin.revin_normalize, "custom-op": revin._revin_op}[path]
+    results = []
+    for xs, run in ((x, fn), (x.double(), kernels.reference.revin_normalize)):
+        xs = xs.detach().requires_grad_()
+        _, _, std = run(xs, mask, w.to(xs.dtype), b.to(xs.dtype), 1e-5)
+        results.append(torch.autograd.grad((std.double() * grad_std).sum(), xs)[0])
+    close(results[0], results[1], 2e-6, "dx")
+    assert (results[0][~mask] == 0).all()
+
+
+def test_revin_eager_path_matches_custom_op_bitwise():
+    # revin_normalize skips the custom op's dispatch in eager mode; both
+    # paths must run the same launches and so give the same bits
+    x, mask, w, b, grads = revin_case(4, 37, 5, torch.float32)
+    got = []
+    for fn in (revin.revin_normalize, revin._revin_op):
+        xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
+        outs = fn(xs, mask, ws, bs, 1e-5)
+        loss = sum((out.double() * g).sum() for out, g in zip(outs, grads))
+        got.append((*outs, *torch.autograd.grad(loss, (xs, ws, bs))))
+    for name, a, b_ in zip(("y", "mean", "std", "dx", "dweight", "dbias"), *got):
+        assert torch.equal(a, b_), name
+
+
+def test_revin_under_torch_compile_uses_the_custom_op():
+    x, mask, w, b, grads = revin_case(3, 21, 5, torch.float32)
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    compiled = torch.compile(revin.revin_normalize, backend="aot_eager", fullgraph=True)
+    y, _, _ = compiled(x, mask, w, b, 1e-5)
+    got = torch.autograd.grad((y.double() * grads[0]).sum(), (x, w))
+    y_eager, _, _ = revin.revin_normalize(x, mask, w, b, 1e-5)
+    want = torch.autograd.grad((y_eager.double() * grads[0]).sum(), (x, w))
+    assert torch.equal(y, y_eager)
+    for name, g, r in zip(("dx", "dweight"), got, want):
+        assert torch.equal(g, r), name
+
+
 def strided_params(*params):
     """(n,) views at stride 2 of wider tensors whose other half is NaN, so a
     kernel that reads them as contiguous picks up NaN."""
