@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from ._launch import INT32_LIMIT, int32_indexable, max_offset, split_float32
+from ._launch import INT32_LIMIT, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
 from .reference import compute_dtype
 
 # Launch parameters (chosen by reasoning, not yet tuned on a GPU): 8
@@ -198,7 +198,7 @@ def _revin_bwd_kernel(
 
 
 def _blocks(T: int, V: int) -> tuple[int, int]:
-    return min(triton.next_power_of_2(max(T, 1)), BLOCK_T_MAX), min(triton.next_power_of_2(max(V, 1)), BLOCK_V_MAX)
+    return min(next_power_of_2(T), BLOCK_T_MAX), min(next_power_of_2(V), BLOCK_V_MAX)
 
 
 def unsupported_reason(x, mask, weight, bias) -> Optional[str]:
@@ -223,7 +223,7 @@ def revin_fwd(x, mask, weight, bias, eps: float):
     # the kernel reads weight and bias at unit stride; (V,) views of wider
     # parameters (or expanded ones) are copied, which costs V elements
     weight, bias = weight.contiguous(), bias.contiguous()
-    _revin_fwd_kernel[(B, triton.cdiv(V, block_v))](
+    _revin_fwd_kernel[(B, cdiv(V, block_v))](
         x, m, weight, bias, y, mean, std,
         T, V,
         x.stride(0), x.stride(1), x.stride(2),
@@ -256,7 +256,7 @@ def revin_bwd(grad_y, grad_mean, grad_std, x, mask, weight, mean, std, need_dx: 
     block_t, block_v = _blocks(T, V)
     m = mask.view(torch.uint8)
     weight = weight.contiguous()  # read at unit stride
-    _revin_bwd_kernel[(B, triton.cdiv(V, block_v))](
+    _revin_bwd_kernel[(B, cdiv(V, block_v))](
         x, m, weight, mean, std, grad_y, grad_mean, grad_std,
         dx, parts,
         T, V,

@@ -386,3 +386,13 @@ def test_upstream_gradient_past_int32_offsets_is_copied():
     assert _launch.int32_indexable(wide).stride() == (24, 8, 1)
     narrow = torch.empty_strided((2, 3, 8), (0, 16, 1), device="meta")  # broadcast: kept as is
     assert _launch.int32_indexable(narrow).stride() == (0, 16, 1)
+
+
+def test_host_grid_helpers_match_triton():
+    # plain-Python stand-ins for triton.cdiv / next_power_of_2 (host cost)
+    import triton
+    for n in [1, 2, 3, 5, 37, 64, 65, 288, 4097]:
+        assert _launch.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in [1, 3, 8, 16, 64]:
+            assert _launch.cdiv(n, d) == triton.cdiv(n, d), (n, d)
+    assert _launch.next_power_of_2(0) == 1 and _launch.cdiv(0, 8) == 0
