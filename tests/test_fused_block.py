@@ -163,7 +163,7 @@ def test_triton_dropout_draws_every_site(poisoned_allocations):
 
 TINY = dict(
     d_model=32, n_heads=2, d_ff=48, dropout=0.2, attn_dropout=0.0,
-    n_temporal_layers=2, n_variable_layers=1, max_seq_len=24, n_variables=4,
+    n_temporal_layers=1, n_variable_layers=1, max_seq_len=12, n_variables=3,
     n_horizons=3, n_quantiles=3, quantiles=[0.1, 0.5, 0.9],
     time_of_day_dim=8, day_of_week_dim=4, day_of_month_dim=4, day_of_year_dim=6,
 )
@@ -172,7 +172,7 @@ TINY = dict(
 def tiny_model(backend="triton", **changes):
     torch.manual_seed(0)
     model = MIGT_TVDT(MIGTConfig(**{**TINY, **changes}, backend=backend))
-    batch = synthetic_batch(3, model.config, seed=2, n_empty=1)
+    batch = synthetic_batch(2, model.config, seed=2, n_empty=1)
     return model, batch
 
 
