@@ -1,0 +1,187 @@
+"""Bytes, FLOPs and kernel launches of one op call, for bench/roofline.py.
+
+Every op the roofline sees is an OpOverload called below autograd with fake
+tensors: shapes and dtypes, no values. Rules:
+  views and allocations (view, transpose, empty, detach, ...): free, no launch;
+  GEMMs (mm, addmm, bmm, baddbmm): 2*M*N*K FLOPs;
+  SDPA ops: 4*N*H*L*S*Dh forward FLOPs (every key, masked or not), 2.5x that
+      backward;
+  everything else: the bytes of its tensor inputs and outputs, each read or
+      written once, one launch;
+  custom ops (`migt::...`) are opaque here: each needs an entry in COSTS
+      (register with @register_cost("migt::name")), else the default (bytes
+      of inputs and outputs, 0 FLOPs, one launch) is used and the op is
+      reported as "unregistered".
+The FLOPs of masked attention depend on how many steps are valid: the
+tracer sets `valid_steps` (valid steps per sample of the traced batch)
+before it runs the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+BWD_FLOP_FACTOR = 2.5  # attention backward: 5 matmuls to the forward's 2
+
+
+@dataclasses.dataclass
+class Cost:
+    bytes: float
+    flops: float = 0.0
+    launches: int = 1
+
+
+# name ("migt::masked_attention_fwd") -> fn(inputs, outputs) -> Cost
+COSTS: dict = {}
+# Valid steps per sample of the batch being traced (None: every step valid).
+valid_steps: Optional[list] = None
+
+# Ops that only describe or allocate memory.
+_FREE = {
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias", "lift_fresh",
+    "lift_fresh_copy", "_unsafe_view", "view", "set_", "resize_", "sym_size", "sym_stride", "sym_numel",
+    "is_same_size", "_has_compatible_shallow_copy_type", "_propagate_xla_data",
+    "scalar_tensor", "_local_scalar_dense",  # a Python scalar as a 0-dim host tensor
+}
+# Dispatcher entries that are not ops on data: device queries, profiler marks.
+_FREE_NAMESPACES = {"prim", "profiler"}
+# aten ops whose CUDA implementation launches more than one kernel.
+_LAUNCHES = {"native_layer_norm_backward": 2}
+_GEMM = {"mm", "addmm", "bmm", "baddbmm"}
+
+
+def register_cost(name: str) -> Callable:
+    """Decorator: `@register_cost("migt::my_op")` on fn(inputs, outputs) -> Cost,
+    where inputs are the op's arguments in schema order and outputs its
+    results (tensors, or tuples of them)."""
+    def wrap(fn):
+        COSTS[name] = fn
+        return fn
+    return wrap
+
+
+def tensor_bytes(*trees) -> float:
+    return float(sum(t.numel() * t.element_size() for t in tree_leaves(trees) if isinstance(t, torch.Tensor)))
+
+
+def default_cost(inputs, outputs) -> Cost:
+    return Cost(tensor_bytes(inputs, outputs))
+
+
+def _op_name(func) -> tuple:
+    """('aten', 'addmm') from aten.addmm.default."""
+    namespace, rest = func.name().split("::", 1)
+    return namespace, rest.split(".")[0]
+
+
+def op_cost(func, args, kwargs, outputs) -> tuple:
+    """(Cost, registered) of one call: registered is False for a custom op
+    without an entry in COSTS (the default cost was used)."""
+    namespace, name = _op_name(func)
+    if namespace in _FREE_NAMESPACES:
+        return Cost(0.0, 0.0, 0), True
+    if namespace != "aten":
+        fn = COSTS.get(f"{namespace}::{name}")
+        inputs = list(args) + list(kwargs.values())
+        return (fn(inputs, outputs), True) if fn else (default_cost(inputs, outputs), False)
+    if func.is_view or name in _FREE:
+        return Cost(0.0, 0.0, 0), True
+    cost = Cost(tensor_bytes(args, kwargs, outputs), 0.0, _LAUNCHES.get(name, 1))
+    if name in _GEMM:
+        out = outputs if isinstance(outputs, torch.Tensor) else outputs[0]
+        inner = args[0].shape[-1] if name in ("mm", "bmm") else args[1].shape[-1]  # K of (M, K) @ (K, N)
+        cost.flops = 2.0 * out.numel() * inner
+    elif "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
+        cost.flops = _sdpa_flops(name, args)
+    elif name.startswith("_foreach_"):
+        cost.launches = _foreach_launches(args)
+    return cost, True
+
+
+def _sdpa_flops(name: str, args) -> float:
+    backward = name.endswith("backward")
+    q, k = (args[1], args[2]) if backward else (args[0], args[1])
+    *lead, L, Dh = q.shape
+    S = k.shape[-2]
+    fwd = 4.0 * math.prod(lead) * L * S * Dh
+    return fwd * BWD_FLOP_FACTOR if backward else fwd
+
+
+def _foreach_launches(args) -> int:
+    """CUDA's multi_tensor_apply: a launch per 320 chunks of 65536 elements or
+    per 36 tensors (the limit with 4 lists, as AdamW has), whichever is more."""
+    lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+    if not lists:
+        return 1
+    tensors = lists[0]
+    chunks = sum(math.ceil(t.numel() / 65536) for t in tensors)
+    return max(1, math.ceil(chunks / 320), math.ceil(len(tensors) / 36))
+
+
+# --- the migt:: custom ops ----------------------------------------------------
+
+def _valid_counts(mask: torch.Tensor) -> list:
+    B, T = mask.shape
+    if valid_steps is not None and len(valid_steps) == B:
+        return list(valid_steps)
+    return [T] * B
+
+
+def _attention_flops(shape, mask, axis) -> float:
+    """Forward FLOPs on valid tokens: 4*n_q*n_k*Dh per (b, v, h) along time
+    (n valid steps each way), per valid (b, t, h) over V x V along variables."""
+    B, V, T, H, Dh = shape
+    n = _valid_counts(mask)
+    if axis == "time":
+        return 4.0 * Dh * H * V * sum(c * c for c in n)
+    return 4.0 * Dh * H * V * V * sum(n)
+
+
+@register_cost("migt::masked_attention_fwd")
+def _attention_fwd(inputs, outputs) -> Cost:
+    q, k, v, mask, axis = inputs[:5]
+    return Cost(tensor_bytes(q, k, v, mask, outputs), _attention_flops(q.shape, mask, axis), 1)
+
+
+@register_cost("migt::masked_attention_qkvpacked_fwd")
+def _attention_packed_fwd(inputs, outputs) -> Cost:
+    qkv, mask, axis = inputs[:3]
+    q_shape = qkv.shape[:3] + qkv.shape[4:]
+    return Cost(tensor_bytes(qkv, mask, outputs), _attention_flops(q_shape, mask, axis), 1)
+
+
+def _backward_launches(axis) -> int:
+    return 3 if axis == "time" else 1  # time: delta, dk/dv, dq kernels; variables: one kernel
+
+
+@register_cost("migt::masked_attention_bwd")
+def _attention_bwd(inputs, outputs) -> Cost:
+    grad_out, q, k, v, out, lse, mask, axis = inputs[:8]
+    flops = BWD_FLOP_FACTOR * _attention_flops(q.shape, mask, axis)
+    return Cost(tensor_bytes(grad_out, q, k, v, out, lse, mask, outputs), flops, _backward_launches(axis))
+
+
+@register_cost("migt::masked_attention_qkvpacked_bwd")
+def _attention_packed_bwd(inputs, outputs) -> Cost:
+    grad_out, qkv, out, lse, mask, axis = inputs[:6]
+    flops = BWD_FLOP_FACTOR * _attention_flops(grad_out.shape, mask, axis)
+    return Cost(tensor_bytes(grad_out, qkv, out, lse, mask, outputs), flops, _backward_launches(axis))
+
+
+def _norm_cost(flops_per_element: float):
+    """A one-kernel norm: every tensor read or written once; its FLOPs are a
+    few per element of the largest tensor (they never bound the time)."""
+    def cost(inputs, outputs) -> Cost:
+        largest = max((t.numel() for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)), default=0)
+        return Cost(tensor_bytes(inputs, outputs), flops_per_element * largest, 1)
+    return cost
+
+
+register_cost("migt::revin_normalize")(_norm_cost(6))
+register_cost("migt::revin_normalize_backward")(_norm_cost(10))
+register_cost("migt::gated_residual_norm")(_norm_cost(12))
+register_cost("migt::gated_residual_norm_backward")(_norm_cost(24))

@@ -1,0 +1,133 @@
+"""`python -m bench.roofline`: the bytes, FLOPs and launches it counts per op,
+the custom-op registry, a tiny traced training step and the comparison with
+the H200 run."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import migt
+from bench import h200_measured, roofline, roofline_costs
+from bench.op_groups import GROUPS
+from bench_tiny import tiny_config_path
+
+
+def _trace(fn):
+    with FakeTensorMode(), roofline._Recorder() as recorder:
+        fn()
+    return recorder.calls
+
+
+def test_gemm_flops_and_bytes_of_a_linear_forward_and_backward():
+    M, K, N = 6, 10, 4
+    calls = []
+
+    def step():
+        x = torch.randn(M, K, requires_grad=True)
+        layer = torch.nn.Linear(K, N)
+        calls.append(layer)
+        layer(x).sum().backward()
+
+    gemms = [c for c in _trace(step) if c.group == "GEMM"]
+    # forward addmm, backward: dx = dy @ W and dW = dy^T @ x
+    assert len(gemms) == 3 and sum(c.flops for c in gemms) == 3 * 2 * M * N * K
+    fwd = next(c for c in gemms if c.op == "aten::addmm")
+    assert fwd.bytes == 4 * (N + M * K + K * N + M * N) and fwd.launches == 1 and fwd.fp32
+
+
+def test_views_and_allocations_are_free():
+    def views():
+        x = torch.empty(4, 6)
+        x.view(6, 4).t().unsqueeze(0).expand(3, 4, 6).select(0, 1)
+
+    assert _trace(views) == []
+
+
+def _define_test_op(name):
+    @torch.library.custom_op(name, mutates_args=())
+    def op(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @op.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    return op
+
+
+def test_unregistered_custom_op_gets_the_default_and_is_reported(monkeypatch):
+    op = _define_test_op("roofline_test::double_it")
+    calls = [c for c in _trace(lambda: op(torch.randn(8, 16))) if c.op != "aten::randn"]
+    [call] = calls
+    assert (call.op, call.registered, call.bytes, call.flops, call.launches) == (
+        "roofline_test::double_it", False, 2 * 8 * 16 * 4, 0.0, 1)
+    summary = roofline.summarize(calls, [roofline.GPUS["H200"]])
+    assert summary["unregistered"] == ["roofline_test::double_it"]
+
+    monkeypatch.setitem(roofline_costs.COSTS, "roofline_test::double_it",
+                        lambda inputs, outputs: roofline_costs.Cost(bytes=100.0, flops=7.0, launches=2))
+    [call] = [c for c in _trace(lambda: op(torch.randn(8, 16))) if c.op != "aten::randn"]
+    assert (call.registered, call.bytes, call.flops, call.launches) == (True, 100.0, 7.0, 2)
+
+
+def test_attention_flops_count_valid_steps_only(monkeypatch):
+    B, V, T, H, Dh = 2, 3, 5, 2, 4
+    mask = torch.ones(B, T, dtype=torch.bool)
+    monkeypatch.setattr(roofline_costs, "valid_steps", [5, 2])
+    assert roofline_costs._attention_flops((B, V, T, H, Dh), mask, "time") == 4 * Dh * H * V * (25 + 4)
+    assert roofline_costs._attention_flops((B, V, T, H, Dh), mask, "variable") == 4 * Dh * H * V * V * 7
+    monkeypatch.setattr(roofline_costs, "valid_steps", None)  # unknown: every step valid
+    assert roofline_costs._attention_flops((B, V, T, H, Dh), mask, "time") == 4 * Dh * H * V * 50
+
+
+def test_prediction_is_launches_plus_the_slower_of_memory_and_compute():
+    gpu = roofline.Ceilings("toy", copy_gbs=1000.0, bf16_tflops=100.0, fp32_tflops=10.0, source="test")
+    memory_bound = roofline.Call("aten::add", "elementwise", "forward", 2e9, 0.0, 1, True, False)
+    assert roofline.predict_ms(memory_bound, gpu, launch_us=5.0) == pytest.approx(2.0 + 0.005)
+    compute_bound = roofline.Call("aten::mm", "GEMM", "forward", 1e6, 1e12, 2, True, True)
+    assert roofline.predict_ms(compute_bound, gpu, launch_us=5.0) == pytest.approx(100.0 + 0.01)
+
+
+@pytest.mark.parametrize("backend, attention_op", [("sdpa", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+                                                   ("triton", "migt::masked_attention_qkvpacked_fwd")])
+def test_a_tiny_training_step_is_traced(tmp_path, backend, attention_op):
+    config = dataclasses.replace(migt.MIGTConfig.from_yaml(tiny_config_path(tmp_path)), backend=backend)
+    calls = roofline.trace_step(config, 3)
+    phases = {c.phase for c in calls}
+    assert phases == {"forward", "backward", "optimizer"}
+    groups = {c.group for c in calls if c.bytes > 0}
+    assert {"attention", "GEMM", "norm", "dropout", "elementwise", "optimizer"} <= groups
+    assert any(c.op == attention_op and c.registered and c.flops > 0 for c in calls)
+    # dropout as CUDA runs it: native_dropout, no CPU bernoulli
+    ops = {c.op for c in calls}
+    assert "aten::native_dropout" in ops and "aten::bernoulli_" not in ops
+    # the steady step: AdamW's state exists, nothing allocates it
+    assert not any(c.phase == "optimizer" and c.op in ("aten::zeros_like", "aten::zeros") for c in calls)
+    summary = roofline.summarize(calls, list(roofline.GPUS.values()))
+    assert summary["total"]["ms"]["H100"] > summary["total"]["ms"]["H200"] > 0
+    assert sum(summary["groups"][g]["bytes"] for g in GROUPS) == pytest.approx(summary["total"]["bytes"])
+
+
+def test_h200_profile_log_is_grouped():
+    logged = h200_measured.profile_log_groups()
+    assert logged["triton"]["total_ms"] == 112.2 and logged["sdpa"]["total_ms"] == 163.7
+    triton = logged["triton"]["groups_ms"]
+    assert sum(triton.values()) == pytest.approx(112.2)
+    # the shared README: attention ~20 ms, GEMMs ~22 ms, LayerNorm + gated norm ~22 ms
+    assert 15 < triton["attention"] < 25 and 15 < triton["GEMM"] < 25 and 15 < triton["norm"] < 25
+    rows = roofline.compare({"groups": {g: {"ms": {"H200": 1.0}} for g in GROUPS},
+                             "total": {"ms": {"H200": 58.65}}}, 117.3, triton, "H200")
+    assert rows[-1][0] == "total" and rows[-1][3] == pytest.approx(-50.0)
+    assert math.isclose(dict((r[0], r[3]) for r in rows)["attention"], 100 * (1 - triton["attention"]) / triton["attention"])
+
+
+def test_roofline_cli_writes_its_report(tmp_path, capsys):
+    assert roofline.main(["--config", str(tiny_config_path(tmp_path)), "--batch", "2", "--backends", "sdpa",
+                          "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "roofline.md").read_text()
+    assert "| group | predicted H200 ms | measured H200 ms | error |" in text and "## sdpa" in text
+    assert (tmp_path / "roofline.json").exists()
