@@ -39,6 +39,7 @@ def parse_args(argv):
                    help="fp32, bf16 (the model: bf16 autocast), fp16; default bf16 on CUDA, fp32 on a CPU")
     p.add_argument("--backends", nargs="+", choices=ALL_BACKENDS,
                    help="default all; each suite runs the ones it has")
+    p.add_argument("--ops", nargs="+", help="only these ops (e.g. train_step train_step_pooled); default all")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="default bench/results/")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default cuda when available")
     quick = p.add_mutually_exclusive_group()
@@ -120,11 +121,17 @@ def _stop_on_sigterm():
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_cases(suites, settings, timer, budget, env, quick) -> list:
-    """Rows of every case of the suites, cheap cases first; ratios filled per suite."""
+def run_cases(suites, settings, timer, budget, env, quick, ops=None) -> list:
+    """Rows of every case of the suites (of `ops` only, when given), cheap
+    cases first; ratios filled per suite."""
     from tqdm import tqdm
 
     cases = [case for name in suites for case in SUITES[name].cases(settings)]
+    unknown = sorted(set(ops or ()) - {c.op for c in cases})
+    if unknown:
+        raise SystemExit(f"--ops: {unknown} are not ops of the suites {list(suites)}; "
+                         f"they have {sorted({c.op for c in cases})}")
+    cases = [case for case in cases if not ops or case.op in ops]
     cases.sort(key=lambda c: _cost_rank(c.suite, c.backend))  # stable: suite order kept within a rank
     rows = []
     bar = tqdm(cases, desc="bench", unit="case", mininterval=1.0, file=sys.stderr)
@@ -156,7 +163,7 @@ def main(argv=None) -> int:
     if args.max_batch:
         return _max_batch(args, settings, env, command)
     with _stop_on_sigterm():
-        all_rows = run_cases(args.suites, settings, timer, budget, env, quick)
+        all_rows = run_cases(args.suites, settings, timer, budget, env, quick, args.ops)
     results.append_rows(all_rows, args.out, env["device_slug"])
     report = suite_model.memory_report(all_rows)
     for name in args.suites if not args.no_plots else ():

@@ -3,8 +3,10 @@ the configurations users run (compiled triton and sdpa, pooled variable
 mode) and FlexAttention along variables split within CUDA's grid limit."""
 from __future__ import annotations
 
+import json
 import warnings
 
+import pytest
 import torch
 
 import kernels
@@ -53,3 +55,16 @@ def test_flex_along_variables_in_chunks_matches_the_reference(monkeypatch):
     assert calls == [7, 7, 4]
     expected = kernels.masked_attention(q, k, v, mask, "variable", backend="reference")
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ops_filter_runs_only_those_ops_and_names_unknown_ones(tmp_path):
+    from bench import cli
+    from bench_tiny import tiny_config_path
+
+    common = ["--suites", "model", "--backends", "sdpa", "--batch-sizes", "1", "--seq-len", "8", "--warmup", "1",
+              "--repeats", "1", "--config", str(tiny_config_path(tmp_path)), "--out", str(tmp_path), "--no-plots"]
+    assert cli.main([*common, "--ops", "train_step_pooled"]) == 0
+    rows = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert [(r["op"], r["status"]) for r in rows] == [("train_step_pooled", "ok")]
+    with pytest.raises(SystemExit, match=r"--ops: \['train_stpe'\] are not ops of the suites \['model'\]"):
+        cli.main([*common, "--ops", "train_stpe"])
