@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The one prepared script for a GPU machine (see bench/README.md):
 #   bash bench/gpu_check.sh [OUT_DIR]        (default $OUT, else bench/results/)
-# 1. prints the device (nvidia-smi, torch / triton versions);
-# 2. checks every Triton kernel against the float64 reference at full model
-#    shapes, after compilation (bench/gpu_parity.py), and says so loudly on a mismatch;
-# 3. measures the ceilings (copy bandwidth, bf16/fp32 GEMM), then runs the
-#    model, attention and norms suites within what is left of the time budget
-#    (GPU_CHECK_BUDGET_S, default 400 s, so that with a case in flight at the end
-#    the whole script stays under 8 minutes).
+# Everything it writes goes under OUT_DIR. In order of value, each step given
+# at most what is left of GPU_CHECK_BUDGET_S (default 450 s) less what the
+# later steps need, so the whole script ends in under 8 minutes:
+# 1. the device (nvidia-smi, torch / triton versions);
+# 2. parity of every Triton kernel against the float64 reference at full model
+#    shapes, after compilation (bench/gpu_parity.py), said loudly on a mismatch;
+# 3. the configurations users run: training step (and the pooled variable mode)
+#    of eager triton, eager sdpa and torch.compile of each, B=64 (OUT_DIR/configs/);
+# 4. one training step under torch.profiler, kernels grouped (bench/profile.py);
+# 5. the largest batch whose training step runs, triton and sdpa (--max-batch);
+# 6. the ceilings and the model, attention and norms suites, within what is left;
+# 7. the roofline (no GPU needed) checked against step 4's profile.
 # Installs nothing; uses python3 (PYTHON to override) with PYTHONPATH=. .
-# Exit status: 1 when parity failed or a benchmark case errored, else 0.
+# Exit status: 1 when parity failed or a step errored, else 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-bench/results}}
@@ -18,10 +23,20 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET MIGT_BACKEND
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-400}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
 START=$(date +%s)
 status=0
 elapsed() { echo $(( $(date +%s) - START )); }
+# seconds a step may take: its cap, but never eating the reserve of the later steps
+allow() {  # allow CAP RESERVE
+  local left=$(( BUDGET - $(elapsed) - $2 ))
+  if [ "$left" -gt "$1" ]; then left=$1; fi
+  if [ "$left" -lt 10 ]; then left=10; fi
+  echo "$left"
+}
+step_failed() {  # step_failed NAME RC
+  if [ "$2" -ne 0 ]; then echo "!!! $1 exited $2 (124: its time limit)"; status=1; fi
+}
 
 echo "=== device"
 nvidia-smi || echo "nvidia-smi failed"
@@ -34,7 +49,7 @@ print(f"{p.name}: {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} Gi
 PY
 
 echo "=== parity of the Triton kernels at full shapes ($(elapsed) s)"
-timeout 180 "$PY" -m bench.gpu_parity --device cuda 2>&1 | tee "$OUT_DIR/parity.log"
+timeout "$(allow 150 280)" "$PY" -m bench.gpu_parity --device cuda 2>&1 | tee "$OUT_DIR/parity.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 1 ] || [ "$rc" -gt 2 ]; then
   echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
@@ -46,16 +61,36 @@ elif [ "$rc" -eq 2 ]; then
   echo "!!! parity: some Triton kernels are missing from this build (see above)"
 fi
 
-left=$(( BUDGET - $(elapsed) - 20 ))
-if [ "$left" -lt 60 ]; then left=60; fi
-echo "=== ceilings and suites, time budget ${left} s ($(elapsed) s so far)"
-# the budget stops new cases; the hard timeout leaves a case in flight 90 s to end
-timeout $(( left + 90 )) "$PY" -m bench --suites ceilings model attention norms \
-    --dtype bf16 --time-budget "$left" --out "$OUT_DIR"
-rc=$?
-if [ "$rc" -ne 0 ]; then
-  echo "!!! bench exited $rc (1: a case errored, 124: hard timeout)"
-  status=1
-fi
+echo "=== the configurations users run, B=64 ($(elapsed) s)"
+t=$(allow 150 200)
+timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_pooled --batch-sizes 64 \
+    --backends triton sdpa compile compile_triton --dtype bf16 --time-budget $(( t - 40 )) \
+    --no-plots --out "$OUT_DIR/configs"
+step_failed "configurations" $?
+
+echo "=== profile of one training step ($(elapsed) s)"
+timeout "$(allow 75 150)" "$PY" -m bench.profile --backends triton sdpa --out "$OUT_DIR" 2>&1 \
+    | tee "$OUT_DIR/profile.log" | tail -n 40
+step_failed "profile" "${PIPESTATUS[0]}"
+
+echo "=== largest batch per backend ($(elapsed) s)"
+timeout "$(allow 130 40)" "$PY" -m bench --max-batch --backends triton sdpa --dtype bf16 \
+    --max-batch-start 128 --max-batch-limit 512 --out "$OUT_DIR"
+step_failed "max-batch" $?
+
+t=$(allow 300 25)
+case_budget=$(( t > 75 ? t - 60 : 15 ))
+echo "=== ceilings and suites, time budget ${case_budget} s ($(elapsed) s so far)"
+# the budget stops new cases; the hard timeout leaves a case in flight time to end
+timeout "$t" "$PY" -m bench --suites ceilings model attention norms --dtype bf16 \
+    --time-budget "$case_budget" --out "$OUT_DIR"
+step_failed "bench suites" $?
+
+echo "=== roofline against this run's profile ($(elapsed) s)"
+profile_json=$(ls "$OUT_DIR"/*-profile.json 2>/dev/null | head -n 1)
+timeout "$(allow 60 0)" "$PY" -m bench.roofline ${profile_json:+--measured "$profile_json"} --out "$OUT_DIR" \
+    | tail -n 60
+step_failed "roofline" "${PIPESTATUS[0]}"
+
 echo "=== done in $(elapsed) s, exit $status; results in $OUT_DIR"
 exit $status

@@ -109,38 +109,48 @@ def run(settings, *, start: int, limit: int, timeout_s: float = 300.0, log=print
     (the harness's keys that apply, without the run's environment)."""
     backends = [b for b in settings.backends if b in DEFAULT_BACKENDS] or list(DEFAULT_BACKENDS)
     rows = []
-    for backend in backends:
-        for dtype in (d for d in settings.dtypes if d in ("fp32", "bf16")):
-            def run_try(batch, backend=backend, dtype=dtype):
-                spec = {"device": str(settings.device), "backend": backend, "dtype": dtype, "batch": batch,
-                        "seq_len": settings.model_seq_len, "config": str(settings.config_path)}
-                result = try_in_subprocess(spec, timeout_s)
-                log(f"max-batch {backend} {dtype} B={batch}: {result.status}"
-                    + (f", {result.median_ms} ms" if result.median_ms is not None else "")
-                    + (f", peak {result.peak_mib} MiB" if result.peak_mib is not None else ""))
-                return result
-
-            good, bad, tries = search(run_try, start, limit)
-            best = next((t for t in tries if t.batch == good and t.status == "ok"), None)
-            failed = next((t for t in tries if t.batch == bad), None)
-            if best is not None:
-                status = "ok"
-            else:
-                status = failed.status if failed.status.startswith(("skipped", "error")) else f"error: {failed.status} at B={bad}"
-            rows.append({
-                "suite": "max_batch", "op": "train_step", "backend": backend, "dtype": dtype,
-                "batch": good or 0, "shape": f"T={settings.model_seq_len}", "baseline": None,
-                "median_ms": best and best.median_ms, "first_ms": None, "repeats": 1,
-                "throughput": None, "throughput_unit": None,
-                "peak_mib": best and best.peak_mib, "peak_delta_mib": None, "ratio": None,
-                "status": status,
-                "extra": {
-                    "first_failing": bad, "first_failing_status": failed and failed.status,
-                    "limit": limit, "limit_reached": bad is None,
-                    "tries": [dataclasses.asdict(t) for t in tries],
-                },
-            })
+    try:
+        for backend in backends:
+            for dtype in (d for d in settings.dtypes if d in ("fp32", "bf16")):
+                rows.append(_search_row(settings, backend, dtype, start, limit, timeout_s, log))
+    except KeyboardInterrupt:  # a time limit: keep the searches that ended
+        log(f"interrupted: keeping the {len(rows)} searches done")
     return rows
+
+
+def _search_row(settings, backend, dtype, start, limit, timeout_s, log) -> dict:
+    """One search: the row of the largest batch of `backend` that ran."""
+    def run_try(batch):
+        spec = {"device": str(settings.device), "backend": backend, "dtype": dtype, "batch": batch,
+                "seq_len": settings.model_seq_len, "config": str(settings.config_path)}
+        result = try_in_subprocess(spec, timeout_s)
+        log(f"max-batch {backend} {dtype} B={batch}: {result.status}"
+            + (f", {result.median_ms} ms" if result.median_ms is not None else "")
+            + (f", peak {result.peak_mib} MiB" if result.peak_mib is not None else ""))
+        return result
+
+    good, bad, tries = search(run_try, start, limit)
+    best = next((t for t in tries if t.batch == good and t.status == "ok"), None)
+    failed = next((t for t in tries if t.batch == bad), None)
+    if best is not None:
+        status = "ok"
+    elif failed.status == "OOM":  # a result, not an error: the start was too large
+        status = f"OOM: the first try, B={bad}, is out of memory; lower --max-batch-start"
+    else:
+        status = failed.status
+    return {
+        "suite": "max_batch", "op": "train_step", "backend": backend, "dtype": dtype,
+        "batch": good or 0, "shape": f"T={settings.model_seq_len}", "baseline": None,
+        "median_ms": best and best.median_ms, "first_ms": None, "repeats": 1,
+        "throughput": None, "throughput_unit": None,
+        "peak_mib": best and best.peak_mib, "peak_delta_mib": None, "ratio": None,
+        "status": status,
+        "extra": {
+            "first_failing": bad, "first_failing_status": failed and failed.status,
+            "limit": limit, "limit_reached": bad is None,
+            "tries": [dataclasses.asdict(t) for t in tries],
+        },
+    }
 
 
 if __name__ == "__main__":

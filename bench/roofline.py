@@ -219,9 +219,10 @@ def report(results: dict, gpus: list, measured: dict, launch_us: float, top: int
                   ", ".join(f"{g.name} {t['ms'][g.name]:.1f} ms" for g in gpus), ""]
         m = measured.get(backend)
         if m is not None:
-            lines += [f"Against the H200 measurement ({m['source']}):", "",
-                      "| group | predicted H200 ms | measured H200 ms | error |", "|---|---|---|---|"]
-            for name, pred, meas, err in compare(summary, m["total_ms"], m.get("groups_ms"), "H200"):
+            gpu = m["gpu"]
+            lines += [f"Against the measurement on {m['device']} ({m['source']}):", "",
+                      f"| group | predicted {gpu} ms | measured ms | error |", "|---|---|---|---|"]
+            for name, pred, meas, err in compare(summary, m["total_ms"], m.get("groups_ms"), gpu):
                 lines.append(f"| {name} | {_fmt(pred)} | {_fmt(meas)} | {'' if err is None else f'{err:+.0f}%'} |")
             lines.append("")
         lines += ["| group | GB | GFLOP | launches | " + " | ".join(f"{g.name} ms" for g in gpus) + " |",
@@ -250,12 +251,14 @@ def measured_reference(path: Optional[Path]) -> dict:
     when given, else the H200 run's profile log and step times."""
     if path is not None:
         data = json.loads(Path(path).read_text())
-        return {b: {"total_ms": p["total_ms"], "groups_ms": p["groups_ms"], "source": f"{path}, kernel time"}
+        gpu = "H100" if "H100" in data["device"] else "H200"  # the prediction to compare with
+        return {b: {"total_ms": p["total_ms"], "groups_ms": p["groups_ms"], "device": data["device"], "gpu": gpu,
+                    "source": f"{path}: {p['time_kind']}, B={data['batch']}, T={data['seq_len']}"}
                 for b, p in data["profiles"].items() if not p.get("skipped")}
     out = {}
     logged = h200_measured.profile_log_groups() if h200_measured.RUN_DIR.exists() else {}
     for backend, step_ms in h200_measured.STEP_MS.items():
-        entry = {"total_ms": step_ms, "groups_ms": None,
+        entry = {"total_ms": step_ms, "groups_ms": None, "device": "NVIDIA H200, 2026-11-28", "gpu": "H200",
                  "source": f"step {step_ms} ms wall; groups: largest kernels of the profile log"}
         if backend in logged:
             entry["groups_ms"] = logged[backend]["groups_ms"]
@@ -304,7 +307,8 @@ def main(argv=None) -> int:
         "batch": args.batch, "seq_len": T, "launch_us": args.launch_us,
         "gpus": {g.name: dc.asdict(g) for g in gpus},
         "backends": {b: {"total": s["total"], "groups": s["groups"], "unregistered": s["unregistered"],
-                         "vs_measured": compare(s, measured[b]["total_ms"], measured[b].get("groups_ms"), "H200")
+                         "vs_measured": compare(s, measured[b]["total_ms"], measured[b].get("groups_ms"),
+                                                measured[b]["gpu"])
                          if b in measured else None}
                      for b, s in results.items()},
     }, indent=1), encoding="utf-8")

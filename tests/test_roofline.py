@@ -4,6 +4,7 @@ the H200 run."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -129,5 +130,16 @@ def test_roofline_cli_writes_its_report(tmp_path, capsys):
     assert roofline.main(["--config", str(tiny_config_path(tmp_path)), "--batch", "2", "--backends", "sdpa",
                           "--out", str(tmp_path)]) == 0
     text = (tmp_path / "roofline.md").read_text()
-    assert "| group | predicted H200 ms | measured H200 ms | error |" in text and "## sdpa" in text
+    assert "| group | predicted H200 ms | measured ms | error |" in text and "## sdpa" in text
+    assert "Against the measurement on NVIDIA H200, 2026-11-28" in text
     assert (tmp_path / "roofline.json").exists()
+
+
+def test_a_profile_json_is_the_measurement_when_given(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "batch": 64, "seq_len": 288, "profiles": {
+        "sdpa": {"time_kind": "CUDA kernel time", "total_ms": 150.0, "groups_ms": {"GEMM": 20.0}, "skipped": ""},
+        "triton": {"time_kind": "CUDA kernel time", "total_ms": 0.0, "groups_ms": {}, "skipped": "no GPU"}}}))
+    measured = roofline.measured_reference(path)
+    assert set(measured) == {"sdpa"}  # a skipped profile measures nothing
+    assert measured["sdpa"]["gpu"] == "H100" and measured["sdpa"]["groups_ms"] == {"GEMM": 20.0}
