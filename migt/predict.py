@@ -23,7 +23,7 @@ import pandas as pd
 
 from .forecast.cli import add_common_arguments, prepare, report_skipped
 from .forecast.inference import predict_quantiles
-from .forecast.table import forecast_table, write_table
+from .forecast.table import check_out_path, forecast_table, write_table
 
 
 class PredictResult(NamedTuple):
@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> PredictResult:
     args = build_parser().parse_args(argv)
-    if Path(args.out).suffix.lower() not in (".csv", ".parquet"):
-        # before any work: loading and forecasting can take minutes
-        raise SystemExit(f"--out must end in .csv or .parquet; got {args.out!r}")
+    check_out_path(args.out)  # before any work: loading and forecasting can take minutes
     prepared = prepare(args)
     sessions = prepared.sessions.in_range(args.start, args.end)
     report_skipped(sessions)

@@ -93,16 +93,19 @@ def test_bars_without_the_needed_columns(run, tmp_path):
 def test_missing_checkpoint_and_bad_out(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         predict(["--checkpoint", str(tmp_path / "none"), "--data", "synthetic", "--out", str(tmp_path / "f.csv")])
-    with pytest.raises(SystemExit, match=r"--out must end in .csv or .parquet; got '.*f.xlsx'"):
+    with pytest.raises(ValueError, match=r"out must end in .csv or .parquet; got '.*f.xlsx'"):
         predict(["--checkpoint", str(run.out), "--data", "synthetic", "--out", str(tmp_path / "f.xlsx")])
 
 
-def test_parquet_without_an_engine_is_a_clear_error(monkeypatch, tmp_path):
+def test_parquet_without_an_engine_is_a_clear_error_before_any_work(monkeypatch, tmp_path):
     for name in ("pyarrow", "fastparquet"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     assert parquet_engine() is None
     with pytest.raises(ImportError, match=r"needs pyarrow or fastparquet.*or write a \.csv"):
         write_table(pd.DataFrame({"a": [1.0]}), tmp_path / "f.parquet")
+    # The checkpoint does not exist: the output is checked first.
+    with pytest.raises(ImportError, match="needs pyarrow or fastparquet"):
+        predict(["--checkpoint", str(tmp_path / "none"), "--data", "synthetic", "--out", str(tmp_path / "f.parquet")])
 
 
 def test_compile_flag_runs_the_compiled_model(run, forecast, compile_spy, tmp_path):

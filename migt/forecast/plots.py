@@ -40,8 +40,9 @@ def plot_calibration(scores: dict, levels: Sequence[float], horizons: Sequence[i
                label=f"{int(round(cov['nominal'] * 100))}% interval")
         bx.axhline(cov["nominal"], color=color, linestyle="--", linewidth=1)
     bx.set_xticks(x, [f"{h} bars" for h in horizons])
-    bx.set(ylim=(0, 1), ylabel="observed coverage (dashed: nominal)", title="central interval coverage")
-    bx.legend(fontsize=8, loc="lower right")
+    # headroom above 1 keeps the legend off the bars
+    bx.set(ylim=(0, 1.18), ylabel="observed coverage (dashed: nominal)", title="central interval coverage")
+    bx.legend(fontsize=8, loc="upper center", ncol=2)
     fig.suptitle(f"calibration on {scores['n_samples']} sessions")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -60,21 +60,32 @@ def parquet_engine() -> str | None:
     return None
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` to ``path``: .csv, or .parquet when pyarrow or fastparquet is installed."""
+def check_out_path(path: str | Path) -> str | None:
+    """Fail early (before any forecasting) on an output table that cannot be written:
+    a suffix other than .csv/.parquet, or .parquet without an engine. Returns the
+    parquet engine to use, or None for CSV."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise ValueError(f"out must end in .csv or .parquet; got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
-        frame.to_csv(path, index=False)
-        return path
+        return None
     engine = parquet_engine()
     if engine is None:
         raise ImportError(
             f"writing {str(path)!r} needs pyarrow or fastparquet, and neither is installed: "
             "`pip install pyarrow`, or write a .csv"
         )
-    frame.to_parquet(path, index=False, engine=engine)
+    return engine
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` to ``path``: .csv, or .parquet when pyarrow or fastparquet is installed."""
+    path = Path(path)
+    engine = check_out_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if engine is None:
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False, engine=engine)
     return path
