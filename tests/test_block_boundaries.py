@@ -76,13 +76,12 @@ def test_variable_spans_on_block_boundaries(n_vars):
 
 
 def test_block_sizes_are_covered():
-    """The tile sizes the host code picks today are all in BLOCK_SIZES."""
+    """The tile sizes the host code picks today are all in BLOCK_SIZES (the
+    helpers' first return values are the tile sizes; launch options follow)."""
     used = set()
     for head_dim in attention.SUPPORTED_HEAD_DIMS:
         for backward in (False, True):
-            block_m, block_n, _ = attention._time_blocks(head_dim, backward)
-            used |= {block_m, block_n}
+            used |= set(attention._time_blocks(head_dim, backward)[:2])  # BLOCK_M, BLOCK_N
     for n_vars in (1, 16, 17, 24, 33, 64, 65, 128):
-        block_v, steps, _ = attention._var_blocks(n_vars, 16)
-        used |= {block_v, steps}
+        used |= set(attention._var_blocks(n_vars, 16)[:2])  # BLOCK_V, STEPS
     assert used <= set(BLOCK_SIZES), f"block sizes {sorted(used - set(BLOCK_SIZES))} are not tested here"
