@@ -12,6 +12,9 @@ import triton.language as tl
 
 from .philox import THRESHOLD_BITS
 
+# Kernels can read module globals only as constexprs.
+_DRAW_SHIFT = tl.constexpr(32 - THRESHOLD_BITS)
+
 
 @triton.jit
 def tile_offsets(rows, cols, n_cols):
@@ -25,7 +28,7 @@ def keep_bits(seed_ptr, SITE: tl.constexpr, offsets, cut):
     """Dropout keep mask of the elements at ``offsets`` for the seed of dropout
     site SITE: the same bits as kernels.philox.keep_mask, forward and backward."""
     seed = tl.load(seed_ptr + SITE)
-    bits = tl.randint(seed, offsets) >> (32 - THRESHOLD_BITS)
+    bits = tl.randint(seed, offsets) >> _DRAW_SHIFT
     return bits.to(tl.int32) >= cut
 
 

@@ -35,8 +35,8 @@ N_SITES = 3
 # backward; elementwise tiles: 4096 elements. Chosen by reasoning, not tuned.
 HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 8
 FLAT_BLOCK = 4096
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 # ------------------------------------------------------------------ kernels
