@@ -47,8 +47,10 @@ def profile_step(settings: RunSettings, backend: str, batch: int, dtype: str, wa
     """Profile one train_step of `backend`; a backend that cannot run here comes back skipped."""
     cuda = settings.device.type == "cuda"
     kind = "CUDA kernel time" if cuda else "CPU self time"
+    [case] = [c for c in suite_model.cases(settings)
+              if (c.op, c.backend, c.dtype, c.batch) == ("train_step", backend, dtype, batch)]
     try:
-        timed = suite_model._setup(settings, "train_step", backend, dtype, batch, settings.model_seq_len)()
+        timed = case.setup()
     except Skip as err:
         return StepProfile(backend, kind, [], skipped=str(err))
     try:
