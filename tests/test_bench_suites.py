@@ -68,3 +68,22 @@ def test_ops_filter_runs_only_those_ops_and_names_unknown_ones(tmp_path):
     assert [(r["op"], r["status"]) for r in rows] == [("train_step_pooled", "ok")]
     with pytest.raises(SystemExit, match=r"--ops: \['train_stpe'\] are not ops of the suites \['model'\]"):
         cli.main([*common, "--ops", "train_stpe"])
+
+
+def test_flex_along_variables_refused_by_cuda_is_a_skipped_row(monkeypatch):
+    """What the H200 run showed as an error row: now, if chunking is not
+    enough, the row says why it was skipped."""
+    from bench.harness import Case, Timer, run_case
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("CUDA driver error: invalid argument")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: refused)
+    B, V, T, H, Dh = 1, 3, 4, 2, 16
+    q = k = v = torch.randn(B, V, T, H, Dh)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    case = Case(suite="attention", op="variable_fwd", backend="flex", dtype="fp32", batch=B, shape="tiny",
+                setup=lambda: suite_attention.Timed(
+                    suite_attention._flex_fn(q, k, v, mask, "variable", torch.device("cpu"))))
+    row = run_case(case, Timer("cpu", warmup=1, repeats=1))
+    assert row["status"].startswith("skipped: FlexAttention along variables: CUDA refused the launch"), row["status"]
