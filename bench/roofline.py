@@ -20,6 +20,11 @@ The trace runs on the CPU, so two things are made to act as on CUDA: dropout
 goes through native_dropout (CUDA's fused kernel, a 1-byte mask; the CPU's
 dropout is three ops), and the triton backend is chosen with
 TRITON_INTERPRET=1 (its custom ops only run their fake implementations).
+
+Backends: triton, sdpa, reference, and triton_modules: the triton backend
+with the transformer blocks as plain modules around the Triton attention
+(kernels.fused_block_backend answering "sdpa"), the model the H200 measured
+on 2026-11-28, before the fused blocks of issue 11.
 """
 from __future__ import annotations
 
@@ -114,8 +119,16 @@ def _as_on_cuda():
         yield
 
 
-def trace_step(config, batch: int, seq_len: Optional[int] = None, *, autocast_bf16: bool = True) -> list:
-    """The Calls of one full training step of MIGT_TVDT(config) at this batch size."""
+# roofline backend -> (the config's backend, whether the blocks' fused ops run)
+BACKENDS = {"triton": ("triton", True), "triton_modules": ("triton", False),
+            "sdpa": ("sdpa", True), "reference": ("reference", True)}
+
+
+def trace_step(config, batch: int, seq_len: Optional[int] = None, *, autocast_bf16: bool = True,
+               fused_blocks: bool = True) -> list:
+    """The Calls of one full training step of MIGT_TVDT(config) at this batch size.
+    fused_blocks=False: the blocks as plain modules even on the triton backend."""
+    import kernels
     import migt
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -124,7 +137,11 @@ def trace_step(config, batch: int, seq_len: Optional[int] = None, *, autocast_bf
     recorder = _Recorder()
     roofline_costs.valid_steps = data["attention_mask"].sum(1).tolist()
     try:
-        with _as_on_cuda(), FakeTensorMode() as fake:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_as_on_cuda())
+            if not fused_blocks:
+                stack.enter_context(mock.patch.object(kernels, "fused_block_backend", lambda backend, x: "sdpa"))
+            fake = stack.enter_context(FakeTensorMode())
             fake_in = {k: fake.from_tensor(v) for k, v in data.items() if isinstance(v, torch.Tensor)}
             temporal = {k: fake.from_tensor(v) for k, v in data["temporal_info"].items()}
             torch.manual_seed(0)
@@ -189,9 +206,12 @@ def compare(summary: dict, measured_total_ms: float, measured_groups: Optional[d
         predicted = summary["groups"][group]["ms"][gpu]
         measured = None if measured_groups is None else measured_groups.get(group, 0.0)
         rows.append((group, predicted, measured, _error(predicted, measured)))
-    if measured_groups and measured_groups.get("unlisted"):
-        rows.append(("unlisted", None, measured_groups["unlisted"], None))
     predicted = summary["total"]["ms"][gpu]
+    if measured_groups:
+        if measured_groups.get("unlisted"):
+            rows.append(("unlisted", None, measured_groups["unlisted"], None))
+        kernels = sum(measured_groups.values())  # the GPU's busy time, without the gaps between kernels
+        rows.append(("kernel time", predicted, kernels, _error(predicted, kernels)))
     rows.append(("total", predicted, measured_total_ms, _error(predicted, measured_total_ms)))
     return rows
 
@@ -225,6 +245,8 @@ def report(results: dict, gpus: list, measured: dict, launch_us: float, top: int
             for name, pred, meas, err in compare(summary, m["total_ms"], m.get("groups_ms"), gpu):
                 lines.append(f"| {name} | {_fmt(pred)} | {_fmt(meas)} | {'' if err is None else f'{err:+.0f}%'} |")
             lines.append("")
+        else:
+            lines += ["No measurement of this model to compare with.", ""]
         lines += ["| group | GB | GFLOP | launches | " + " | ".join(f"{g.name} ms" for g in gpus) + " |",
                   "|---|---|---|---|" + "---|" * len(gpus)]
         for group in GROUPS:
@@ -258,10 +280,13 @@ def measured_reference(path: Optional[Path]) -> dict:
     out = {}
     logged = h200_measured.profile_log_groups() if h200_measured.RUN_DIR.exists() else {}
     for backend, step_ms in h200_measured.STEP_MS.items():
+        # the H200's triton step had the blocks as modules: compare it with triton_modules
+        backend = "triton_modules" if backend == "triton" else backend
         entry = {"total_ms": step_ms, "groups_ms": None, "device": "NVIDIA H200, 2026-11-28", "gpu": "H200",
                  "source": f"step {step_ms} ms wall; groups: largest kernels of the profile log"}
-        if backend in logged:
-            entry["groups_ms"] = logged[backend]["groups_ms"]
+        logged_name = "triton" if backend == "triton_modules" else backend
+        if logged_name in logged:
+            entry["groups_ms"] = logged[logged_name]["groups_ms"]
         out[backend] = entry
     return out
 
@@ -269,7 +294,8 @@ def measured_reference(path: Optional[Path]) -> dict:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", choices=("triton", "sdpa", "reference"), default=["triton", "sdpa"])
+    p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS), default=["triton", "triton_modules", "sdpa"],
+                   help="triton_modules: the blocks as measured on the H200 (see above)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seq-len", type=int, help="T (default the config's max_seq_len)")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -292,8 +318,9 @@ def main(argv=None) -> int:
     gpus = list(GPUS.values())
     results = {}
     for backend in args.backends:
-        config = dc.replace(migt.MIGTConfig.from_yaml(args.config), backend=backend)
-        calls = trace_step(config, args.batch, args.seq_len, autocast_bf16=not args.fp32)
+        config_backend, fused = BACKENDS[backend]
+        config = dc.replace(migt.MIGTConfig.from_yaml(args.config), backend=config_backend)
+        calls = trace_step(config, args.batch, args.seq_len, autocast_bf16=not args.fp32, fused_blocks=fused)
         results[backend] = summarize(calls, gpus, args.launch_us)
     T = args.seq_len or migt.MIGTConfig.from_yaml(args.config).max_seq_len
     header = (f"# Roofline of one training step\n\nB={args.batch}, T={T}, config {args.config.name}, "

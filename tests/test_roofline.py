@@ -123,6 +123,7 @@ def test_h200_profile_log_is_grouped():
     rows = roofline.compare({"groups": {g: {"ms": {"H200": 1.0}} for g in GROUPS},
                              "total": {"ms": {"H200": 58.65}}}, 117.3, triton, "H200")
     assert rows[-1][0] == "total" and rows[-1][3] == pytest.approx(-50.0)
+    assert rows[-2][0] == "kernel time" and rows[-2][2] == pytest.approx(112.2)
     assert math.isclose(dict((r[0], r[3]) for r in rows)["attention"], 100 * (1 - triton["attention"]) / triton["attention"])
 
 
@@ -143,3 +144,14 @@ def test_a_profile_json_is_the_measurement_when_given(tmp_path):
     measured = roofline.measured_reference(path)
     assert set(measured) == {"sdpa"}  # a skipped profile measures nothing
     assert measured["sdpa"]["gpu"] == "H100" and measured["sdpa"]["groups_ms"] == {"GEMM": 20.0}
+
+
+def test_triton_modules_traces_the_blocks_the_h200_measured(tmp_path):
+    """The triton backend with the blocks as plain modules: the Triton
+    attention, no fused block ops; the H200's triton step is its measurement."""
+    config = dataclasses.replace(migt.MIGTConfig.from_yaml(tiny_config_path(tmp_path)), backend="triton")
+    ops = {c.op for c in roofline.trace_step(config, 2, fused_blocks=False)}
+    assert "migt::masked_attention_qkvpacked_fwd" in ops and "aten::native_layer_norm" in ops
+    assert not any(op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear")) for op in ops)
+    measured = roofline.measured_reference(None)
+    assert measured["triton_modules"]["total_ms"] == 117.3 and "triton" not in measured
