@@ -5,10 +5,13 @@ q, k, v are read as strided views (only the last dim contiguous), e.g. the
 `unbind` views of a fused QKV projection; O, dq, dk, dv are written
 contiguous (B, V, T, H, Dh). Nothing is permuted or copied on the way.
 
-axis="time":     one program per (b, v, h) and block of query steps; key
+axis="time":     one program per (b, v, h) and block of query steps, the
+                 blocks of one (b, v, h) adjacent in launch order (so the
+                 keys they all read come from L2 after the first); key
                  blocks loop over [first valid step, last valid step] of the
-                 sample only, and blocks with no valid step are skipped, so
-                 work grows with the valid length, not with T.
+                 sample only, branch-free so the loads are software
+                 pipelined, and query blocks of padding only write zeros,
+                 so work grows with the valid length, not with T.
 axis="variable": one program per (b, h) and chunk of STEPS steps; each step
                  is one [BLOCK_V, Dh] tile (V padded to a power of two >= 16),
                  padded steps only write zeros.
@@ -20,10 +23,10 @@ no tf32). Padded positions are never read (masked loads, other=0) and
 never scored (tl.where), so NaN or inf stored there has no effect. Rows with
 no valid key give output 0, LSE 0 and zero gradients.
 
-The backward is deterministic (no atomics): FA2-style along time (delta
-preprocess, one kernel for dk/dv looping over query blocks, one for dq
-looping over key blocks); along variables the whole row fits one tile, so
-one kernel gives dq, dk, dv.
+The backward is deterministic (no atomics): FA2-style along time (one
+kernel for dq looping over key blocks, which also writes the delta
+preprocess, then one for dk/dv looping over query blocks); along variables
+the whole row fits one tile, so one kernel gives dq, dk, dv.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import cdiv, next_power_of_2
 
 # fp32 inputs: exact fp32 products (fp16/bf16 inputs ignore this option).
 DOT_PRECISION = "ieee"
@@ -101,6 +106,18 @@ def _bvh(pid, n_vars, n_heads):
 
 
 @triton.jit
+def _time_program(n_steps, BLOCK: tl.constexpr):
+    """(pid_bvh, block start) of a 1-D time-kernel grid ordered with the
+    blocks of one (b, v, h) adjacent: they run at the same time, so the keys
+    (or queries) every block of that slice loops over are read from DRAM
+    once and then hit L2. (With (b, v, h) fastest, the 5 blocks of a slice at
+    T=288 ran B*V*H programs apart and each read them from DRAM again.)"""
+    n_blocks = tl.cdiv(n_steps, BLOCK)
+    pid = tl.program_id(0)
+    return pid // n_blocks, (pid % n_blocks) * BLOCK
+
+
+@triton.jit
 def _slice_offset(i_b, i_x, i_h, s_b, s_x, s_h):
     """Element offset (int64: b * s_b passes 2**31 at B=128, V=24, T=4096 with
     packed QKV) of one (b, x, h) slice; x is v along time, t along variables."""
@@ -150,11 +167,12 @@ def _time_fwd_kernel(
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Output and LSE of one query block of one (b, v, h), looping over the sample's key blocks."""
-    pid_bvh = tl.program_id(0)  # also the LSE row
+    pid_bvh, start_m = _time_program(n_steps, BLOCK_M)  # pid_bvh is also the LSE row
     b, var, h = _bvh(pid_bvh, n_vars, n_heads)
-    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_M, n_steps, BLOCK_M)
+    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     o_ptrs = O + _row_tile(_slice_offset(b, var, h, so_b, so_v, so_h), offs_m, so_t, offs_d)
     lse_ptrs = LSE + pid_bvh.to(tl.int64) * n_steps + offs_m
@@ -171,36 +189,18 @@ def _time_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     lo, hi = _valid_blocks(SPAN, b, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
+    # Branch-free, so the loads of the next key blocks can be pipelined: a
+    # block with no valid key (a gap inside the day) costs its dots, and its
+    # keys are masked like any padded key (scores -inf, loads 0).
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):
         offs_n, _, key_ok = _step_block(MASK, sm_b, sm_t, b, start_n, n_steps, BLOCK_N)
-        if _any(key_ok):
-            k = _load_rows(K, _row_tile(k_off, offs_n, sk_t, offs_d), key_ok)  # [BLOCK_N, HEAD_DIM]
-            v = _load_rows(V, _row_tile(v_off, offs_n, sv_t, offs_d), key_ok)
-            m_i, l_i, acc = _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION)
+        k = _load_rows(K, _row_tile(k_off, offs_n, sk_t, offs_d), key_ok)  # [BLOCK_N, HEAD_DIM]
+        v = _load_rows(V, _row_tile(v_off, offs_n, sv_t, offs_d), key_ok)
+        m_i, l_i, acc = _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION)
 
     out, lse = _softmax_finish(m_i, l_i, acc, row_ok)
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
     tl.store(lse_ptrs, lse, mask=in_range)
-
-
-@triton.jit
-def _time_bwd_delta_kernel(
-    O, DO, DELTA, MASK,
-    so_b, so_v, so_t, so_h,
-    sdo_b, sdo_v, sdo_t, sdo_h,
-    sm_b, sm_t,
-    n_vars, n_heads, n_steps,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    """delta = rowsum(dO * O) in fp32, laid out like the LSE; 0 on padded rows."""
-    pid_bvh = tl.program_id(0)
-    b, var, h = _bvh(pid_bvh, n_vars, n_heads)
-    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_M, n_steps, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    o = _load_rows(O, _row_tile(_slice_offset(b, var, h, so_b, so_v, so_h), offs_m, so_t, offs_d), row_ok)
-    do = _load_rows(DO, _row_tile(_slice_offset(b, var, h, sdo_b, sdo_v, sdo_h), offs_m, sdo_t, offs_d), row_ok)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
-    tl.store(DELTA + pid_bvh.to(tl.int64) * n_steps + offs_m, delta, mask=in_range)
 
 
 @triton.jit
@@ -214,11 +214,12 @@ def _time_bwd_dkdv_kernel(
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """dk, dv of one key block, looping over the sample's query blocks."""
-    pid_bvh = tl.program_id(0)
+    pid_bvh, start_n = _time_program(n_steps, BLOCK_N)
     b, var, h = _bvh(pid_bvh, n_vars, n_heads)
-    offs_n, in_range, key_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_N, n_steps, BLOCK_N)
+    offs_n, in_range, key_ok = _step_block(MASK, sm_b, sm_t, b, start_n, n_steps, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     g_off = _row_tile(_slice_offset(b, var, h, sg_b, sg_v, sg_h), offs_n, sg_t, offs_d)  # [BLOCK_N, HEAD_DIM]
     if not _any(key_ok):
@@ -235,16 +236,16 @@ def _time_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     lo, hi = _valid_blocks(SPAN, b, BLOCK_M)
-    for start_m in range(lo, hi, BLOCK_M):
+    # branch-free like the forward: a query block with no valid row adds 0
+    for start_m in tl.range(lo, hi, BLOCK_M, num_stages=NUM_STAGES):
         offs_m, _, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
-        if _any(row_ok):
-            q = _load_rows(Q, _row_tile(q_off, offs_m, sq_t, offs_d), row_ok)  # [BLOCK_M, HEAD_DIM]
-            do = _load_rows(DO, _row_tile(do_off, offs_m, sdo_t, offs_d), row_ok)
-            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
-            delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-            p, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # [BLOCK_N, HEAD_DIM]
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        q = _load_rows(Q, _row_tile(q_off, offs_m, sq_t, offs_d), row_ok)  # [BLOCK_M, HEAD_DIM]
+        do = _load_rows(DO, _row_tile(do_off, offs_m, sdo_t, offs_d), row_ok)
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
+        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # [BLOCK_N, HEAD_DIM]
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
 
     tl.store(DK + g_off, (dk * scale).to(DK.dtype.element_ty), mask=in_range[:, None])
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=in_range[:, None])
@@ -252,42 +253,49 @@ def _time_bwd_dkdv_kernel(
 
 @triton.jit
 def _time_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, MASK, SPAN,
+    Q, K, V, O, DO, LSE, DELTA, DQ, MASK, SPAN,
     sq_b, sq_v, sq_t, sq_h,
     sk_b, sk_v, sk_t, sk_h,
     sv_b, sv_v, sv_t, sv_h,
+    so_b, so_v, so_t, so_h,
     sdo_b, sdo_v, sdo_t, sdo_h,
     sg_b, sg_v, sg_t, sg_h,
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """dq of one query block, looping over the sample's key blocks."""
-    pid_bvh = tl.program_id(0)
+    """dq of one query block, looping over the sample's key blocks; also
+    writes delta = rowsum(dO * O) of the block (fp32, laid out like the LSE,
+    0 on padded rows) for the dk/dv kernel, which runs after it. Folding
+    the delta preprocess in here saves a launch and a second read of dO."""
+    pid_bvh, start_m = _time_program(n_steps, BLOCK_M)
     b, var, h = _bvh(pid_bvh, n_vars, n_heads)
-    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, tl.program_id(1) * BLOCK_M, n_steps, BLOCK_M)
+    offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     dq_ptrs = DQ + _row_tile(_slice_offset(b, var, h, sg_b, sg_v, sg_h), offs_m, sg_t, offs_d)
+    row_base = pid_bvh.to(tl.int64) * n_steps
     if not _any(row_ok):
         tl.store(dq_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=DQ.dtype.element_ty), mask=in_range[:, None])
+        tl.store(DELTA + row_base + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=in_range)
         return
 
     q = _load_rows(Q, _row_tile(_slice_offset(b, var, h, sq_b, sq_v, sq_h), offs_m, sq_t, offs_d), row_ok)
     do = _load_rows(DO, _row_tile(_slice_offset(b, var, h, sdo_b, sdo_v, sdo_h), offs_m, sdo_t, offs_d), row_ok)
-    row_base = pid_bvh.to(tl.int64) * n_steps
+    o = _load_rows(O, _row_tile(_slice_offset(b, var, h, so_b, so_v, so_h), offs_m, so_t, offs_d), row_ok)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
+    tl.store(DELTA + row_base + offs_m, delta, mask=in_range)
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
-    delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
     k_off = _slice_offset(b, var, h, sk_b, sk_v, sk_h)
     v_off = _slice_offset(b, var, h, sv_b, sv_v, sv_h)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     lo, hi = _valid_blocks(SPAN, b, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):  # branch-free like the forward
         offs_n, _, key_ok = _step_block(MASK, sm_b, sm_t, b, start_n, n_steps, BLOCK_N)
-        if _any(key_ok):
-            k = _load_rows(K, _row_tile(k_off, offs_n, sk_t, offs_d), key_ok)  # [BLOCK_N, HEAD_DIM]
-            v = _load_rows(V, _row_tile(v_off, offs_n, sv_t, offs_d), key_ok)
-            _probs, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # [BLOCK_M, HEAD_DIM]
+        k = _load_rows(K, _row_tile(k_off, offs_n, sk_t, offs_d), key_ok)  # [BLOCK_N, HEAD_DIM]
+        v = _load_rows(V, _row_tile(v_off, offs_n, sv_t, offs_d), key_ok)
+        _probs, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # [BLOCK_M, HEAD_DIM]
 
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=in_range[:, None])
 
@@ -424,17 +432,28 @@ def _valid_span(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([first, end], 1).to(torch.int32).contiguous()
 
 
-def _time_blocks(head_dim: int, backward: bool):
-    """(BLOCK_M, BLOCK_N, num_warps) along time.
+# Software-pipeline depth of the time kernels' block loops for fp16/bf16:
+# 3, triton's default for sm_90 (which the loops always asked for, but their
+# in-loop branch kept the pipeliner from applying it). 2 would also pipeline
+# and compiles to the same registers at Dh=32, but spills 8 B in the Dh=128
+# dq kernel; which is faster needs a GPU (see docs/kernel-tuning.md).
+# float32 (exact products, the slow path) is not pipelined: its fp32 tiles
+# in shared memory push the dk/dv kernel from 864 B to 14 KB of spills at Dh=64.
+TIME_NUM_STAGES = 3
+
+
+def _time_blocks(head_dim: int, backward: bool, dtype: torch.dtype = torch.bfloat16):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) along time.
 
     Real case T=288, Dh=32: 64-row tiles give 5 blocks per (b, v, h) with
     11% padding, and keep every dot >= 16 wide; Dh=128 halves the key tile
     (fwd) or both tiles (bwd, which keeps k, v, dk, dv or q, do, dq in
     registers) so the fp32 accumulators fit.
     """
+    stages = 1 if dtype == torch.float32 else TIME_NUM_STAGES
     if head_dim <= 64:
-        return 64, 64, 4
-    return (32, 32, 4) if backward else (64, 32, 4)
+        return 64, 64, 4, stages
+    return (32, 32, 4, stages) if backward else (64, 32, 4, stages)
 
 
 def _var_blocks(n_vars: int, head_dim: int):
@@ -443,7 +462,7 @@ def _var_blocks(n_vars: int, head_dim: int):
     (b, h)), 2 warps for the small 32x32 tiles of the real case (V=24), more
     for the wide tiles (the backward holds seven [BLOCK_V, Dh] or
     [BLOCK_V, BLOCK_V] tiles at once)."""
-    block_v = max(16, triton.next_power_of_2(n_vars))
+    block_v = max(16, next_power_of_2(n_vars))
     tile = block_v * max(block_v, head_dim)
     warps = 2 if tile <= 32 * 64 else 4 if tile <= 64 * 64 else 8
     return block_v, 8, warps
@@ -459,16 +478,16 @@ def attention_fwd(q, k, v, mask, axis: str, scale: float):
     strides = (*_strides4(q), *_strides4(k), *_strides4(v), *_strides4(out))
     if axis == "time":
         lse = _new_buffer((B, V, H, T), q, torch.float32)
-        block_m, block_n, warps = _time_blocks(Dh, backward=False)
-        grid = (B * V * H, triton.cdiv(T, block_m))
-        _time_fwd_kernel[grid](
+        block_m, block_n, warps, stages = _time_blocks(Dh, backward=False, dtype=q.dtype)
+        _time_fwd_kernel[(B * V * H * cdiv(T, block_m),)](
             q, k, v, out, lse, m, _valid_span(mask), *strides, sm_b, sm_t, V, H, T, qk_scale,
-            HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, num_warps=warps,
+            HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, NUM_STAGES=stages,
+            num_warps=warps,
         )
     else:
         lse = _new_buffer((B, T, H, V), q, torch.float32)
         block_v, steps, warps = _var_blocks(V, Dh)
-        grid = (B * H, triton.cdiv(T, steps))
+        grid = (B * H, cdiv(T, steps))
         _var_kernel[grid](
             q, k, v, out, lse, out, out, out, out, m, *strides, *_strides4(out), *_strides4(out), sm_b, sm_t,
             V, H, T, qk_scale, scale,
@@ -493,21 +512,19 @@ def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, gr
     qkv_strides = (*_strides4(q), *_strides4(k), *_strides4(v))
     if axis == "time":
         span = _valid_span(mask)
-        block_m, block_n, warps = _time_blocks(Dh, backward=True)
+        block_m, block_n, warps, stages = _time_blocks(Dh, backward=True, dtype=q.dtype)
         delta = _new_buffer(lse.shape, lse)
-        _time_bwd_delta_kernel[(B * V * H, triton.cdiv(T, block_m))](
-            out, grad_out, delta, m, *_strides4(out), *_strides4(grad_out), sm_b, sm_t, V, H, T,
-            HEAD_DIM=Dh, BLOCK_M=block_m, num_warps=warps,
-        )
-        common = (*qkv_strides, *_strides4(grad_out), *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale)
-        meta = dict(HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, num_warps=warps)
-        _time_bwd_dkdv_kernel[(B * V * H, triton.cdiv(T, block_n))](
-            q, k, v, grad_out, lse, delta, dk, dv, m, span, *common, **meta)
-        _time_bwd_dq_kernel[(B * V * H, triton.cdiv(T, block_m))](
-            q, k, v, grad_out, lse, delta, dq, m, span, *common, **meta)
+        tail = (*_strides4(grad_out), *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale)
+        meta = dict(HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION,
+                    NUM_STAGES=stages, num_warps=warps)
+        # dq first: it writes the delta the dk/dv kernel reads
+        _time_bwd_dq_kernel[(B * V * H * cdiv(T, block_m),)](
+            q, k, v, out, grad_out, lse, delta, dq, m, span, *qkv_strides, *_strides4(out), *tail, **meta)
+        _time_bwd_dkdv_kernel[(B * V * H * cdiv(T, block_n),)](
+            q, k, v, grad_out, lse, delta, dk, dv, m, span, *qkv_strides, *tail, **meta)
     else:
         block_v, steps, warps = _var_blocks(V, Dh)
-        _var_kernel[(B * H, triton.cdiv(T, steps))](
+        _var_kernel[(B * H, cdiv(T, steps))](
             q, k, v, out, lse, grad_out, dq, dk, dv, m, *qkv_strides, *_strides4(out), *_strides4(grad_out),
             *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale,
             BACKWARD=True, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,

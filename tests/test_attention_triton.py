@@ -119,6 +119,24 @@ def test_time_block_skipping_paths():
     check_parity(out, grad, ref_out, ref_grad, mask, 1e-5, 1e-5, 1e-5)
 
 
+def test_time_spans_ending_on_block_boundaries():
+    """The time loops run over [first valid step's block, last valid step + 1)
+    with no per-block branch: a span whose last step is the last of a
+    64-step block (63, 127) or the first of one (64) must keep that key and
+    query, and a span starting on a boundary must not read the block before."""
+    B, V, T, H, Dh = 4, 1, 131, 1, 16
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[0, :64] = True
+    mask[1, 1:128] = True
+    mask[2, 64:65] = True
+    mask[3, 63:129] = True
+    qkv, ref_qkv = make_inputs((B, V, T, H, Dh), torch.float32, mask, seed=7)
+    grad_out = torch.randn((B, V, T, H, Dh), dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    out, grad = run_triton(qkv, mask, "time", grad_out.float().to(DEVICE))
+    ref_out, ref_grad = run_reference(ref_qkv, mask, "time", grad_out)
+    check_parity(out, grad, ref_out, ref_grad, mask, 1e-5, 1e-5, 1e-5)
+
+
 @pytest.mark.parametrize("axis", AXES)
 def test_backward_is_deterministic(axis):
     shape = (3, 5, 37, 2, 16)
