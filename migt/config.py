@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 VARIABLE_ATTENTION_MODES = ("per_step", "pooled")
+RESIDUAL_STREAMS = ("float32", "autocast")
 BACKENDS = ("auto", "triton", "sdpa", "reference")
 
 _DEFAULT_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -51,6 +52,12 @@ class MIGTConfig:
             GEMM there instead (selective recompute: less memory than the fused
             block alone, far less time than ``activation_checkpointing``).
             The other backends ignore it.
+        residual_stream: dtype of the residual stream x between blocks under
+            autocast: "float32" (default; every residual add in float32) or
+            "autocast" (autocast's dtype, e.g. bfloat16, as Megatron-LM's
+            default: the stream and what the backward keeps of it take half
+            the bytes). Without autocast the stream is in the parameters'
+            dtype either way. Applies to every backend.
         backend: kernel backend passed to every ``kernels`` call.
         revin_eps: RevIN epsilon (enters squared: std = sqrt(var + eps**2)).
         bars_per_day: period of the time-of-day encoding in bars (288 five-minute
@@ -76,6 +83,7 @@ class MIGTConfig:
     variable_attention: str = "per_step"
     activation_checkpointing: bool = False
     recompute_ffn_hidden: bool = False
+    residual_stream: str = "float32"
     backend: str = "auto"
     revin_eps: float = 1e-5
     bars_per_day: int = 288
@@ -122,6 +130,8 @@ class MIGTConfig:
                 f"variable_attention must be one of {VARIABLE_ATTENTION_MODES}; "
                 f"got {self.variable_attention!r}"
             )
+        if self.residual_stream not in RESIDUAL_STREAMS:
+            raise ValueError(f"residual_stream must be one of {RESIDUAL_STREAMS}; got {self.residual_stream!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
         for name in ("activation_checkpointing", "recompute_ffn_hidden"):

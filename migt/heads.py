@@ -25,7 +25,12 @@ class MaskedAttentionPooling(nn.Module):
 
     def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pooling weights (B, V, T): softmax over valid steps, 0 elsewhere."""
-        scores = (self.key_proj(x) @ self.query) * self.scale  # [B, V, T]
+        # key_proj(x) @ query == x @ (W^T query) + bias . query: a matrix-vector
+        # product instead of a D x D GEMM over every step, and no (B, V, T, D)
+        # key kept for the backward
+        key_query = self.key_proj.weight.t() @ self.query  # [D]
+        scores = (x @ key_query.to(x.dtype) + self.key_proj.bias @ self.query) * self.scale  # [B, V, T]
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # the softmax in float32 at least
         valid = mask[:, None, :]  # [B, 1, T]
         # Shift by the max over valid steps (softmax is shift-invariant, so
         # detaching it changes no gradient); an empty row shifts by 0.
@@ -38,10 +43,14 @@ class MaskedAttentionPooling(nn.Module):
         return expd / torch.where(denom > 0, denom, 1.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        w = self.weights(x, mask)  # [B, V, T]
-        # Padded activations replaced too: a zero weight times NaN would still be NaN.
-        xs = torch.where(mask[:, None, :, None], x, 0.0)
-        return (w.unsqueeze(-2) @ xs).squeeze(-2)  # [B, V, D]
+        # Padded activations replaced: a zero weight times NaN would still be NaN.
+        xs = torch.where(mask[:, None, :, None], x, 0.0)  # [B, V, T, D]
+        device_type = xs.device.type
+        if torch.is_autocast_enabled(device_type):
+            # one low-precision copy for both products (autocast would make two)
+            xs = xs.to(torch.get_autocast_dtype(device_type))
+        w = self.weights(xs, mask)  # [B, V, T]
+        return (w.unsqueeze(-2).to(xs.dtype) @ xs).squeeze(-2)  # [B, V, D]
 
 
 class OutputPool(nn.Module):

@@ -101,6 +101,9 @@ class MIGT_TVDT(nn.Module):
             bar, temporal_info["day_of_week"], temporal_info["day_of_month"], temporal_info["day_of_year"]
         )  # [B, T, D]
         x = self.embed_dropout(x + pos[:, None, :, :])
+        device_type = x.device.type
+        if cfg.residual_stream == "autocast" and torch.is_autocast_enabled(device_type):
+            x = x.to(torch.get_autocast_dtype(device_type))
         return x, mean, std
 
     def forward(
