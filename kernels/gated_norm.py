@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INT32_LIMIT, int32_indexable, max_offset, split_float32
+from ._launch import INT32_LIMIT, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -128,14 +128,22 @@ def _gated_norm_bwd_kernel(
 # --------------------------------------------------------------- host side
 
 
-def _launch_shape(D: int) -> tuple[int, int, int]:
-    """BLOCK_M, BLOCK_D, num_warps for rows of D."""
-    block_d = triton.next_power_of_2(D)
+def _launch_shape(D: int, backward: bool = False) -> tuple[int, int, int]:
+    """BLOCK_M, BLOCK_D, num_warps for rows of D.
+
+    The forward gives each thread 16 elements of a tile (4096 elements over
+    8 warps at D=256: 51 registers, 4 programs per SM). The backward keeps
+    ~10 tiles' worth of values live, so at 16 elements a thread it sat at the
+    255-register ceiling with one 8-warp program per SM; at 8 elements a
+    thread (16 warps) it needs 128, no spill, and one program per SM still
+    has the same 16 rows in flight, now with twice the warps to hide
+    latency. (A smaller BLOCK_M instead would cut the rows in flight per SM
+    to 8-12: see docs/kernel-tuning.md.)"""
+    block_d = next_power_of_2(D)
     block_m = max(1, min(MAX_BLOCK_M, TILE_ELEMENTS // block_d))
-    num_warps = min(16, max(4, block_m * block_d // 512))
+    elements_per_thread = 8 if backward else 16
+    num_warps = min(16, max(4, block_m * block_d // (32 * elements_per_thread)))
     return block_m, block_d, num_warps
-
-
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -145,10 +153,6 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
         return t.view(-1, D)
     except RuntimeError:
         return t.reshape(-1, D)
-
-
-
-
 
 
 def unsupported_reason(x, update, gate_logits, weight, bias) -> Optional[str]:
@@ -184,7 +188,7 @@ def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float):
     # the kernels read weight and bias at unit stride; (D,) views of wider
     # parameters (or expanded ones) are copied, which costs D elements
     weight, bias = weight.contiguous(), bias.contiguous()
-    _gated_norm_fwd_kernel[(triton.cdiv(N, block_m),)](
+    _gated_norm_fwd_kernel[(cdiv(N, block_m),)](
         x2, u2, g2, weight, bias, out, mean, rstd,
         N, D,
         x2.stride(0), x2.stride(1), u2.stride(0), u2.stride(1), g2.stride(0), g2.stride(1),
@@ -214,8 +218,8 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
     if N == 0:
         zeros = torch.zeros((D,), dtype=mean.dtype, device=x.device)
         return dx, du, dg, zeros, zeros.clone()
-    block_m, block_d, num_warps = _launch_shape(D)
-    programs = _backward_programs(x.device, triton.cdiv(N, block_m))
+    block_m, block_d, num_warps = _launch_shape(D, backward=True)
+    programs = _backward_programs(x.device, cdiv(N, block_m))
     dw_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     weight, bias = weight.contiguous(), bias.contiguous()  # read at unit stride
