@@ -24,12 +24,20 @@ def tile_offsets(rows, cols, n_cols):
 
 
 @triton.jit
-def keep_bits(seed_ptr, SITE: tl.constexpr, offsets, cut):
-    """Dropout keep mask of the elements at ``offsets`` for the seed of dropout
-    site SITE: the same bits as kernels.philox.keep_mask, forward and backward."""
+def keep_tile(seed_ptr, SITE: tl.constexpr, rows, col_start, n_cols, cut, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] dropout keep mask of rows ``rows`` (int [BLOCK_M])
+    and columns col_start + arange(BLOCK_N) of an (N, n_cols) tensor, for the
+    seed of dropout site SITE: the bits of kernels.philox.keep_mask, forward
+    and backward. col_start is a multiple of 4 and BLOCK_N >= 4: one Philox
+    call gives the words of four neighbouring columns."""
     seed = tl.load(seed_ptr + SITE)
-    bits = tl.randint(seed, offsets) >> _DRAW_SHIFT
-    return bits.to(tl.int32) >= cut
+    groups_per_row = (n_cols + 3) // 4
+    group_cols = col_start // 4 + tl.arange(0, BLOCK_N // 4)  # [BLOCK_N // 4]
+    groups = rows.to(tl.int64)[:, None] * groups_per_row + group_cols[None, :]
+    w0, w1, w2, w3 = tl.randint4x(seed, groups)
+    # column 4j + w takes word w of group j
+    words = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))  # [BLOCK_M, BLOCK_N]
+    return (words >> _DRAW_SHIFT).to(tl.int32) >= cut
 
 
 @triton.jit

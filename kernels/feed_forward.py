@@ -22,9 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import keep_bits, tile_offsets
+from ._tiles import keep_tile, tile_offsets
 from .norm_linear import (
-    acc_dtype, backward_programs, dropout_args, linear_backward, residual_norm_bwd, residual_norm_fwd,
+    TILE_ELEMENTS, acc_dtype, backward_programs, block_d, block_m, dropout_args, linear_backward,
+    residual_norm_bwd, residual_norm_fwd, warps,
 )
 from .norm_linear import unsupported_reason as _norm_unsupported
 from .reference import compute_dtype
@@ -32,9 +33,8 @@ from .reference import compute_dtype
 BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2
 N_SITES = 3
 # Hidden tiles: 16 rows x 256 columns forward (pure streaming), 8 x 256
-# backward; elementwise tiles: 4096 elements. Chosen by reasoning, not tuned.
+# backward. Chosen by reasoning, not tuned on a GPU.
 HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 8
-FLAT_BLOCK = 4096
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
@@ -55,7 +55,7 @@ def _gelu_dropout_fwd_kernel(
     f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
     g = 0.5 * f * (1.0 + tl.math.erf(f * _SQRT1_2))  # exact (erf) GELU, as nn.GELU()
     if HAS_DROPOUT:
-        g = tl.where(keep_bits(seed_ptr, SITE, offs, cut), g * scale, 0.0)
+        g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g * scale, 0.0)
     tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
@@ -78,7 +78,7 @@ def _gelu_dropout_bwd_kernel(
         f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
         dg = tl.load(dg_ptr + offs, mask=ok, other=0.0).to(ACC)
         if HAS_DROPOUT:
-            dg = tl.where(keep_bits(seed_ptr, SITE, offs, cut), dg * scale, 0.0)
+            dg = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), dg * scale, 0.0)
         cdf = 0.5 * (1.0 + tl.math.erf(f * _SQRT1_2))
         pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
         df = dg * (cdf + f * pdf)
@@ -89,26 +89,30 @@ def _gelu_dropout_bwd_kernel(
 
 @triton.jit
 def _dropout_add_kernel(
-    x_ptr, branch_ptr, seed_ptr, out_ptr, numel, cut, scale,
-    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale,
+    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    ok = offs < numel
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
+    offs = tile_offsets(rows, cols, D)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
     branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
-    branch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), branch * scale, 0.0)
+    branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
     tl.store(out_ptr + offs, (x + branch).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _dropout_grad_kernel(
-    dout_ptr, seed_ptr, dbranch_ptr, numel, cut, scale,
-    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    dout_ptr, seed_ptr, dbranch_ptr, N, D, cut, scale,
+    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    ok = offs < numel
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
+    offs = tile_offsets(rows, cols, D)
     dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
-    dbranch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), dout * scale, 0.0)
+    dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dout * scale, 0.0)
     tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
 
 
@@ -151,30 +155,41 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
     return dhidden, db_part.sum(0)
 
 
+def _row_tiles(N: int, D: int):
+    """grid, BLOCK_M, BLOCK_D and warps of a whole-row elementwise pass over (N, D)."""
+    bd = block_d(D)
+    bm = block_m(bd, TILE_ELEMENTS)
+    return (triton.cdiv(N, bm),), bm, bd, warps(bm, bd)
+
+
 def dropout_add(x, branch, seeds, p: float):
-    """x + dropout(branch) (site 2) for contiguous tensors of one shape, in x's dtype."""
+    """x + dropout(branch) (site 2) for contiguous (N, D) tensors, in x's dtype."""
     has_dropout, cut, scale = dropout_args(seeds, p)
     if not has_dropout:
         return x + branch.to(x.dtype)
     out = torch.empty_like(x)
+    N, D = x.shape
     if x.numel():
-        _dropout_add_kernel[(triton.cdiv(x.numel(), FLAT_BLOCK),)](
-            x, branch, seeds, out, x.numel(), cut, scale,
-            SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype), BLOCK=FLAT_BLOCK, num_warps=8,
+        grid, bm, bd, nw = _row_tiles(N, D)
+        _dropout_add_kernel[grid](
+            x, branch, seeds, out, N, D, cut, scale,
+            SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw,
         )
     return out
 
 
 def dropout_grad(dout, seeds, p: float, dtype):
-    """Gradient of dropout (site 2) for contiguous dout, in ``dtype``."""
+    """Gradient of dropout (site 2) for contiguous (N, D) dout, in ``dtype``."""
     has_dropout, cut, scale = dropout_args(seeds, p)
     if not has_dropout:
         return dout.to(dtype)
     dbranch = torch.empty(dout.shape, dtype=dtype, device=dout.device)
+    N, D = dout.shape
     if dout.numel():
-        _dropout_grad_kernel[(triton.cdiv(dout.numel(), FLAT_BLOCK),)](
-            dout, seeds, dbranch, dout.numel(), cut, scale,
-            SITE=OUTPUT_SITE, ACC=acc_dtype(dout.dtype), BLOCK=FLAT_BLOCK, num_warps=8,
+        grid, bm, bd, nw = _row_tiles(N, D)
+        _dropout_grad_kernel[grid](
+            dout, seeds, dbranch, N, D, cut, scale,
+            SITE=OUTPUT_SITE, ACC=acc_dtype(dout.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw,
         )
     return dbranch
 

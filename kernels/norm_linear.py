@@ -24,7 +24,7 @@ import triton.language as tl
 
 from . import philox
 from ._launch import split_float32
-from ._tiles import keep_bits, layer_norm_rows, layer_norm_rows_bwd, tile_offsets
+from ._tiles import keep_tile, layer_norm_rows, layer_norm_rows_bwd, tile_offsets
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -60,7 +60,7 @@ def _residual_norm_fwd_kernel(
     if HAS_BRANCH:
         branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
         if HAS_DROPOUT:
-            branch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), branch * scale, 0.0)
+            branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
         x = x + branch
         if STORE_X:
             tl.store(x_out_ptr + offs, x.to(x_out_ptr.dtype.element_ty), mask=ok)
@@ -109,7 +109,7 @@ def _residual_norm_bwd_kernel(
         if HAS_BRANCH:
             dbranch = dx
             if HAS_DROPOUT:
-                dbranch = tl.where(keep_bits(seed_ptr, SITE, offs, cut), dx * scale, 0.0)
+                dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dx * scale, 0.0)
             tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
@@ -137,11 +137,16 @@ def backward_programs(device: torch.device, n_blocks: int) -> int:
     return max(1, min(n_blocks, per_device))
 
 
-def _block_m(block_d: int, tile: int) -> int:
+def block_d(D: int) -> int:
+    """Columns of a whole-row tile: a power of two >= 4 (dropout draws four columns per call)."""
+    return max(4, triton.next_power_of_2(D))
+
+
+def block_m(block_d: int, tile: int) -> int:
     return max(1, min(MAX_BLOCK_M, tile // block_d))
 
 
-def _warps(block_m: int, block_d: int) -> int:
+def warps(block_m: int, block_d: int) -> int:
     return min(16, max(4, block_m * block_d // 512))
 
 
@@ -169,16 +174,16 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     if N == 0:
         return x_new, h, mean, rstd
     has_dropout, cut, scale = dropout_args(seeds, p)
-    block_d = triton.next_power_of_2(D)
-    block_m = _block_m(block_d, TILE_ELEMENTS)
+    bd = block_d(D)
+    bm = block_m(bd, TILE_ELEMENTS)
     eps_hi, eps_lo = split_float32(eps)
-    _residual_norm_fwd_kernel[(triton.cdiv(N, block_m),)](
+    _residual_norm_fwd_kernel[(triton.cdiv(N, bm),)](
         x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
         x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
         N, D, cut, scale, eps_hi, eps_lo,
         HAS_BRANCH=has_branch, HAS_DROPOUT=has_dropout, SITE=site,
         STORE_X=x_new is not None, STORE_STATS=store_stats,
-        ACC=acc_dtype(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=_warps(block_m, block_d),
+        ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return x_new, h, mean, rstd
 
@@ -198,9 +203,9 @@ def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: 
         zeros = torch.zeros((D,), dtype=acc, device=x_new.device)
         return dx, dbranch, zeros, zeros.clone()
     has_dropout, cut, scale = dropout_args(seeds, p)
-    block_d = triton.next_power_of_2(D)
-    block_m = _block_m(block_d, BWD_TILE_ELEMENTS)
-    programs = backward_programs(x_new.device, triton.cdiv(N, block_m))
+    bd = block_d(D)
+    bm = block_m(bd, BWD_TILE_ELEMENTS)
+    programs = backward_programs(x_new.device, triton.cdiv(N, bm))
     dw_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
     db_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
     _residual_norm_bwd_kernel[(programs,)](
@@ -209,8 +214,7 @@ def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: 
         dx, dbranch if dbranch is not None else dx, dw_part, db_part,
         N, D, cut, scale,
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=dbranch is not None, HAS_DROPOUT=has_dropout,
-        SITE=site, ACC=acc_dtype(x_new.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        num_warps=_warps(block_m, block_d),
+        SITE=site, ACC=acc_dtype(x_new.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return dx, dbranch, dw_part.sum(0), db_part.sum(0)
 

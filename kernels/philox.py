@@ -2,12 +2,16 @@
 counted by the element's index.
 
 The Triton kernels draw each element's keep bit inline (kernels/_tiles.py,
-``keep_bits``) from (seed, flat element index); the backward draws it again
-from the same pair instead of reading a saved byte mask. This module is the
-same generator written in plain PyTorch, bit for bit (triton.language's
-``randint``: 32-bit Philox, counter (index low, index high, 0, 0), key
-(seed low, seed high)), so the reference backend reproduces the kernels'
-masks on any device without Triton, and tests can compare the two.
+``keep_tile``) from (seed, position); the backward draws it again instead of
+reading a saved byte mask. A tensor is seen as rows of n_cols (its last
+dim); each Philox call (triton.language's ``randint4x``: counter (group low,
+group high, 0, 0), key (seed low, seed high), four 32-bit words) serves four
+neighbouring columns, so the integer work per element is a quarter of one
+call per element (which would make the kernels compute-bound on a GPU):
+element (row, col) reads word col % 4 of group row * ceil(n_cols / 4) + col // 4.
+This module is the same generator written in plain PyTorch, bit for bit, so
+the reference backend reproduces the kernels' masks on any device without
+Triton, and tests can compare the two.
 
 Seeds come from torch's generator of the tensors' device (``new_seeds``):
 ``torch.manual_seed`` reproduces a run, and activation checkpointing, which
@@ -50,12 +54,12 @@ def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (high_part >> 16) + (low_full >> 32), low_full & _MASK32
 
 
-def philox_uint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """triton.language.randint(seed, offsets) for int64 offsets: the first
-    uint32 word of Philox4x32-10, as int64 values in [0, 2**32)."""
-    offsets = offsets.to(torch.int64)
-    c0 = offsets & _MASK32
-    c1 = (offsets >> 32) & _MASK32
+def philox4x32(seed: int, counters: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """triton.language.randint4x(seed, counters) for int64 counters: the four
+    uint32 words of Philox4x32-10, as int64 values in [0, 2**32)."""
+    counters = counters.to(torch.int64)
+    c0 = counters & _MASK32
+    c1 = (counters >> 32) & _MASK32
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
@@ -65,17 +69,20 @@ def philox_uint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
         c0, c2 = hi_b ^ c1 ^ k0, hi_a ^ c3 ^ k1
         c1, c3 = lo_b, lo_a
         k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
-    return c0
+    return c0, c1, c2, c3
 
 
 def keep_mask(seed: torch.Tensor, shape, p: float) -> torch.Tensor:
     """The kernels' keep mask (bool, ``shape``) for one int64 seed (a 0-dim or
-    1-element tensor): element i (flat, row-major) is kept when its draw's top
-    24 bits are >= threshold(p)."""
+    1-element tensor): element (row, col) of the (rows, shape[-1]) view is
+    kept when the top 24 bits of its word are >= threshold(p)."""
     cut = threshold(p)
-    numel = 1
-    for size in shape:
-        numel *= int(size)
-    offsets = torch.arange(numel, dtype=torch.int64, device=seed.device)
-    bits = philox_uint32(int(seed.reshape(()).item()), offsets) >> (32 - THRESHOLD_BITS)
-    return (bits >= cut).view(*shape)
+    n_cols = int(shape[-1])
+    rows = 1
+    for size in shape[:-1]:
+        rows *= int(size)
+    groups_per_row = (n_cols + 3) // 4
+    counters = torch.arange(rows * groups_per_row, dtype=torch.int64, device=seed.device)
+    words = torch.stack(philox4x32(int(seed.reshape(()).item()), counters), dim=-1)  # [groups, 4]
+    words = words.view(rows, groups_per_row * 4)[:, :n_cols]
+    return ((words >> (32 - THRESHOLD_BITS)) >= cut).view(*shape)

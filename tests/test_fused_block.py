@@ -114,13 +114,28 @@ def test_layer_norm_linear_under_autocast_runs_the_gemm_in_bfloat16():
 # ------------------------------------------------------------------ dropout
 
 
-def test_kernel_masks_are_the_philox_reference_masks():
-    # out = 0 + dropout(1): the kept elements read 1/(1-p), the rest 0
-    p, n = 0.25, 3 * 4096 + 17
+@pytest.mark.parametrize("N,D", [(37, 48), (5, 257), (3, 1)], ids=str)
+def test_kernel_masks_are_the_philox_reference_masks(N, D):
+    # out = 0 + dropout(1): the kept elements read 1/(1-p), the rest 0; D off
+    # a multiple of 4 puts a partial Philox group at every row's end
+    p = 0.25
     seeds = kernels.dropout_seeds("cpu")
-    out = feed_forward.dropout_add(torch.zeros(n), torch.ones(n), seeds, p)
-    keep = philox.keep_mask(seeds[feed_forward.OUTPUT_SITE], (n,), p)
+    out = feed_forward.dropout_add(torch.zeros(N, D), torch.ones(N, D), seeds, p)
+    keep = philox.keep_mask(seeds[feed_forward.OUTPUT_SITE], (N, D), p)
     assert torch.equal(out, torch.where(keep, 1.0 / (1.0 - p), 0.0))
+
+
+def test_hidden_masks_are_the_philox_reference_masks():
+    # the GELU kernel tiles columns in blocks of 256: rows past one block and
+    # a width off the block exercise the group numbering across tiles
+    N, C, p = 19, 300, 0.5
+    seeds = kernels.dropout_seeds("cpu")
+    hidden = torch.full((N, C), 3.0, dtype=torch.float64)  # gelu(3) * 2 where kept
+    g = feed_forward.gelu_dropout_fwd(hidden, seeds, p)
+    keep = philox.keep_mask(seeds[feed_forward.HIDDEN_SITE], (N, C), p)
+    expected = torch.where(keep, 2.0 * torch.nn.functional.gelu(hidden), 0.0)
+    assert_close(g, expected, atol=1e-12, rtol=1e-12, name="g")
+    assert torch.equal(g == 0, ~keep)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
