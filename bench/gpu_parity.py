@@ -11,6 +11,8 @@ with kernels' reference run in float64 by the relative error
 build is reported as "missing". Exit status: 1 on any mismatch, 2 when
 nothing failed but a kernel is missing, 0 when all pass.
 `--backend` checks another backend the same way (the tests use it on CPU).
+A triton run also checks the sdpa fallback with its SDPA calls split into
+chunks of rows (kernels/sdpa.py), which only a GPU shows runs in cuDNN.
 """
 from __future__ import annotations
 
@@ -164,8 +166,27 @@ def check_gated(device, dtype: str, s: dict, backend: str = "triton") -> Check:
     return _compare(name, pairs, NORM_TOL[dtype])
 
 
+def check_sdpa_chunks(device, dtype: str, axis: str, s: dict, chunks: int = 4) -> Check:
+    """The sdpa backend with its SDPA calls split into about `chunks` pieces of
+    rows (kernels/sdpa.py: what keeps cuDNN within the sizes it takes), against
+    the float64 reference like any other attention check."""
+    from kernels import sdpa
+
+    rows, length = (s["B"] * s["V"], s["T"]) if axis == "time" else (s["B"] * s["T"], s["V"])
+    padded = -(-length // 128) * 128
+    limit = sdpa.CALL_BYTES_LIMIT
+    sdpa.CALL_BYTES_LIMIT = max(1, -(-rows // chunks)) * s["H"] * padded * s["Dh"] * 4
+    try:
+        check = check_attention(device, dtype, axis, s, backend="sdpa")
+    finally:
+        sdpa.CALL_BYTES_LIMIT = limit
+    return dataclasses.replace(check, name=check.name.replace("attention", f"sdpa in {chunks} chunks", 1))
+
+
 def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
     checks = []
+    if backend == "triton":  # the fallback's chunked calls, beside the kernels
+        checks += [check_sdpa_chunks(device, dtypes[0], axis, shapes) for axis in ("time", "variable")]
     for dtype in dtypes:
         for axis in ("time", "variable"):
             for packed in (False, True):

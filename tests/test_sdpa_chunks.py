@@ -68,3 +68,17 @@ def test_bad_max_rows_is_named():
     _, q, k, v = fused_qkv(1, 2, 3, 1, 8, torch.float32)
     with pytest.raises(ValueError, match="max_rows must be >= 1, got 0"):
         sdpa.attention(q, k, v, torch.ones(1, 3, dtype=torch.bool), "time", max_rows=0)
+
+
+@pytest.mark.parametrize("axis", ["time", "variable"])
+def test_gpu_parity_checks_the_chunked_calls(axis, sdpa_calls, monkeypatch):
+    from bench import gpu_parity
+
+    limit = sdpa.CALL_BYTES_LIMIT
+    check = gpu_parity.check_sdpa_chunks("cpu", "fp32", axis, gpu_parity.SMALL)
+    assert check.status == "ok" and check.name.startswith(f"sdpa in 4 chunks {axis} fp32"), check
+    assert len(sdpa_calls) >= 4 and sdpa.CALL_BYTES_LIMIT == limit
+    # a chunking that loses rows is caught
+    real = sdpa._sdpa_in_chunks
+    monkeypatch.setattr(sdpa, "_sdpa_in_chunks", lambda q, *a: real(q, *a) * 0.9)
+    assert gpu_parity.check_sdpa_chunks("cpu", "fp32", axis, gpu_parity.SMALL).status == "MISMATCH"
