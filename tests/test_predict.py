@@ -13,6 +13,8 @@ from trained_run import SYNTHETIC_DAYS, trained_run
 
 from migt.data.bars import synthetic_bars
 from migt.data.dataset import BarDayDataset, collate_days
+from migt.data.features import FEATURE_NAMES
+from migt.forecast.sessions import check_feature_names
 from migt.forecast.table import parquet_engine, write_table
 from migt.predict import main as predict
 
@@ -117,3 +119,10 @@ def test_compile_flag_runs_the_compiled_model(run, forecast, compile_spy, tmp_pa
     compiled = result.table.set_index(["session", "horizon_bars"])
     cols = [f"logret_{q}" for q in LEVELS]
     np.testing.assert_allclose(compiled[cols].to_numpy(), plain.loc[compiled.index, cols].to_numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_checkpoint_trained_on_other_features_is_refused():
+    check_feature_names(FEATURE_NAMES)
+    swapped = ["high", "open", *FEATURE_NAMES[2:]]
+    with pytest.raises(ValueError, match=r"trained on features \['high', 'open'.*cannot read these inputs"):
+        check_feature_names(swapped)

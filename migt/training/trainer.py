@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -299,13 +300,20 @@ class Trainer:
         total = torch.tensor(sum(losses) / len(losses), dtype=torch.float64, device=self.device)
         return float(all_reduce_sum(total, self.ctx)) / self.ctx.world_size
 
-    def _throughput(self, step_seconds: list[float]) -> dict:
+    def _throughput(self, step_seconds: list[float], *, all_ranks: bool = False) -> dict:
         """Samples/s over all processes for the steps since the last log line, and
-        the peak GPU memory of this process so far (GiB, CUDA only)."""
-        out = {"samples_per_s": self.options.batch_size * self.ctx.world_size * len(step_seconds)
-               / max(sum(step_seconds), 1e-9)}
+        the peak GPU memory so far (GiB, CUDA only). With ``all_ranks`` (a
+        collective, for the log) the slowest rank's time and the largest peak, so
+        that every rank logs the same record; else this process's own."""
+        seconds = sum(step_seconds)
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
+        if all_ranks and self.ctx.enabled:
+            both = torch.tensor([seconds, peak], dtype=torch.float64, device=self.device)
+            dist.all_reduce(both, op=dist.ReduceOp.MAX)
+            seconds, peak = both.tolist()
+        out = {"samples_per_s": self.options.batch_size * self.ctx.world_size * len(step_seconds) / max(seconds, 1e-9)}
         if self.device.type == "cuda":
-            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            out["peak_mem_gib"] = peak
         return out
 
     def _log(self, record: dict) -> None:
@@ -346,14 +354,14 @@ class Trainer:
             stats = self.train_step(next(batches))  # float(loss) waits for the GPU
             step_seconds.append(time.perf_counter() - started)
             running.append(stats["loss"])
-            speed = self._throughput(step_seconds)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
-                                     **{_BAR_LABELS[k]: f"{v:.3g}" for k, v in speed.items()})
+                                     **{_BAR_LABELS[k]: f"{v:.3g}" for k, v in self._throughput(step_seconds).items()})
             if self.step % self.options.log_every == 0 or self.step == end:
                 self._log({"step": self.step, "split": "train", "loss": self._mean_over_ranks(running),
-                           "grad_norm": stats["grad_norm"], "lr": stats["lr"], **speed})
+                           "grad_norm": stats["grad_norm"], "lr": stats["lr"],
+                           **self._throughput(step_seconds, all_ranks=True)})
                 running, step_seconds = [], []
             if self.step % self.options.eval_every == 0 or self.step == self.options.max_steps:
                 val = self.validate_and_save()
