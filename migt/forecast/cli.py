@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..data.features import WARMUP_BARS
+from ..train import load_data, session_open_of  # the same bar loading as training
 from ..training.checkpoint import LoadedCheckpoint, load_for_inference
 from ..training.distributed import resolve_device
 from ..training.trainer import AMP_MODES, compile_model
@@ -55,8 +56,6 @@ def _fill_from_checkpoint(args: argparse.Namespace, data_info: dict) -> None:
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
-    from ..train import load_data, session_open_of  # the same bar loading as training
-
     device = resolve_device(args.device)
     loaded = load_for_inference(args.checkpoint, map_location=device)
     check_feature_names(loaded.feature_names)
