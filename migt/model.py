@@ -66,14 +66,15 @@ class MIGT_TVDT(nn.Module):
         return cls(MIGTConfig.from_yaml(path))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location=None) -> "MIGT_TVDT":
-        """Rebuild a trained model (config and weights) from a `migt.train` checkpoint.
-
-        The loading and its checks live in migt/training/checkpoint.py.
+    def from_checkpoint(cls, path: str | Path, map_location=None, *, config: MIGTConfig | None = None) -> "MIGT_TVDT":
+        """Rebuild a trained model (config and weights) from a `migt.train`
+        checkpoint file or run directory. A ``config`` given here must equal the
+        checkpoint's (the differing fields are named). The loading and its
+        checks live in migt/training/checkpoint.py.
         """
         from .training.checkpoint import load_model  # migt.training imports this module
 
-        return load_model(path, map_location=map_location)
+        return load_model(path, map_location=map_location, config=config)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():

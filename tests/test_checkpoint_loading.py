@@ -1,6 +1,8 @@
 """Loading a trained model from a migt.train checkpoint, and every way it can be refused."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -97,3 +99,10 @@ def test_map_location_moves_the_model_and_checks_its_type(run):
     assert next(load_model(run.out, map_location="cpu").parameters()).device.type == "cpu"
     with pytest.raises(TypeError, match="map_location must be"):
         load_model(run.out, map_location=3)
+
+
+def test_from_checkpoint_passes_the_callers_config_through(run):
+    # the classmethod takes config= like load_model: a differing field is named
+    other = dataclasses.replace(MIGT_TVDT.from_checkpoint(run.out).config, dropout=0.3)
+    with pytest.raises(ValueError, match="dropout"):
+        MIGT_TVDT.from_checkpoint(run.out, config=other)
