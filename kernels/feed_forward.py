@@ -290,12 +290,17 @@ def _(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc
 def _setup_context(ctx, inputs, output):
     (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _) = inputs
     _, x_mid, mean, rstd, hidden = output
+    # x_mid, mean, rstd and hidden are outputs only to be saved: no zero-filled
+    # gradients for them (they would cost (N, D) and (N, d_ff) writes)
+    ctx.set_materialize_grads(False)
     ctx.p, ctx.eps, ctx.branch_dtype, ctx.x_shape = p, eps, branch.dtype, x.shape
     ctx.save_for_backward(x_mid, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight)
 
 
 def _backward(ctx, dout, _dx_mid, _dmean, _drstd, _dhidden):
     x_mid, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros(ctx.x_shape, dtype=x_mid.dtype, device=x_mid.device)
     dx, dbranch, dnw, dnb, dw1, db1, dw2, db2 = _feed_forward_backward_op(
         dout, x_mid, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
         fc1_weight, fc1_bias, fc2_weight, ctx.branch_dtype,

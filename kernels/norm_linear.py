@@ -272,12 +272,15 @@ def _(dy, x, mean, rstd, norm_weight, norm_bias, eps, weight):
 def _setup_context(ctx, inputs, output):
     x, norm_weight, norm_bias, eps, weight, _ = inputs
     _, mean, rstd = output
+    ctx.set_materialize_grads(False)  # mean and rstd are only saved: no zero gradients for them
     ctx.eps = eps
     ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
 
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype, device=x.device)
     dx, dnw, dnb, dw, db = _layer_norm_linear_backward_op(dy, x, mean, rstd, norm_weight, norm_bias, ctx.eps, weight)
     return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db.to(weight.dtype)
 

@@ -311,3 +311,30 @@ def test_block_state_dict_moves_between_backends():
     model.eval(), other.eval()
     args = (batch["features"], batch["attention_mask"], batch["temporal_info"])
     assert_close(model(*args)["quantiles"], other(*args)["quantiles"], atol=1e-5, rtol=1e-4, name="quantiles")
+
+
+def test_backward_writes_no_zero_gradients_for_the_saved_only_outputs():
+    # x_mid, the statistics and the hidden are outputs only so that autograd
+    # keeps them; zero-filling their (N, D) and (N, d_ff) gradients would
+    # cost a full write each in every backward
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ZeroFills(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.__name__.split(".")[0] in ("zeros", "zeros_like", "zero_", "fill_", "new_zeros"):
+                self.elements += out.numel()
+            return out
+
+    x, branch = residual_and_branch((4, 8, 32), torch.float32)
+    params = ffn_params(32, 64, torch.float32)
+    out = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.1, backend="triton")
+    y = kernels.layer_norm_linear(out, params["norm_weight"], params["norm_bias"], params["fc1_weight"],
+                                  params["fc1_bias"], backend="triton")
+    with ZeroFills() as fills:
+        y.sum().backward()
+    assert fills.elements < 64, fills.elements  # at most a few scalars and (D,) sums
