@@ -92,12 +92,16 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        cost, registered = roofline_costs.op_cost(func, args, kwargs, out)
-        if cost.launches or cost.bytes or cost.flops:
-            name = func.name().split(".")[0]
-            fp32 = any(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in args[:3])
-            self.calls.append(Call(name, group_of(name), self.phase, cost.bytes, cost.flops,
-                                   cost.launches, registered, fp32 and cost.flops > 0))
+        costs, registered = roofline_costs.op_cost(func, args, kwargs, out)
+        op = func.name().split(".")[0]
+        fp32 = any(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in args[:3])
+        for cost in costs if isinstance(costs, list) else [costs]:
+            if cost.launches or cost.bytes or cost.flops:
+                name = f"{op}[{cost.part}]" if cost.part else op
+                # a part says its own group and dtype (a fused op's GEMM runs in the weights' dtype)
+                part_fp32 = fp32 and not cost.part
+                self.calls.append(Call(name, cost.group or group_of(name), self.phase, cost.bytes, cost.flops,
+                                       cost.launches, registered, part_fp32 and cost.flops > 0))
         return out
 
 

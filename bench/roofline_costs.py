@@ -33,6 +33,12 @@ class Cost:
     bytes: float
     flops: float = 0.0
     launches: int = 1
+    # A custom op that runs several kernels (a fused block op: GEMMs and
+    # elementwise passes) returns a list of Costs, one per kernel: `part`
+    # names it and `group` is its group (else the op's name decides), so each
+    # is predicted on its own roofline and GEMM time is not hidden by bytes.
+    part: str = ""
+    group: Optional[str] = None
 
 
 # name ("migt::masked_attention_fwd") -> fn(inputs, outputs) -> Cost
@@ -79,8 +85,8 @@ def _op_name(func) -> tuple:
 
 
 def op_cost(func, args, kwargs, outputs) -> tuple:
-    """(Cost, registered) of one call: registered is False for a custom op
-    without an entry in COSTS (the default cost was used)."""
+    """(Cost or list of Costs, registered) of one call: registered is False
+    for a custom op without an entry in COSTS (the default cost was used)."""
     namespace, name = _op_name(func)
     if namespace in _FREE_NAMESPACES:
         return Cost(0.0, 0.0, 0), True
@@ -185,3 +191,73 @@ register_cost("migt::revin_normalize")(_norm_cost(6))
 register_cost("migt::revin_normalize_backward")(_norm_cost(10))
 register_cost("migt::gated_residual_norm")(_norm_cost(12))
 register_cost("migt::gated_residual_norm_backward")(_norm_cost(24))
+
+
+# --- the fused transformer-block ops: each a chain of kernels and GEMMs ------
+
+def _nbytes(numel, dtype_or_tensor) -> float:
+    size = dtype_or_tensor.element_size() if isinstance(dtype_or_tensor, torch.Tensor) else \
+        torch.empty((), dtype=dtype_or_tensor).element_size()
+    return float(numel) * size
+
+
+def _gemm(part: str, m: int, n: int, k: int, dtype, extra_bytes: float = 0.0) -> Cost:
+    """(m, k) @ (k, n) in dtype: 2mnk FLOPs, each operand read and the result written once."""
+    return Cost(_nbytes(m * k + k * n + m * n, dtype) + extra_bytes, 2.0 * m * n * k, 1, part, "GEMM")
+
+
+def _pass(part: str, group: str, nbytes: float, launches: int = 1) -> Cost:
+    return Cost(nbytes, 0.0, launches, part, group)
+
+
+@register_cost("migt::layer_norm_linear")
+def _layer_norm_linear(inputs, outputs) -> list:
+    x, weight = inputs[0], inputs[4]
+    D, D_out = x.shape[-1], weight.shape[0]
+    N = x.numel() // D
+    h = _nbytes(N * D, weight)
+    return [_pass("norm", "norm", tensor_bytes(x) + h + 8.0 * N),
+            _gemm("gemm", N, D_out, D, weight.dtype)]
+
+
+@register_cost("migt::layer_norm_linear_backward")
+def _layer_norm_linear_backward(inputs, outputs) -> list:
+    dy, x, weight = inputs[0], inputs[1], inputs[7]
+    D, D_out = x.shape[-1], weight.shape[0]
+    N = x.numel() // D
+    h = _nbytes(N * D, weight)
+    return [_pass("norm recompute", "norm", tensor_bytes(x) + h),
+            _gemm("gemm dx", N, D, D_out, weight.dtype), _gemm("gemm dW", D_out, D, N, weight.dtype),
+            _pass("bias grad", "reductions", tensor_bytes(dy)),
+            _pass("norm backward", "norm", h + 2 * tensor_bytes(x) + 8.0 * N, launches=2)]
+
+
+@register_cost("migt::residual_feed_forward")
+def _feed_forward(inputs, outputs) -> list:
+    x, branch, w1 = inputs[0], inputs[1], inputs[7]
+    D, C = x.shape[-1], w1.shape[0]
+    N = x.numel() // D
+    h, hidden, f = _nbytes(N * D, w1), _nbytes(N * C, w1), _nbytes(N * D, w1)
+    return [_pass("add+dropout+norm", "norm", 2 * tensor_bytes(x) + tensor_bytes(branch) + h),
+            _gemm("gemm fc1", N, C, D, w1.dtype), _pass("gelu+dropout", "dropout", 2 * hidden),
+            _gemm("gemm fc2", N, D, C, w1.dtype), _pass("dropout+add", "dropout", 2 * tensor_bytes(x) + f)]
+
+
+@register_cost("migt::residual_feed_forward_backward")
+def _feed_forward_backward(inputs, outputs) -> list:
+    dout, x_mid, hidden, w1 = inputs[0], inputs[1], inputs[4], inputs[10]
+    D, C = x_mid.shape[-1], w1.shape[0]
+    N = x_mid.numel() // D
+    h, hid, branch = _nbytes(N * D, w1), _nbytes(N * C, w1), _nbytes(N * D, outputs[1])
+    parts = [_pass("dropout grad", "dropout", tensor_bytes(dout) + h),
+             _pass("norm recompute", "norm", tensor_bytes(x_mid) + h)]
+    if hidden.numel() == 0:  # selective recompute of the hidden
+        parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
+    return parts + [
+        _pass("gelu+dropout recompute", "dropout", 2 * hid),
+        _gemm("gemm d hidden", N, C, D, w1.dtype), _gemm("gemm dW2", D, C, N, w1.dtype),
+        _pass("bias grad fc2", "reductions", h),
+        _pass("gelu+dropout backward", "dropout", 3 * hid, launches=2),
+        _gemm("gemm dh", N, D, C, w1.dtype), _gemm("gemm dW1", C, D, N, w1.dtype),
+        _pass("norm backward", "norm", h + 3 * tensor_bytes(x_mid) + branch, launches=2),
+    ]

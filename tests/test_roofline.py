@@ -155,3 +155,21 @@ def test_triton_modules_traces_the_blocks_the_h200_measured(tmp_path):
     assert not any(op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear")) for op in ops)
     measured = roofline.measured_reference(None)
     assert measured["triton_modules"]["total_ms"] == 117.3 and "triton" not in measured
+
+
+@pytest.mark.parametrize("recompute_hidden", [False, True], ids=["keep_hidden", "recompute_hidden"])
+def test_fused_block_ops_are_costed_kernel_by_kernel(tmp_path, recompute_hidden):
+    """The fused block ops are registered; each returns its GEMMs and passes as
+    parts, so GEMM time lands in the GEMM group at the GEMM peak, and the
+    selective recompute adds one forward-sized GEMM per block to the backward."""
+    config = dataclasses.replace(migt.MIGTConfig.from_yaml(tiny_config_path(tmp_path)), backend="triton",
+                                 recompute_ffn_hidden=recompute_hidden)
+    calls = roofline.trace_step(config, 2)
+    fused = [c for c in calls if c.op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear"))]
+    assert fused and all(c.registered for c in fused)
+    gemms = [c for c in fused if c.group == "GEMM"]
+    assert gemms and all(c.flops > 0 and not c.fp32 for c in gemms)
+    assert all(c.flops == 0 for c in fused if c.group != "GEMM")
+    recomputes = [c for c in gemms if "recompute" in c.op]
+    n_blocks = config.n_temporal_layers + config.n_variable_layers
+    assert len(recomputes) == (n_blocks if recompute_hidden else 0)
