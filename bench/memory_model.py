@@ -9,11 +9,20 @@ modules in migt/ and the backends in kernels/, in bytes:
   m  = a dropout mask element: 1 byte on CUDA (bool), `a` on the CPU (the
        CPU kernel keeps a scaled noise tensor of the input's dtype).
 
-Temporal / variable block (pre-norm attention + pre-norm FFN):
+  r  = an element of the residual stream: 4, or a with residual_stream
+       "autocast" under autocast.
+
+Temporal / variable block, plain modules (sdpa, reference):
   LayerNorm in 4D + stats 8, qkv input aD, attention (below), out_proj input
   (aD unless it is the saved attention output itself), dropout mask mD, second
   LayerNorm 4D + 8, fc1 input aD, GELU input aF, dropout mask mF, fc2 input aF,
-  dropout mask mD.
+  dropout mask mD. (Autocast runs LayerNorm in float32: its input is kept as
+  4D whatever the stream's dtype.)
+Temporal / variable block, fused (triton: kernels.layer_norm_linear and
+kernels.residual_feed_forward):
+  block input rD + stats 8, attention (below), x_mid rD + stats 8, the FFN
+  pre-activation aF (none with recompute_ffn_hidden); no normalised copy,
+  no GELU output, no dropout mask.
 Attention, per backend:
   triton:    q, k, v (views of the qkv output, 3aD) + O (aD) + LSE (4H); O is
              out_proj's input, so it is not counted twice;
@@ -21,8 +30,9 @@ Attention, per backend:
              copy of O feeds out_proj (aD);
   reference: float32 copies of q, k, v (12D) + the probabilities, 4HT per token
              along time (a T x T matrix per (b, v, h)) and 4HV along variables.
-Gated residual norm after each variable block (+ the gate Linear's input):
-  triton:    update 4D + gate logits aD + stats 8 (x is the block input, kept anyway);
+Gated residual norm after each variable block (+ the gate Linear's input,
+autocast's copy of x unless the stream is already in a):
+  triton:    update rD + gate logits aD + stats 8 (x is the block input, kept anyway);
   reference: update 4D + stats 8 + sigmoid output 4D + (LayerNorm(update) - x) 4D.
 Under bf16 autocast each forward also keeps a bf16 copy of every weight (2 bytes
 per parameter). Activation checkpointing keeps only each block's input (4D) and recomputes
@@ -84,7 +94,9 @@ def _attention_bytes(backend: str, axis: str, a: int, D: int, H: int, T: int, V:
     raise ValueError(f"backend must be 'triton', 'sdpa' or 'reference', got {backend!r}")
 
 
-def _block_bytes(backend, axis, a, m, D, H, F, T, V) -> int:
+def _block_bytes(backend, axis, a, m, D, H, F, T, V, r=4, keep_hidden=True) -> int:
+    if backend == "triton":  # the fused block
+        return 2 * (r * D + 8) + (a * F if keep_hidden else 0) + _attention_bytes(backend, axis, a, D, H, T, V)
     norms = 2 * (4 * D + 8)
     linears_in = a * D + a * D + a * F  # qkv, fc1, fc2 inputs
     gelu_in = a * F
@@ -92,11 +104,11 @@ def _block_bytes(backend, axis, a, m, D, H, F, T, V) -> int:
     return norms + linears_in + gelu_in + masks + _attention_bytes(backend, axis, a, D, H, T, V)
 
 
-def _gated_norm_bytes(backend, a, D) -> int:
-    gate_input = 0 if a == 4 else a * D  # autocast's bf16 copy of x for the gate Linear
+def _gated_norm_bytes(backend, a, D, r=4) -> int:
+    gate_input = 0 if a == r else a * D  # autocast's bf16 copy of x for the gate Linear
     if backend == "triton":
-        return gate_input + 4 * D + a * D + 8
-    return gate_input + 4 * D + 8 + 4 * D + 4 * D
+        return gate_input + r * D + a * D + 8
+    return gate_input + r * D + 8 + 4 * D + 4 * D
 
 
 def estimate(
@@ -125,6 +137,7 @@ def estimate(
     T = seq_len or config.max_seq_len
     V, D, H, F = config.n_variables, config.d_model, config.n_heads, config.d_ff
     a = 2 if autocast_bf16 else 4
+    r = a if config.residual_stream == "autocast" else 4
     m = 1 if device_type == "cuda" else a
     has_dropout = config.dropout > 0
     if not has_dropout:
@@ -133,14 +146,17 @@ def estimate(
     n_params = count_parameters(config) if n_params is None else n_params
     param_bytes = 4 * n_params
 
-    temporal = _block_bytes(backend, "time", a, m, D, H, F, T, V) * N
+    keep_hidden = not config.recompute_ffn_hidden
+    temporal = _block_bytes(backend, "time", a, m, D, H, F, T, V, r, keep_hidden) * N
     variable_rows = T if config.variable_attention == "per_step" else 1
     Nv = batch * V * variable_rows
-    variable = (_block_bytes(backend, "variable", a, m, D, H, F, T, V)
-                + _gated_norm_bytes(backend, a, D)) * Nv
+    variable = (_block_bytes(backend, "variable", a, m, D, H, F, T, V, r, keep_hidden)
+                + _gated_norm_bytes(backend, a, D, r)) * Nv
     # RevIN + value embedding + dropout mask; the (B, T, D) calendar part is small
     embed = (3 * 4 + m * D) * N
-    aggregation = (4 * D + 8 + 2 * a * D) * N  # final LayerNorm, key_proj input, pooled values
+    # final LayerNorm (in float32: its input 4D) + stats, one copy of the
+    # pooled values for both of the pooling's products
+    aggregation = (4 * D + 8 + a * D) * N
 
     # The backward's largest working set: one block's FFN gradients, plus two
     # T x T float32 matrices per (b, v, h) for reference attention.
@@ -158,7 +174,7 @@ def estimate(
         saved["bf16 weight copies"] = 2 * n_params  # autocast's per-forward casts of the weights
     n_t, n_v = config.n_temporal_layers, config.n_variable_layers
     if checkpointing:
-        saved["block inputs (checkpointed)"] = 4 * D * (n_t * N + n_v * Nv)
+        saved["block inputs (checkpointed)"] = r * D * (n_t * N + n_v * Nv)
         # one block recomputed at a time in the backward
         transient += max(temporal if n_t else 0, variable if n_v else 0)
     else:

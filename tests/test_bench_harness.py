@@ -197,3 +197,22 @@ def test_parity_checker_passes_a_right_backend_and_catches_a_wrong_one(monkeypat
     monkeypatch.setattr(kernels, "masked_attention", lambda *a, **k: right(*a, **k) * 1.01)
     wrong = gpu_parity.check_attention(device, "fp32", "variable", shapes, backend="sdpa")
     assert wrong.status == "MISMATCH" and wrong.worst > 5e-3
+
+
+@pytest.mark.parametrize("autocast,stream,recompute", [(False, "float32", False), (True, "float32", False),
+                                                       (True, "autocast", True)],
+                         ids=["fp32", "bf16", "bf16-stream-recompute"])
+def test_memory_model_matches_saved_tensors_of_the_fused_blocks(autocast, stream, recompute):
+    config = dataclasses.replace(migt.MIGTConfig(), backend="triton", d_model=64, n_heads=4, d_ff=128,
+                                 n_temporal_layers=1, n_variable_layers=1, residual_stream=stream,
+                                 recompute_ffn_hidden=recompute)
+    model = migt.MIGT_TVDT(config).train()
+    batch = migt.data.synthetic_batch(2, config, seq_len=16)
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(batch["features"], batch["attention_mask"], batch["temporal_info"])["quantiles"]
+
+    measured = memory_model.measure_saved_bytes(forward, exclude=list(model.parameters()))
+    est = memory_model.estimate(config, 2, seq_len=16, backend="triton", autocast_bf16=autocast, device_type="cpu")
+    assert est.saved_total == pytest.approx(measured, rel=0.1), (est.saved_bytes, measured)
