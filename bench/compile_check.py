@@ -154,6 +154,36 @@ def gated_norm_cases(quick: bool):
         yield f"gated_norm D={d} {dtype}", run
 
 
+def fused_block_cases(quick: bool):
+    """layer_norm_linear and residual_feed_forward (kernels/norm_linear.py,
+    kernels/feed_forward.py), forward and backward, with and without dropout,
+    for the residual/GEMM dtype pairs the model runs (float32 stream under
+    autocast, bf16 stream, no autocast) and float64, at a small, the model's
+    and the largest D (and a hidden of 2D)."""
+    from kernels import feed_forward, norm_linear
+
+    pairs = [("fp32", "fp32"), ("fp32", "bf16"), ("fp32", "fp16"), ("bf16", "bf16"), ("fp64", "fp64")]
+    cases = list(itertools.product(pairs, [256], (0.0, 0.1)))
+    if not quick:  # other tile shapes: the widths change BLOCK_D, BLOCK_M and the warps
+        cases += [(("fp32", "bf16"), d, 0.1) for d in (48, 8192)]
+    for (res, gemm), d, p in cases:
+        res_dtype, gemm_dtype = DTYPES.get(res, torch.float64), DTYPES.get(gemm, torch.float64)
+
+        def run(res_dtype=res_dtype, gemm_dtype=gemm_dtype, d=d, p=p):
+            x = torch.zeros(3, 5, d, dtype=res_dtype, requires_grad=True)
+            branch = torch.zeros(3, 5, d, dtype=gemm_dtype, requires_grad=True)
+            norm_w, norm_b = torch.ones(d, requires_grad=True), torch.zeros(d, requires_grad=True)
+            w1 = torch.zeros(2 * d, d, dtype=gemm_dtype, requires_grad=True)
+            b1 = torch.zeros(2 * d, dtype=gemm_dtype, requires_grad=True)
+            w2 = torch.zeros(d, 2 * d, dtype=gemm_dtype, requires_grad=True)
+            b2 = torch.zeros(d, dtype=gemm_dtype, requires_grad=True)
+            seeds = torch.tensor([1, 2, 3]) if p else torch.empty(0, dtype=torch.int64)
+            feed_forward.residual_feed_forward(x, branch, seeds, p, norm_w, norm_b, w1, b1, w2, b2).sum().backward()
+            norm_linear.layer_norm_linear(x, norm_w, norm_b, w1, b1).sum().backward()
+
+        yield f"fused_block {res}/{gemm} D={d} p={p}", run
+
+
 # One entry per kernel module: name -> function(quick) yielding (label, thunk)
 # pairs, each thunk running the host code that launches that module's
 # kernels. A new kernel module registers its variants here.
@@ -161,6 +191,7 @@ KERNEL_MODULES = {
     "attention": attention_cases,
     "revin": revin_cases,
     "gated_norm": gated_norm_cases,
+    "fused_block": fused_block_cases,
 }
 
 
