@@ -11,6 +11,8 @@ with kernels' reference run in float64 by the relative error
 build is reported as "missing". Exit status: 1 on any mismatch, 2 when
 nothing failed but a kernel is missing, 0 when all pass.
 `--backend` checks another backend the same way (the tests use it on CPU).
+The fused transformer-block ops are checked as a block chains them (the
+FFN half, then the next block's norm + QKV GEMM), with dropout on.
 A triton run also checks the sdpa fallback with its SDPA calls split into
 chunks of rows (kernels/sdpa.py), which only a GPU shows runs in cuDNN.
 """
@@ -166,6 +168,50 @@ def check_gated(device, dtype: str, s: dict, backend: str = "triton") -> Check:
     return _compare(name, pairs, NORM_TOL[dtype])
 
 
+# The fused block ops run their GEMMs in the weights' dtype (cuBLAS, tf32
+# possible in float32), their norms and elementwise work in float32.
+FUSED_TOL = {"fp64": 1e-10, "fp32": 2e-3, "fp16": 1e-2, "bf16": 4e-2}
+
+
+def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1) -> Check:
+    """layer_norm_linear (the QKV GEMM) feeding residual_feed_forward (add +
+    dropout + norm, FFN with GELU + dropout, add), as a block runs them: a
+    float32 residual stream (float64 for fp64), weights and GEMMs in `dtype`,
+    dropout p at every site with one set of seeds for kernel and reference."""
+    import kernels
+
+    name = f"fused block {dtype} residual {'fp64' if dtype == 'fp64' else 'fp32'} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
+    reason = _missing("residual_feed_forward", backend, device)
+    if reason:
+        return Check(name, "missing", detail=reason)
+    D, F = s["D"], 4 * s["D"]
+    shape = (s["B"], s["V"], s["T"], D)
+    g = dict(device=device, dtype=torch.float64)
+    base = {"x": torch.randn(shape, **g), "branch": torch.randn(shape, **g),
+            "norm_weight": 1 + 0.1 * torch.randn(D, **g), "norm_bias": 0.1 * torch.randn(D, **g),
+            "qkv_weight": torch.randn(3 * D, D, **g) / D ** 0.5, "qkv_bias": 0.1 * torch.randn(3 * D, **g),
+            "fc1_weight": torch.randn(F, D, **g) / D ** 0.5, "fc1_bias": 0.1 * torch.randn(F, **g),
+            "fc2_weight": torch.randn(D, F, **g) / F ** 0.5, "fc2_bias": 0.1 * torch.randn(D, **g)}
+    gemm = ("branch", "qkv_weight", "qkv_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    low_dtype = NORM_DTYPES[dtype]
+    stream = torch.float64 if dtype == "fp64" else torch.float32
+    low = {k: v.to(low_dtype if k in gemm else stream).requires_grad_() for k, v in base.items()}
+    high = {k: v.detach().double().requires_grad_() for k, v in low.items()}  # the same rounded values
+    seeds = kernels.dropout_seeds(device)
+    grad_out = torch.randn(shape, **g)
+    grad_qkv = torch.randn(*shape[:-1], 3 * D, **g)
+    results = {}
+    for label, t, be in (("kernel", low, backend), ("ref", high, "reference")):
+        out = kernels.residual_feed_forward(
+            t["x"], t["branch"], t["norm_weight"], t["norm_bias"], t["fc1_weight"], t["fc1_bias"],
+            t["fc2_weight"], t["fc2_bias"], dropout_p=p, seeds=seeds, backend=be)
+        qkv = kernels.layer_norm_linear(out, t["norm_weight"], t["norm_bias"], t["qkv_weight"], t["qkv_bias"],
+                                        backend=be)
+        torch.autograd.backward([out, qkv], [grad_out.to(out.dtype), grad_qkv.to(qkv.dtype)])
+        results[label] = {"out": out, "qkv": qkv, **{f"d{k}": v.grad for k, v in t.items()}}
+    return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
+
+
 def check_sdpa_chunks(device, dtype: str, axis: str, s: dict, chunks: int = 4) -> Check:
     """The sdpa backend with its SDPA calls split into about `chunks` pieces of
     rows (kernels/sdpa.py: what keeps cuDNN within the sizes it takes), against
@@ -195,6 +241,8 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
         checks.append(check_revin(device, shapes, backend, dtype))
     for dtype in (*dtypes, "fp64"):
         checks.append(check_gated(device, dtype, shapes, backend))
+    for dtype in (*dtypes, "fp64"):
+        checks.append(check_fused_block(device, dtype, shapes, backend))
     return checks
 
 
