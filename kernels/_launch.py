@@ -39,3 +39,20 @@ def int32_indexable(t: torch.Tensor) -> torch.Tensor:
     For upstream gradients, which unsupported_reason never saw: their numel
     equals a checked input's, so the copy is always indexable."""
     return t if max_offset(t) <= INT32_LIMIT else t.contiguous()
+
+
+# Persistent backward kernels (the norms' and the fused block's): a few
+# programs per SM, each looping over row blocks, so the partial-sum buffer
+# (programs x D) does not grow with N. Under the interpreter a few programs,
+# so the tests exercise the loop.
+BWD_PROGRAMS_PER_SM = 4
+BWD_PROGRAMS_CPU = 4
+
+
+def backward_programs(device: torch.device, n_blocks: int) -> int:
+    """Programs of a persistent backward over n_blocks row blocks."""
+    if device.type == "cuda":
+        per_device = torch.cuda.get_device_properties(device).multi_processor_count * BWD_PROGRAMS_PER_SM
+    else:
+        per_device = BWD_PROGRAMS_CPU
+    return max(1, min(n_blocks, per_device))

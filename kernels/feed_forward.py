@@ -22,9 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import backward_programs, cdiv
 from ._tiles import keep_tile, tile_offsets
 from .norm_linear import (
-    TILE_ELEMENTS, acc_dtype, backward_programs, block_d, block_m, dropout_args, linear_backward,
+    TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args, linear_backward,
     residual_norm_bwd, residual_norm_fwd, warps,
 )
 from .norm_linear import unsupported_reason as _norm_unsupported
@@ -126,7 +127,7 @@ def gelu_dropout_fwd(hidden, seeds, p: float):
     if hidden.numel() == 0:
         return g
     has_dropout, cut, scale = dropout_args(seeds, p)
-    grid = (triton.cdiv(N, HIDDEN_BLOCK_M), triton.cdiv(C, HIDDEN_BLOCK_C))
+    grid = (cdiv(N, HIDDEN_BLOCK_M), cdiv(C, HIDDEN_BLOCK_C))
     _gelu_dropout_fwd_kernel[grid](
         hidden, seeds if has_dropout else hidden, g, N, C, cut, scale,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
@@ -143,9 +144,9 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
     if hidden.numel() == 0:
         return dhidden, torch.zeros((C,), dtype=acc, device=hidden.device)
     has_dropout, cut, scale = dropout_args(seeds, p)
-    col_blocks = triton.cdiv(C, HIDDEN_BLOCK_C)
+    col_blocks = cdiv(C, HIDDEN_BLOCK_C)
     # enough (row, column) programs to fill the GPU, each looping over row blocks
-    programs = max(1, backward_programs(hidden.device, triton.cdiv(N, HIDDEN_BWD_BLOCK_M)) // col_blocks)
+    programs = max(1, backward_programs(hidden.device, cdiv(N, HIDDEN_BWD_BLOCK_M)) // col_blocks)
     db_part = torch.empty((programs, C), dtype=acc, device=hidden.device)
     _gelu_dropout_bwd_kernel[(programs, col_blocks)](
         dg, hidden, seeds if has_dropout else hidden, dhidden, db_part, N, C, cut, scale,
@@ -159,7 +160,7 @@ def _row_tiles(N: int, D: int):
     """grid, BLOCK_M, BLOCK_D and warps of a whole-row elementwise pass over (N, D)."""
     bd = block_d(D)
     bm = block_m(bd, TILE_ELEMENTS)
-    return (triton.cdiv(N, bm),), bm, bd, warps(bm, bd)
+    return (cdiv(N, bm),), bm, bd, warps(bm, bd)
 
 
 def dropout_add(x, branch, seeds, p: float):

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INT32_LIMIT, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
+from ._launch import INT32_LIMIT, backward_programs, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -30,8 +30,6 @@ TILE_ELEMENTS = 4096
 MAX_BLOCK_M = 16
 # Backward programs per SM: each loops over row blocks, so this bounds the
 # partial-sum buffer (programs x D) independently of N.
-BWD_PROGRAMS_PER_SM = 4
-BWD_PROGRAMS_CPU = 4  # interpreter: few programs, so tests exercise the loop
 
 
 # ------------------------------------------------------------------ kernels
@@ -198,14 +196,6 @@ def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float):
     return out, mean, rstd
 
 
-def _backward_programs(device: torch.device, n_blocks: int) -> int:
-    if device.type == "cuda":
-        per_device = torch.cuda.get_device_properties(device).multi_processor_count * BWD_PROGRAMS_PER_SM
-    else:
-        per_device = BWD_PROGRAMS_CPU
-    return max(1, min(n_blocks, per_device))
-
-
 def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
     """Returns dx, du, dg (contiguous, each in its input's dtype) and dweight,
     dbias (D,) in the compute dtype."""
@@ -219,7 +209,7 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
         zeros = torch.zeros((D,), dtype=mean.dtype, device=x.device)
         return dx, du, dg, zeros, zeros.clone()
     block_m, block_d, num_warps = _launch_shape(D, backward=True)
-    programs = _backward_programs(x.device, cdiv(N, block_m))
+    programs = backward_programs(x.device, cdiv(N, block_m))
     dw_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     weight, bias = weight.contiguous(), bias.contiguous()  # read at unit stride

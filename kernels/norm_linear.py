@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import philox
-from ._launch import split_float32
+from ._launch import backward_programs, cdiv, next_power_of_2, split_float32
 from ._tiles import keep_tile, layer_norm_rows, layer_norm_rows_bwd, tile_offsets
 from .reference import compute_dtype
 
@@ -33,8 +33,6 @@ MAX_D = 8192
 TILE_ELEMENTS = 4096
 BWD_TILE_ELEMENTS = 2048
 MAX_BLOCK_M = 16
-BWD_PROGRAMS_PER_SM = 4
-BWD_PROGRAMS_CPU = 3  # interpreter: few programs, so the tests exercise the row loop
 
 
 # ------------------------------------------------------------------ kernels
@@ -128,18 +126,9 @@ def dropout_args(seeds: Optional[torch.Tensor], p: float) -> tuple[bool, int, fl
     return has, (philox.threshold(p) if has else 0), (1.0 / (1.0 - p) if has else 1.0)
 
 
-def backward_programs(device: torch.device, n_blocks: int) -> int:
-    """Programs of a persistent backward: a few per SM, each looping over row blocks."""
-    if device.type == "cuda":
-        per_device = torch.cuda.get_device_properties(device).multi_processor_count * BWD_PROGRAMS_PER_SM
-    else:
-        per_device = BWD_PROGRAMS_CPU
-    return max(1, min(n_blocks, per_device))
-
-
 def block_d(D: int) -> int:
     """Columns of a whole-row tile: a power of two >= 4 (dropout draws four columns per call)."""
-    return max(4, triton.next_power_of_2(D))
+    return max(4, next_power_of_2(D))
 
 
 def block_m(block_d: int, tile: int) -> int:
@@ -177,7 +166,7 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     bd = block_d(D)
     bm = block_m(bd, TILE_ELEMENTS)
     eps_hi, eps_lo = split_float32(eps)
-    _residual_norm_fwd_kernel[(triton.cdiv(N, bm),)](
+    _residual_norm_fwd_kernel[(cdiv(N, bm),)](
         x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
         x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
         N, D, cut, scale, eps_hi, eps_lo,
@@ -205,7 +194,7 @@ def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: 
     has_dropout, cut, scale = dropout_args(seeds, p)
     bd = block_d(D)
     bm = block_m(bd, BWD_TILE_ELEMENTS)
-    programs = backward_programs(x_new.device, triton.cdiv(N, bm))
+    programs = backward_programs(x_new.device, cdiv(N, bm))
     dw_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
     db_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
     _residual_norm_bwd_kernel[(programs,)](
