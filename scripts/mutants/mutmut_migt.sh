@@ -39,23 +39,35 @@ rm -rf "$MUTMUT_WORKDIR"
 mkdir -p "$MUTMUT_WORKDIR"
 git archive HEAD | tar -x -C "$MUTMUT_WORKDIR"
 cd "$MUTMUT_WORKDIR"
+# Forked test processes must not use torch's OpenMP threads: a child forked
+# after its parent started them waits on them forever (mutmut then reports a
+# "timeout" with 0 s of CPU time). conftest.py asks for 2 threads; this
+# plugin (copied into mutmut's mutants/ folder, which is on sys.path) sets 1
+# before every test.
+cat > mutmut_one_thread.py <<'PY'
+import torch
+
+
+def pytest_runtest_setup(item):
+    torch.set_num_threads(1)
+PY
 {
   echo "[mutmut]"
   echo "source_paths = migt"
   echo "only_mutate ="
   for m in $MODULES; do echo "    $m"; done
   echo "also_copy ="
-  for p in kernels tests configs; do echo "    $p"; done
+  for p in kernels tests configs mutmut_one_thread.py; do echo "    $p"; done
   echo "pytest_add_cli_args_test_selection ="
   for t in $TESTS; do [ -e "${t%%::*}" ] && echo "    $t"; done
   echo "pytest_add_cli_args ="
   echo "    -p"
   echo "    no:cacheprovider"
+  echo "    -p"
+  echo "    mutmut_one_thread"
   echo "    -k"
   echo "    $DESELECT"
-  # Plain fork hangs: a child forked after torch started its OpenMP threads
-  # waits forever on them (seen as mutmut "timeouts" with 0 s of CPU time).
-  echo "process_isolation = forkserver"
+  echo "process_isolation = forkserver"  # keeps pytest and the tests out of mutmut's own process
 } > setup.cfg
 cat setup.cfg
 
