@@ -63,7 +63,8 @@ fi
 
 echo "=== the configurations users run, B=64 ($(elapsed) s)"
 t=$(allow 150 200)
-timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_pooled --batch-sizes 64 \
+timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_pooled train_step_recompute_ffn \
+    train_step_bf16_stream --batch-sizes 64 \
     --backends triton sdpa compile compile_triton --dtype bf16 --time-budget $(( t > 50 ? t - 40 : 10 )) \
     --no-plots --out "$OUT_DIR/configs"
 step_failed "configurations" $?

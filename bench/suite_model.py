@@ -6,6 +6,8 @@ Cases, for each batch size and dtype (fp32, or bf16 autocast):
   train_step_ckpt  the same with activation_checkpointing=True;
   train_step_pooled  the same with variable_attention="pooled" (the variable
                    blocks after aggregation, the FuturesSL order);
+  train_step_recompute_ffn  with recompute_ffn_hidden=True (triton backends only);
+  train_step_bf16_stream    with residual_stream="autocast" (a bf16 stream);
 for backends triton, sdpa, reference (the config's `backend`), compile
 (torch.compile of the sdpa model) and compile_triton (torch.compile of the
 triton model, the fastest configuration on the H200). Inputs: migt.data.synthetic_batch. The
@@ -30,7 +32,13 @@ OPS = {
     "train_step": {},
     "train_step_ckpt": {"activation_checkpointing": True},
     "train_step_pooled": {"variable_attention": "pooled"},
+    # the fused blocks' memory options (docs/fused-block.md)
+    "train_step_recompute_ffn": {"recompute_ffn_hidden": True},
+    "train_step_bf16_stream": {"residual_stream": "autocast"},
 }
+# ops that only mean something on some backends (recompute_ffn_hidden is the
+# fused blocks'); every other op runs on every backend
+OP_BACKENDS = {"train_step_recompute_ffn": ("triton", "compile_triton")}
 # what each compiled backend compiles
 COMPILED = {"compile": "sdpa", "compile_triton": "triton"}
 KERNEL_OPS = ("masked_attention", "revin_normalize", "gated_residual_norm")
@@ -49,6 +57,8 @@ def cases(settings: RunSettings) -> list:
                 if dtype not in ("fp32", "bf16"):
                     continue  # the model runs in fp32 or under bf16 autocast
                 for op in OPS:
+                    if backend not in OP_BACKENDS.get(op, (backend,)):
+                        continue
                     out.append(Case(
                         suite="model", op=op, backend=backend, dtype=dtype, batch=batch,
                         shape=f"B={batch},V=cfg,T={T}", baseline="sdpa",
@@ -117,7 +127,8 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
             }
             # Hooks see what autograd saves; compiled graphs and checkpointed
             # blocks save through their own mechanisms, so only eager, full runs.
-            if settings.measure_saved and op in ("train_step", "train_step_pooled") and backend not in COMPILED:
+            if settings.measure_saved and op.startswith("train_step") and op != "train_step_ckpt" \
+                    and backend not in COMPILED:
                 try:
                     saved = memory_model.measure_saved_bytes(forward_loss, exclude=list(model.parameters()))
                     extra["mem_saved_mib"] = round(saved / MIB, 1)

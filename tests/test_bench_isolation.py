@@ -56,7 +56,9 @@ def test_model_cases_leave_nothing_alive(monkeypatch, tmp_path):
                            backends=("sdpa",), seq_len=8, model_seq_len=8,
                            config_path=tiny_config_path(tmp_path))
     cases = suite_model.cases(settings)
-    assert {c.op for c in cases} == set(suite_model.OPS)
+    # every op that runs on sdpa (the fused blocks' recompute option runs on triton backends only)
+    assert {c.op for c in cases} == {op for op in suite_model.OPS
+                                     if "sdpa" in suite_model.OP_BACKENDS.get(op, ("sdpa",))}
     for case in cases:
         row = run_case(case, Timer("cpu", warmup=1, repeats=1))
         assert row["status"] == "ok", row["status"]
