@@ -39,17 +39,28 @@ rm -rf "$MUTMUT_WORKDIR"
 mkdir -p "$MUTMUT_WORKDIR"
 git archive HEAD | tar -x -C "$MUTMUT_WORKDIR"
 cd "$MUTMUT_WORKDIR"
-# Forked test processes must not use torch's OpenMP threads: a child forked
-# after its parent started them waits on them forever (mutmut then reports a
-# "timeout" with 0 s of CPU time). conftest.py asks for 2 threads; this
-# plugin (copied into mutmut's mutants/ folder, which is on sys.path) sets 1
-# before every test.
-cat > mutmut_one_thread.py <<'PY'
+# A pytest plugin for mutmut's runs, copied into mutmut's mutants/ folder
+# (on sys.path there):
+# - forked test processes must not use torch's OpenMP threads: a child forked
+#   after its parent started them waits on them forever (mutmut then reports
+#   a "timeout" with 0 s of CPU time); conftest.py asks for 2, this sets 1;
+# - mutmut selects tests by node id, and pytest cannot select an id holding
+#   brackets (test_model.py's test_bad_input_errors ids are its regexes, e.g.
+#   "\['day_of_year'\]"): every mutant reaching such a test ended as a
+#   "timeout" (a usage error inside mutmut); this plugin writes those ids
+#   with parentheses.
+cat > mutmut_plugin.py <<'PY'
 import torch
 
 
 def pytest_runtest_setup(item):
     torch.set_num_threads(1)
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    if isinstance(val, str) and ("[" in val or "]" in val or "::" in val):
+        return val.replace("[", "(").replace("]", ")").replace("::", ":")
+    return None
 PY
 {
   echo "[mutmut]"
@@ -57,14 +68,14 @@ PY
   echo "only_mutate ="
   for m in $MODULES; do echo "    $m"; done
   echo "also_copy ="
-  for p in kernels tests configs mutmut_one_thread.py; do echo "    $p"; done
+  for p in kernels tests configs mutmut_plugin.py; do echo "    $p"; done
   echo "pytest_add_cli_args_test_selection ="
   for t in $TESTS; do [ -e "${t%%::*}" ] && echo "    $t"; done
   echo "pytest_add_cli_args ="
   echo "    -p"
   echo "    no:cacheprovider"
   echo "    -p"
-  echo "    mutmut_one_thread"
+  echo "    mutmut_plugin"
   echo "    -k"
   echo "    $DESELECT"
   echo "process_isolation = forkserver"  # keeps pytest and the tests out of mutmut's own process
