@@ -48,7 +48,7 @@ cd "$MUTMUT_WORKDIR"
 #   brackets (test_model.py's test_bad_input_errors ids are its regexes, e.g.
 #   "\['day_of_year'\]"): every mutant reaching such a test ended as a
 #   "timeout" (a usage error inside mutmut); this plugin writes those ids
-#   with parentheses.
+#   with parentheses and without backslashes.
 cat > mutmut_plugin.py <<'PY'
 import torch
 
@@ -58,8 +58,8 @@ def pytest_runtest_setup(item):
 
 
 def pytest_make_parametrize_id(config, val, argname):
-    if isinstance(val, str) and ("[" in val or "]" in val or "::" in val):
-        return val.replace("[", "(").replace("]", ")").replace("::", ":")
+    if isinstance(val, str) and any(c in val for c in "[]\\:"):
+        return val.replace("\\", "").replace("[", "(").replace("]", ")").replace("::", ":")
     return None
 PY
 {
