@@ -22,7 +22,7 @@ MODULES=${MUTMUT_MODULES:-"migt/loss.py migt/config.py migt/validation.py migt/h
 # The tests that cover these modules and run in seconds (mutmut maps each
 # mutant to the tests that reach its function and runs only those).
 TESTS="tests/test_loss.py tests/test_config.py tests/test_model.py tests/test_synthetic.py tests/test_dataset.py
-tests/test_padding_extension.py tests/test_schedule_and_metrics.py tests/test_config_file.py tests/test_error_messages.py
+tests/test_padding_extension.py tests/test_schedule_and_metrics.py tests/test_config_file.py tests/test_error_messages.py tests/test_input_bounds.py
 tests/test_train.py::test_warmup_cosine_schedule tests/test_train.py::test_quantile_metrics_by_hand"
 # Left out: the slowest cases (the triton backend under the interpreter, the
 # model's padding-invariance and checkpointing tests: ~60 s together). A
