@@ -93,3 +93,11 @@ def test_coverage_of_an_interval_whose_levels_are_missing_is_none():
     m = QuantileMetrics(one_sided, 1, torch.device("cpu"))
     m.update(torch.tensor([[[-1.0, 0.0, 1.0]]]), torch.tensor([[0.2]]))
     assert m.result()["coverage_50"] is None and m.result()["coverage_90"] is None
+
+
+def test_running_sums_live_on_the_given_device():
+    # the trainer all-reduces `sums` across ranks on the process's device (NCCL
+    # needs them on the GPU); "meta" stands in for a second device here
+    m = QuantileMetrics(LEVELS, 2, torch.device("meta"))
+    assert m.sums.device.type == "meta" and m._levels_t.device.type == "meta"
+    assert m.sums.dtype == torch.float64 and m.sums.shape == (2 + 2 + 2,)
