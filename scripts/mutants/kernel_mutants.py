@@ -1,0 +1,276 @@
+"""The curated mutant list for kernels/ (and the model's mask plumbing).
+
+Each mutant is a small, deliberate bug: an exact-text substitution in one
+file (`find` must occur exactly once there), the kind of site it hits
+(masking, scaling, span, reduction), the tests that must fail when it is
+applied, and why it matters. run_kernel_mutants.py applies them one at a
+time to a copy of the tree. When kernel code moves, update `find` here in
+the same change, so the mutant keeps guarding the new code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATT = "kernels/attention.py"
+REVIN = "kernels/revin.py"
+GATED = "kernels/gated_norm.py"
+
+ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
+BOUNDARIES = "tests/test_block_boundaries.py"
+REVIN_PARITY = "tests/test_norms_triton.py::test_revin_matches_float64_reference"
+GATED_PARITY = "tests/test_norms_triton.py::test_gated_norm_matches_float64_reference"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str
+    kind: str  # masking | scaling | span | reduction
+    find: str
+    replace: str
+    tests: tuple[str, ...]
+    why: str
+
+
+MUTANTS = [
+    # ------------------------------------------------------------ the model's mask plumbing
+    Mutant(
+        "model-temporal-mask-all-true", "migt/model.py", "masking",
+        "for block in self.temporal_blocks:\n            x = self._run_block(block, x, attention_mask)",
+        "for block in self.temporal_blocks:\n            x = self._run_block(block, x, torch.ones_like(attention_mask))",
+        ("tests/test_padding_extension.py",),
+        "temporal blocks attend to padded keys; every forecast of a short day changes (issue 15)",
+    ),
+    # ------------------------------------------------------------ attention: span
+    Mutant(
+        "attention-span-end-short", ATT, "span",
+        "end = torch.where(mask, idx + 1, 0).amax(1)",
+        "end = torch.where(mask, idx, 0).amax(1)",
+        (BOUNDARIES,),
+        "the last valid step is dropped when it opens a block (issue 15: slots 64, 128, ...)",
+    ),
+    Mutant(
+        "attention-span-start-late", ATT, "span",
+        "first = torch.where(mask, idx, steps).amin(1)",
+        "first = torch.where(mask, idx + 1, steps).amin(1)",
+        (BOUNDARIES,),
+        "the first valid step is dropped when it closes a block",
+    ),
+    Mutant(
+        "attention-loop-end-short", ATT, "span",
+        "    return (first // BLOCK) * BLOCK, end\n",
+        "    return (first // BLOCK) * BLOCK, end - 1\n",
+        (BOUNDARIES,),
+        "the kernel's key/query loop stops one step early: same effect as a short span, inside the kernel",
+    ),
+    Mutant(
+        "attention-step-bound-inclusive", ATT, "span",
+        "    in_range = offs < n_steps\n",
+        "    in_range = offs <= n_steps\n",
+        (ATT_PARITY,),
+        "step T (past the end: the next sample's mask and rows) is read as a valid key",
+    ),
+    # ------------------------------------------------------------ attention: masking
+    Mutant(
+        "attention-step-mask-ignored", ATT, "masking",
+        "ok = tl.load(MASK + b * sm_b + offs * sm_t, mask=in_range, other=0) != 0",
+        "ok = in_range",
+        (ATT_PARITY,),
+        "the time kernels treat every in-range step as valid",
+    ),
+    Mutant(
+        "attention-scores-unmasked", ATT, "masking",
+        '    s = tl.where(key_ok[None, :], s, float("-inf"))\n',
+        "",
+        (ATT_PARITY,),
+        "padded keys (loaded as 0) get score 0 instead of -inf in the forward",
+    ),
+    Mutant(
+        "attention-bwd-pairs-ignore-keys", ATT, "masking",
+        "pair_ok = row_ok[:, None] & key_ok[None, :]",
+        "pair_ok = row_ok[:, None] | key_ok[None, :]",
+        (ATT_PARITY,),
+        "the backward recomputes probabilities for padded keys and padded rows",
+    ),
+    Mutant(
+        "attention-padded-rows-written", ATT, "masking",
+        "has_key = row_ok & (l_i > 0)",
+        "has_key = l_i > 0",
+        (ATT_PARITY,),
+        "padded query rows get an average of the valid values instead of 0",
+    ),
+    Mutant(
+        "attention-var-step-mask-ignored", ATT, "masking",
+        "step_ok = tl.load(MASK + b * sm_b + t * sm_t) != 0",
+        "step_ok = t >= 0",
+        (ATT_PARITY,),
+        "along variables, padded steps are attended (and their NaN read) instead of written as 0",
+    ),
+    # ------------------------------------------------------------ attention: scaling
+    Mutant(
+        "attention-fwd-scale-not-base2", ATT, "scaling",
+        "    qk_scale = scale * LOG2E\n    strides =",
+        "    qk_scale = scale\n    strides =",
+        (ATT_PARITY,),
+        "exp2 of natural-log scores: the forward's softmax temperature is off by log2(e)",
+    ),
+    Mutant(
+        "attention-bwd-scale-not-base2", ATT, "scaling",
+        "    qk_scale = scale * LOG2E\n    qkv_strides =",
+        "    qk_scale = scale\n    qkv_strides =",
+        (ATT_PARITY,),
+        "the backward recomputes probabilities with another scale than the forward's LSE",
+    ),
+    Mutant(
+        "attention-dk-unscaled", ATT, "scaling",
+        "(dk * scale).to(DK.dtype.element_ty)",
+        "dk.to(DK.dtype.element_ty)",
+        (ATT_PARITY,),
+        "dk along time misses the softmax scale",
+    ),
+    Mutant(
+        "attention-dq-unscaled", ATT, "scaling",
+        "(dq * scale).to(DQ.dtype.element_ty)",
+        "dq.to(DQ.dtype.element_ty)",
+        (ATT_PARITY,),
+        "dq along time misses the softmax scale",
+    ),
+    Mutant(
+        "attention-var-dq-unscaled", ATT, "scaling",
+        "dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale",
+        "dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)",
+        (ATT_PARITY,),
+        "dq along variables misses the softmax scale",
+    ),
+    Mutant(
+        "attention-default-scale", ATT, "scaling",
+        "scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None",
+        "scale = 1.0 / q.shape[-1] if scale is None",
+        (ATT_PARITY,),
+        "the default softmax scale is 1/Dh instead of 1/sqrt(Dh)",
+    ),
+    Mutant(
+        "attention-packed-default-scale", ATT, "scaling",
+        "scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None",
+        "scale = 1.0 / qkv.shape[-1] if scale is None",
+        ("tests/test_model_triton.py::test_triton_model_matches_reference",),
+        "the packed entry point (the model's) has its own default scale",
+    ),
+    # ------------------------------------------------------------ attention: reduction
+    Mutant(
+        "attention-sum-not-rescaled", ATT, "reduction",
+        "l_i = l_i * alpha + tl.sum(p, 1)",
+        "l_i = l_i + tl.sum(p, 1)",
+        (ATT_PARITY,),
+        "the online softmax's running sum is not rescaled when the max grows (two or more key blocks)",
+    ),
+    Mutant(
+        "attention-acc-not-rescaled", ATT, "reduction",
+        "acc = acc * alpha[:, None] + tl.dot(",
+        "acc = acc + tl.dot(",
+        (ATT_PARITY,),
+        "the online softmax's accumulator is not rescaled when the max grows",
+    ),
+    Mutant(
+        "attention-any-is-all", ATT, "reduction",
+        "return tl.max(flags.to(tl.int32), axis=0) > 0",
+        "return tl.min(flags.to(tl.int32), axis=0) > 0",
+        (ATT_PARITY,),
+        "a block with some padding is skipped as if it had no valid step",
+    ),
+    Mutant(
+        "attention-lse-without-sum", ATT, "reduction",
+        "lse = tl.where(has_key, m_i + tl.log2(l_safe), 0.0)",
+        "lse = tl.where(has_key, m_i, 0.0)",
+        (ATT_PARITY,),
+        "the saved log-sum-exp is only the max: the backward's probabilities are unnormalised",
+    ),
+    Mutant(
+        "attention-delta-without-do", ATT, "reduction",
+        "delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]",
+        "delta = tl.sum(o.to(tl.float32), 1)  # [BLOCK_M]",
+        (ATT_PARITY,),
+        "the time backward's rowsum(dO * O) loses dO",
+    ),
+    # ------------------------------------------------------------ RevIN
+    Mutant(
+        "revin-padded-steps-in-stats", REVIN, "masking",
+        "ok = step_ok[:, None] & v_ok[None, :]",
+        "ok = t_in[:, None] & v_ok[None, :]",
+        (REVIN_PARITY,),
+        "padded steps (NaN in the tests) enter the mean and variance",
+    ),
+    Mutant(
+        "revin-count-off-by-one", REVIN, "span",
+        "count = tl.maximum(tl.sum(count_t, 0), 1.0)  # a sample with no valid step",
+        "count = tl.maximum(tl.sum(count_t, 0) + 1.0, 1.0)  # a sample with no valid step",
+        (REVIN_PARITY,),
+        "the forward divides by one step too many",
+    ),
+    Mutant(
+        "revin-eps-not-squared", REVIN, "scaling",
+        "eps_hi, eps_lo = split_float32(eps * eps)",
+        "eps_hi, eps_lo = split_float32(eps)",
+        (REVIN_PARITY, "tests/test_norms_triton.py::test_revin_awkward_series_fp32"),
+        "std = sqrt(var + eps) instead of sqrt(var + eps**2): distorts returns with std near 1e-3",
+    ),
+    Mutant(
+        "revin-unbiased-variance", REVIN, "reduction",
+        "var = tl.maximum(tl.sum(dev_sq, 0) / count - shift * shift, 0.0)",
+        "var = tl.maximum(tl.sum(dev_sq, 0) / (count - 1.0) - shift * shift, 0.0)",
+        (REVIN_PARITY,),
+        "the unbiased variance instead of the biased one of the contract",
+    ),
+    Mutant(
+        "revin-dx-mean-term-dropped", REVIN, "reduction",
+        "dx = (gy * w[None, :] - mean_gz[None, :] - z * mean_gzz[None, :]) * inv_std[None, :]",
+        "dx = (gy * w[None, :] - z * mean_gzz[None, :]) * inv_std[None, :]",
+        (REVIN_PARITY,),
+        "dx forgets the gradient through the mean",
+    ),
+    Mutant(
+        "revin-dx-padding-written", REVIN, "masking",
+        "            dx = tl.where(ok, dx, 0.0)\n",
+        "",
+        (REVIN_PARITY,),
+        "padded steps get a nonzero dx",
+    ),
+    # ------------------------------------------------------------ gated residual norm
+    Mutant(
+        "gated-mean-over-block", GATED, "reduction",
+        "mean = tl.sum(u, 1) / D  # [BLOCK_M]",
+        "mean = tl.sum(u, 1) / BLOCK_D  # [BLOCK_M]",
+        (GATED_PARITY,),
+        "the LayerNorm mean divides by the padded tile width when D is not a power of two",
+    ),
+    Mutant(
+        "gated-padded-columns-in-variance", GATED, "masking",
+        "centred = tl.where(ok, u - mean[:, None], 0.0)",
+        "centred = u - mean[:, None]",
+        (GATED_PARITY,),
+        "columns past D add mean**2 each to the variance",
+    ),
+    Mutant(
+        "gated-eps-dropped", GATED, "scaling",
+        "rstd = 1.0 / tl.sqrt(var + eps_hi + eps_lo)",
+        "rstd = 1.0 / tl.sqrt(var)",
+        (GATED_PARITY, "tests/test_norms_triton.py::test_gated_norm_constant_row_and_extreme_gates"),
+        "LayerNorm without eps: a constant row divides by zero",
+    ),
+    Mutant(
+        "gated-bwd-mean-over-block", GATED, "reduction",
+        "mean_duhat = tl.sum(duhat, 1) / D  # [BLOCK_M]",
+        "mean_duhat = tl.sum(duhat, 1) / BLOCK_D  # [BLOCK_M]",
+        (GATED_PARITY,),
+        "du's mean term divides by the padded tile width",
+    ),
+    Mutant(
+        "gated-bwd-rows-revisited", GATED, "span",
+        "range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0))",
+        "range(pid, tl.cdiv(N, BLOCK_M), 1)",
+        (GATED_PARITY,),
+        "every backward program walks all later row blocks: dweight and dbias count rows several times",
+    ),
+]
+
+assert len({m.id for m in MUTANTS}) == len(MUTANTS), "mutant ids must be unique"
