@@ -27,6 +27,7 @@ Exit status 0 only when every mutant selected was killed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -127,6 +128,9 @@ def main() -> int:
     parser.add_argument("--from-head", action="store_true", help="copy the last commit, not the working tree")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per test run (default 600)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    parser.add_argument("--tests", action="append", metavar="PATH",
+                        help="run this test path (repeatable) for every selected mutant instead of the listed "
+                             "ones, e.g. to show that a mutant survives the tests that existed before its own")
     args = parser.parse_args()
 
     by_id = {m.id: m for m in MUTANTS}
@@ -134,6 +138,8 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown mutant id(s) {unknown}; known: {sorted(by_id)}")
     selected = [by_id[i] for i in args.ids] if args.ids else list(MUTANTS)
+    if args.tests:
+        selected = [dataclasses.replace(m, tests=tuple(args.tests)) for m in selected]
     if args.list:
         for m in selected:
             print(f"{m.id:40s} {m.kind:9s} {m.file:22s} {' '.join(m.tests)}\n    {m.why}")
