@@ -5,7 +5,8 @@ import struct
 
 import torch
 
-# The norm kernels index with int32 element offsets.
+# The RevIN and gated-norm kernels index with int32 element offsets (the
+# fused block's kernels use int64).
 INT32_LIMIT = 2**31 - 1
 
 

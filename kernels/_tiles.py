@@ -41,13 +41,23 @@ def keep_tile(seed_ptr, SITE: tl.constexpr, rows, col_start, n_cols, cut, BLOCK_
 
 
 @triton.jit
-def layer_norm_rows(x, ok, w, b, n_cols, eps):
+def split_scalar(hi, lo, ACC: tl.constexpr):
+    """A float argument passed as two float32 halves (kernels._launch.split_float32),
+    joined in the accumulation dtype: a GPU launch passes a Python float as
+    float32, which would round it in a float64 kernel (the interpreter does not)."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def layer_norm_rows(x, ok, w, b, n_cols, eps_hi, eps_lo):
     """LayerNorm of a [BLOCK_M, BLOCK_D] tile whose masked-out entries are 0:
-    returns (normalised, mean [BLOCK_M], rstd [BLOCK_M])."""
+    returns (normalised, mean [BLOCK_M], rstd [BLOCK_M]). eps comes as two
+    float32 halves, added to the variance one at a time so a float64 tile
+    sees it unrounded."""
     mean = tl.sum(x, 1) / n_cols
     centred = tl.where(ok, x - mean[:, None], 0.0)
     var = tl.sum(centred * centred, 1) / n_cols
-    rstd = 1.0 / tl.sqrt(var + eps)
+    rstd = 1.0 / tl.sqrt(var + eps_hi + eps_lo)
     return centred * rstd[:, None] * w[None, :] + b[None, :], mean, rstd
 
 

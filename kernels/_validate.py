@@ -145,7 +145,7 @@ def layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias) -> None:
     d = _residual_rows(x)
     _vector("norm_weight", norm_weight, d, "(D,)")
     _vector("norm_bias", norm_bias, d, "(D,)")
-    tensor("weight", weight, ndim=2, dims="(D_out, D)")
+    tensor("weight", weight, ndim=2, dims="(D_out, D)")  # before reading D_out off its shape
     _matrix("weight", weight, weight.shape[0], d, "(D_out, D)")
     _vector("bias", bias, weight.shape[0], "(D_out,)")
     same_device(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias)
@@ -160,15 +160,18 @@ def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias,
         raise ValueError(f"branch must have the shape of x {_shape(x)}, got {_shape(branch)}")
     _vector("norm_weight", norm_weight, d, "(D,)")
     _vector("norm_bias", norm_bias, d, "(D,)")
-    tensor("fc1_weight", fc1_weight, ndim=2, dims="(d_ff, D)")
+    tensor("fc1_weight", fc1_weight, ndim=2, dims="(d_ff, D)")  # before reading d_ff off its shape
     c = fc1_weight.shape[0]
     _matrix("fc1_weight", fc1_weight, c, d, "(d_ff, D)")
     _vector("fc1_bias", fc1_bias, c, "(d_ff,)")
     _matrix("fc2_weight", fc2_weight, d, c, "(D, d_ff)")
     _vector("fc2_bias", fc2_bias, d, "(D,)")
     dropout_probability(p)
+    tensors = dict(x=x, branch=branch, norm_weight=norm_weight, norm_bias=norm_bias, fc1_weight=fc1_weight,
+                   fc1_bias=fc1_bias, fc2_weight=fc2_weight, fc2_bias=fc2_bias)
     if seeds is not None:
         tensor("seeds", seeds, ndim=1, dims="(3,)")
         if seeds.dtype != torch.int64 or seeds.shape[0] != 3:
             raise ValueError(f"seeds must be an int64 tensor of shape (3,), got {seeds.dtype} {_shape(seeds)}")
-    same_device(x=x, branch=branch, norm_weight=norm_weight, fc1_weight=fc1_weight, fc2_weight=fc2_weight)
+        tensors["seeds"] = seeds  # the kernels read them on the device
+    same_device(**tensors)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._launch import backward_programs, cdiv
-from ._tiles import keep_tile, tile_offsets
+from ._tiles import keep_tile, split_scalar, tile_offsets
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args, linear_backward,
     residual_norm_bwd, residual_norm_fwd, warps,
@@ -45,7 +45,7 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 @triton.jit
 def _gelu_dropout_fwd_kernel(
-    hidden_ptr, seed_ptr, g_ptr, N, C, cut, scale,
+    hidden_ptr, seed_ptr, g_ptr, N, C, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -56,13 +56,14 @@ def _gelu_dropout_fwd_kernel(
     f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
     g = 0.5 * f * (1.0 + tl.math.erf(f * _SQRT1_2))  # exact (erf) GELU, as nn.GELU()
     if HAS_DROPOUT:
+        scale = split_scalar(scale_hi, scale_lo, ACC)
         g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g * scale, 0.0)
     tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _gelu_dropout_bwd_kernel(
-    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, db_part_ptr, N, C, cut, scale,
+    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, db_part_ptr, N, C, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -79,6 +80,7 @@ def _gelu_dropout_bwd_kernel(
         f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
         dg = tl.load(dg_ptr + offs, mask=ok, other=0.0).to(ACC)
         if HAS_DROPOUT:
+            scale = split_scalar(scale_hi, scale_lo, ACC)
             dg = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), dg * scale, 0.0)
         cdf = 0.5 * (1.0 + tl.math.erf(f * _SQRT1_2))
         pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
@@ -90,7 +92,7 @@ def _gelu_dropout_bwd_kernel(
 
 @triton.jit
 def _dropout_add_kernel(
-    x_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale,
+    x_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale_hi, scale_lo,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
@@ -99,13 +101,14 @@ def _dropout_add_kernel(
     offs = tile_offsets(rows, cols, D)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
     branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+    scale = split_scalar(scale_hi, scale_lo, ACC)
     branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
     tl.store(out_ptr + offs, (x + branch).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _dropout_grad_kernel(
-    dout_ptr, seed_ptr, dbranch_ptr, N, D, cut, scale,
+    dout_ptr, seed_ptr, dbranch_ptr, N, D, cut, scale_hi, scale_lo,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
@@ -113,6 +116,7 @@ def _dropout_grad_kernel(
     ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
     offs = tile_offsets(rows, cols, D)
     dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
+    scale = split_scalar(scale_hi, scale_lo, ACC)
     dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dout * scale, 0.0)
     tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
 
@@ -126,10 +130,10 @@ def gelu_dropout_fwd(hidden, seeds, p: float):
     g = torch.empty_like(hidden)
     if hidden.numel() == 0:
         return g
-    has_dropout, cut, scale = dropout_args(seeds, p)
+    has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     grid = (cdiv(N, HIDDEN_BLOCK_M), cdiv(C, HIDDEN_BLOCK_C))
     _gelu_dropout_fwd_kernel[grid](
-        hidden, seeds if has_dropout else hidden, g, N, C, cut, scale,
+        hidden, seeds if has_dropout else hidden, g, N, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
         BLOCK_M=HIDDEN_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
     )
@@ -143,13 +147,13 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
     dhidden = torch.empty_like(hidden)
     if hidden.numel() == 0:
         return dhidden, torch.zeros((C,), dtype=acc, device=hidden.device)
-    has_dropout, cut, scale = dropout_args(seeds, p)
+    has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     col_blocks = cdiv(C, HIDDEN_BLOCK_C)
     # enough (row, column) programs to fill the GPU, each looping over row blocks
     programs = max(1, backward_programs(hidden.device, cdiv(N, HIDDEN_BWD_BLOCK_M)) // col_blocks)
     db_part = torch.empty((programs, C), dtype=acc, device=hidden.device)
     _gelu_dropout_bwd_kernel[(programs, col_blocks)](
-        dg, hidden, seeds if has_dropout else hidden, dhidden, db_part, N, C, cut, scale,
+        dg, hidden, seeds if has_dropout else hidden, dhidden, db_part, N, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
         BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
     )
@@ -165,7 +169,7 @@ def _row_tiles(N: int, D: int):
 
 def dropout_add(x, branch, seeds, p: float):
     """x + dropout(branch) (site 2) for contiguous (N, D) tensors, in x's dtype."""
-    has_dropout, cut, scale = dropout_args(seeds, p)
+    has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     if not has_dropout:
         return x + branch.to(x.dtype)
     out = torch.empty_like(x)
@@ -173,7 +177,7 @@ def dropout_add(x, branch, seeds, p: float):
     if x.numel():
         grid, bm, bd, nw = _row_tiles(N, D)
         _dropout_add_kernel[grid](
-            x, branch, seeds, out, N, D, cut, scale,
+            x, branch, seeds, out, N, D, cut, scale_hi, scale_lo,
             SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw,
         )
     return out
@@ -181,7 +185,7 @@ def dropout_add(x, branch, seeds, p: float):
 
 def dropout_grad(dout, seeds, p: float, dtype):
     """Gradient of dropout (site 2) for contiguous (N, D) dout, in ``dtype``."""
-    has_dropout, cut, scale = dropout_args(seeds, p)
+    has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     if not has_dropout:
         return dout.to(dtype)
     dbranch = torch.empty(dout.shape, dtype=dtype, device=dout.device)
@@ -189,7 +193,7 @@ def dropout_grad(dout, seeds, p: float, dtype):
     if dout.numel():
         grid, bm, bd, nw = _row_tiles(N, D)
         _dropout_grad_kernel[grid](
-            dout, seeds, dbranch, N, D, cut, scale,
+            dout, seeds, dbranch, N, D, cut, scale_hi, scale_lo,
             SITE=OUTPUT_SITE, ACC=acc_dtype(dout.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw,
         )
     return dbranch
@@ -225,9 +229,9 @@ def feed_forward_bwd(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, nor
     acc = mean.dtype
     dout2 = dout.reshape(-1, D).contiguous()
     df = dropout_grad(dout2, seeds, p, fc2_weight.dtype)  # [N, D]
-    _, h, _, _ = residual_norm_fwd(x_mid, None, None, BRANCH_SITE, 0.0, norm_weight, norm_bias, eps,
+    _, h, _, _ = residual_norm_fwd(x_mid, None, None, 0, 0.0, norm_weight, norm_bias, eps,
                                    fc1_weight.dtype, store_stats=False)
-    if hidden.numel() == 0 and x_mid.numel() > 0:  # selective recompute of the FFN hidden
+    if hidden.dim() == 1:  # the (0,) placeholder: selective recompute of the FFN hidden
         hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
     g = gelu_dropout_fwd(hidden, seeds, p)
     dg, dw2, db2 = linear_backward(df, g, fc2_weight, acc)
@@ -284,7 +288,8 @@ def _(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc
     C = fc1_weight.shape[0]
     return (x_mid.new_empty(x_mid.shape), x_mid.new_empty(x_mid.shape, dtype=branch_dtype),
             mean.new_empty((D,)), mean.new_empty((D,)),
-            fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,)),
+            # fc1's bias gradient is reduced in the hidden's compute dtype (gelu_dropout_bwd)
+            fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,), dtype=compute_dtype(fc1_weight.dtype)),
             fc2_weight.new_empty(fc2_weight.shape), mean.new_empty((D,)))
 
 
@@ -325,7 +330,7 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
     p == 0); weights and biases already in the GEMMs' dtype. Returns out in x's dtype.
     """
     out, _, _, _, _ = _feed_forward_op(
-        x.contiguous(), branch.contiguous(), seeds, float(p), norm_weight, norm_bias, float(eps),
+        x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
         fc1_weight, fc1_bias, fc2_weight, fc2_bias, not recompute_hidden,
     )
     return out

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from . import philox
 from ._launch import backward_programs, cdiv, next_power_of_2, split_float32
-from ._tiles import keep_tile, layer_norm_rows, layer_norm_rows_bwd, tile_offsets
+from ._tiles import keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -42,7 +42,7 @@ MAX_BLOCK_M = 16
 def _residual_norm_fwd_kernel(
     x_ptr, branch_ptr, seed_ptr, w_ptr, b_ptr,
     x_out_ptr, h_ptr, mean_ptr, rstd_ptr,
-    N, D, cut, scale, eps_hi, eps_lo,
+    N, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
     HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr,
     STORE_X: tl.constexpr, STORE_STATS: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -58,14 +58,18 @@ def _residual_norm_fwd_kernel(
     if HAS_BRANCH:
         branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
         if HAS_DROPOUT:
+            scale = split_scalar(scale_hi, scale_lo, ACC)
             branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
         x = x + branch
         if STORE_X:
-            tl.store(x_out_ptr + offs, x.to(x_out_ptr.dtype.element_ty), mask=ok)
+            x_new = x.to(x_out_ptr.dtype.element_ty)
+            tl.store(x_out_ptr + offs, x_new, mask=ok)
+            # normalise the stored (rounded, in a half-precision stream) x_new:
+            # the backward rebuilds the normalised rows from it
+            x = x_new.to(ACC)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    # eps arrives as two float32 halves, so a float64 kernel sees it unrounded
-    h, mean, rstd = layer_norm_rows(x, ok, w, b, D, eps_hi + eps_lo)
+    h, mean, rstd = layer_norm_rows(x, ok, w, b, D, eps_hi, eps_lo)
     tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=ok)
     if STORE_STATS:
         tl.store(mean_ptr + rows, mean, mask=row_ok)
@@ -76,7 +80,7 @@ def _residual_norm_fwd_kernel(
 def _residual_norm_bwd_kernel(
     dh_ptr, dres_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
     dx_ptr, dbranch_ptr, dw_part_ptr, db_part_ptr,
-    N, D, cut, scale,
+    N, D, cut, scale_hi, scale_lo,
     HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -107,6 +111,7 @@ def _residual_norm_bwd_kernel(
         if HAS_BRANCH:
             dbranch = dx
             if HAS_DROPOUT:
+                scale = split_scalar(scale_hi, scale_lo, ACC)
                 dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dx * scale, 0.0)
             tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
@@ -120,10 +125,11 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
 
 
-def dropout_args(seeds: Optional[torch.Tensor], p: float) -> tuple[bool, int, float]:
-    """(has_dropout, integer cut, 1/(1-p)) for a kernel launch."""
+def dropout_args(seeds: Optional[torch.Tensor], p: float) -> tuple[bool, int, float, float]:
+    """(has_dropout, integer cut, 1/(1-p) as two float32 halves) for a kernel launch."""
     has = seeds is not None and seeds.numel() > 0 and p > 0.0
-    return has, (philox.threshold(p) if has else 0), (1.0 / (1.0 - p) if has else 1.0)
+    scale_hi, scale_lo = split_float32(1.0 / (1.0 - p) if has else 1.0)
+    return has, (philox.threshold(p) if has else 0), scale_hi, scale_lo
 
 
 def block_d(D: int) -> int:
@@ -162,14 +168,14 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     rstd = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
     if N == 0:
         return x_new, h, mean, rstd
-    has_dropout, cut, scale = dropout_args(seeds, p)
+    has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     bd = block_d(D)
     bm = block_m(bd, TILE_ELEMENTS)
     eps_hi, eps_lo = split_float32(eps)
     _residual_norm_fwd_kernel[(cdiv(N, bm),)](
         x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
         x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
-        N, D, cut, scale, eps_hi, eps_lo,
+        N, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
         HAS_BRANCH=has_branch, HAS_DROPOUT=has_dropout, SITE=site,
         STORE_X=x_new is not None, STORE_STATS=store_stats,
         ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
@@ -191,7 +197,7 @@ def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: 
     if N == 0:
         zeros = torch.zeros((D,), dtype=acc, device=x_new.device)
         return dx, dbranch, zeros, zeros.clone()
-    has_dropout, cut, scale = dropout_args(seeds, p)
+    has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     bd = block_d(D)
     bm = block_m(bd, BWD_TILE_ELEMENTS)
     programs = backward_programs(x_new.device, cdiv(N, bm))
@@ -201,7 +207,7 @@ def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: 
         dh, dres if dres is not None else dh, x_new, mean, rstd, weight.contiguous(),
         seeds if has_dropout else x_new,
         dx, dbranch if dbranch is not None else dx, dw_part, db_part,
-        N, D, cut, scale,
+        N, D, cut, scale_hi, scale_lo,
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=dbranch is not None, HAS_DROPOUT=has_dropout,
         SITE=site, ACC=acc_dtype(x_new.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )

@@ -142,7 +142,8 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
         keep = philox.keep_mask(seeds[site], t.shape, p)
         return torch.where(keep, t / (1.0 - p), 0.0)
 
-    x_mid = x.to(dt) + dropout(branch.to(dt), 0)
+    # the stream keeps x_mid in x's dtype, and everything after reads that value
+    x_mid = (x.to(dt) + dropout(branch.to(dt), 0)).to(x.dtype).to(dt)
     h = torch.nn.functional.layer_norm(x_mid, (x.shape[-1],), norm_weight.to(dt), norm_bias.to(dt), eps)
     hidden = torch.nn.functional.linear(h.to(gemm_dt), fc1_weight, fc1_bias)
     g = dropout(torch.nn.functional.gelu(hidden.to(dt)), 1).to(gemm_dt)

@@ -162,16 +162,76 @@ def test_sites_and_seeds_draw_different_masks():
 
 
 def test_triton_dropout_draws_every_site(poisoned_allocations):
-    # p near 1 at one site at a time would need three ops; instead: with
-    # dropout, the output differs from p=0 and from another seed's output
+    # the same seeds give the same output; a new seed at any one site changes
+    # the output and every gradient that site's mask reaches
     x, branch = residual_and_branch((4, 6, 32), torch.float64)
     params = ffn_params(32, 40, torch.float64)
-    outs = [kernels.residual_feed_forward(x, branch, **params, dropout_p=p, seeds=s, backend="triton")
-            for p, s in ((0.0, None), (0.4, torch.tensor([1, 2, 3])), (0.4, torch.tensor([1, 2, 4])),
-                         (0.4, torch.tensor([1, 2, 3])))]
-    assert not torch.equal(outs[0], outs[1])
-    assert not torch.equal(outs[1], outs[2])  # only the output site's seed changed
-    assert torch.equal(outs[1], outs[3])
+    base = torch.tensor([1, 2, 3])
+
+    def run(seeds):
+        out = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.4, seeds=seeds, backend="triton")
+        return out, torch.autograd.grad(out.sum(), [branch, params["fc1_bias"], params["fc2_weight"]])
+
+    out, grads = run(base)
+    again, grads_again = run(base.clone())
+    assert torch.equal(out, again) and all(torch.equal(a, b) for a, b in zip(grads, grads_again))
+    for site, reaches in ((0, "dbranch"), (1, "dfc1_bias"), (2, "dfc2_weight")):
+        seeds = base.clone()
+        seeds[site] += 1
+        other, other_grads = run(seeds)
+        assert not torch.equal(out, other), f"site {site} draws no mask"
+        changed = dict(zip(("dbranch", "dfc1_bias", "dfc2_weight"),
+                           (not torch.equal(a, b) for a, b in zip(grads, other_grads))))
+        assert changed[reaches], f"site {site}: the backward does not redraw its mask"
+
+
+def test_empty_input_forward_and_backward():
+    for recompute in (False, True):
+        x, branch = residual_and_branch((0, 16), torch.float32)
+        params = ffn_params(16, 24, torch.float32)
+        out = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.1, recompute_hidden=recompute,
+                                            backend="triton")
+        grads = torch.autograd.grad(out.sum(), [x, branch, *params.values()])
+        assert out.shape == (0, 16)
+        assert all(g.shape == t.shape and not g.any() for g, t in zip(grads, [x, branch, *params.values()]))
+
+
+def test_strided_seeds_reach_the_kernels_contiguous(monkeypatch):
+    # the kernels read seed i at seeds_ptr + i: a strided view would give them
+    # other seeds than the reference's seeds[i] (the interpreter copies
+    # arguments, so only the arguments can be checked here)
+    x, branch = residual_and_branch((3, 5, 16), torch.float64)
+    params = ffn_params(16, 24, torch.float64)
+    seen, real_op = [], feed_forward._feed_forward_op
+    monkeypatch.setattr(feed_forward, "_feed_forward_op", lambda *a: seen.append(a[2]) or real_op(*a))
+    seeds = torch.arange(10, 16)[::2]
+    out = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.5, seeds=seeds, backend="triton")
+    assert seen[0].is_contiguous() and torch.equal(seen[0], seeds)
+    ref = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.5, seeds=seeds, backend="reference")
+    assert_close(out, ref, **F64, name="out")
+
+
+def test_half_precision_stream_normalises_the_stored_residual():
+    # with a bf16 residual stream the kernel stores x_mid rounded, and the
+    # norm it feeds (and the backward, which rebuilds it from the stored
+    # value) must normalise that stored value, not the unrounded sum
+    x, branch = residual_and_branch((37, 64), torch.bfloat16)
+    w, b = torch.ones(64), torch.zeros(64)
+    seeds = kernels.dropout_seeds("cpu")
+    x_mid, h, _, _ = norm_linear.residual_norm_fwd(x, branch, seeds, 0, 0.2, w, b, 1e-5, torch.float32)
+    assert x_mid.dtype == torch.bfloat16
+    expected = torch.nn.functional.layer_norm(x_mid.float(), (64,), eps=1e-5)
+    assert_close(h, expected, atol=1e-5, rtol=1e-5, name="h")
+    # and the whole op agrees with the reference, which reads the stored value too
+    x, branch = residual_and_branch((4, 7, 64), torch.bfloat16)
+    params = ffn_params(64, 96, torch.float32)
+    out, grads = run_ffn("triton", x, branch, params, 0.2, seeds)
+    ref_out, ref_grads = run_ffn("reference", x, branch, params, 0.2, seeds)
+    assert out.dtype == torch.bfloat16
+    assert_close(out, ref_out, atol=1e-2 * ref_out.abs().max().item(), rtol=0, name="out")
+    # gradients of bf16 tensors are bf16: they agree to a rounding (2**-8) of the largest
+    for name, a, b in zip(NAMES, grads, ref_grads):
+        assert_close(a, b, atol=8e-3 * b.abs().max().item(), rtol=8e-3, name=f"d{name}")
 
 
 # ------------------------------------------------------------------ the model
@@ -275,6 +335,17 @@ def test_custom_ops_pass_opcheck():
     args = (x, branch, seeds, 0.3, params["norm_weight"], params["norm_bias"], 1e-5,
             params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"], True)
     torch.library.opcheck(feed_forward._feed_forward_op, args)
+    # float64 residual with float32 weights, hidden not kept: the fakes must
+    # give each output's (and each gradient's) real dtype
+    x64, branch32 = residual_and_branch((2, 5, 16), torch.float64, torch.float32)
+    torch.library.opcheck(feed_forward._feed_forward_op, (x64, branch32, *args[2:-1], False))
+    # the backward op on its own (opcheck of the forward does not run its fake)
+    out, x_mid, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False)
+    w1, b1, w2 = params["fc1_weight"], params["fc1_bias"], params["fc2_weight"]
+    saved = [t.detach() for t in (x_mid, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
+    torch.library.opcheck(feed_forward._feed_forward_backward_op,
+                          (torch.randn_like(out.detach()), *saved[:4], seeds, 0.3, *saved[4:], 1e-5,
+                           w1.detach(), b1.detach(), w2.detach(), torch.float32))
     w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
     torch.library.opcheck(norm_linear._layer_norm_linear_op,
                           (x, params["norm_weight"], params["norm_bias"], 1e-5, w, b))
@@ -292,6 +363,9 @@ def test_bad_inputs_name_the_argument():
         kernels.residual_feed_forward(x, branch, **params, dropout_p=1.0)
     with pytest.raises(ValueError, match=r"seeds must be an int64 tensor of shape \(3,\)"):
         kernels.residual_feed_forward(x, branch, **params, dropout_p=0.1, seeds=torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"all tensors must be on one device, got .*seeds on meta"):
+        kernels.residual_feed_forward(x, branch, **params, dropout_p=0.1,
+                                      seeds=torch.empty(3, dtype=torch.int64, device="meta"))
     with pytest.raises(ValueError, match=r"weight must have shape \(D_out, D\) = \(8, 16\), got \(8, 15\)"):
         kernels.layer_norm_linear(x, params["norm_weight"], params["norm_bias"], torch.randn(8, 15), torch.randn(8))
 
