@@ -24,7 +24,9 @@ class MaskedAttentionPooling(nn.Module):
         self.scale = 1.0 / math.sqrt(d_model)
 
     def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pooling weights (B, V, T): softmax over valid steps, 0 elsewhere."""
+        """Pooling weights (B, V, T): softmax over valid steps, 0 elsewhere.
+        x must be finite at padded steps (forward passes its masked copy): a
+        NaN there would reach the gradients of key_proj and query."""
         # key_proj(x) @ query == x @ (W^T query) + bias . query: a matrix-vector
         # product instead of a D x D GEMM over every step, and no (B, V, T, D)
         # key kept for the backward
