@@ -326,24 +326,25 @@ def test_wrong_variable_count_names_both_numbers():
         model(feats, mask, info)
 
 
-@pytest.mark.parametrize(
-    "case, match",
-    [
-        ("features_2d", r"features must be 3-D \(B, T, V\); got 2-D"),
-        ("features_int", r"features must be a floating-point tensor; got dtype torch.int64"),
-        ("too_long", r"T=49 steps.*max_seq_len=48"),
-        ("mask_float", r"attention_mask must have dtype torch.bool; got torch.float32"),
-        ("mask_shape", r"attention_mask must have shape \(B, T\) = \(2, 48\).*got \(2, 47\)"),
-        ("missing_key", r"temporal_info is missing key\(s\) \['day_of_year'\]"),
-        ("float_calendar", r"temporal_info\['day_of_week'\] must have an integer dtype; got torch.float32"),
-        ("calendar_shape", r"temporal_info\['day_of_month'\] must have shape \(2,\); got \(2, 1\)"),
-        ("bar_shape", r"temporal_info\['bar_in_day'\] must have shape \(2, 48\)"),
-        ("dow_range", r"day_of_week'\] must lie in \[0, 6\]; got 7"),
-        ("dom_range", r"day_of_month'\] must lie in \[1, 31\]; got 0"),
-        ("doy_range", r"day_of_year'\] must lie in \[1, 366\]; got 367"),
-        ("bar_range", r"bar_in_day'\] must lie in \[0, 287\].*got 288"),
-    ],
-)
+BAD_INPUTS = [
+    ("features_2d", r"features must be 3-D \(B, T, V\); got 2-D"),
+    ("features_int", r"features must be a floating-point tensor; got dtype torch.int64"),
+    ("too_long", r"T=49 steps.*max_seq_len=48"),
+    ("mask_float", r"attention_mask must have dtype torch.bool; got torch.float32"),
+    ("mask_shape", r"attention_mask must have shape \(B, T\) = \(2, 48\).*got \(2, 47\)"),
+    ("missing_key", r"temporal_info is missing key\(s\) \['day_of_year'\]"),
+    ("float_calendar", r"temporal_info\['day_of_week'\] must have an integer dtype; got torch.float32"),
+    ("calendar_shape", r"temporal_info\['day_of_month'\] must have shape \(2,\); got \(2, 1\)"),
+    ("bar_shape", r"temporal_info\['bar_in_day'\] must have shape \(2, 48\)"),
+    ("dow_range", r"day_of_week'\] must lie in \[0, 6\]; got 7"),
+    ("dom_range", r"day_of_month'\] must lie in \[1, 31\]; got 0"),
+    ("doy_range", r"day_of_year'\] must lie in \[1, 366\]; got 367"),
+    ("bar_range", r"bar_in_day'\] must lie in \[0, 287\].*got 288"),
+]
+
+
+# ids: the case names (the regexes would make ids that no node id can select)
+@pytest.mark.parametrize("case, match", BAD_INPUTS, ids=[case for case, _ in BAD_INPUTS])
 def test_bad_input_errors(case, match):
     model = make_model()
     feats, mask, info = _inputs(model.config)

@@ -120,9 +120,9 @@ def build_day_arrays(
         out.features[n, slot[rows]] = feats[rows]
         out.mask[n, slot[rows]] = True
         label = pd.Timestamp(day[starts[i]])
-        out.day_of_week[n] = label.dayofweek
+        out.day_of_week[n] = label.day_of_week
         out.day_of_month[n] = label.day
-        out.day_of_year[n] = label.dayofyear
+        out.day_of_year[n] = label.day_of_year
         anchor = ends[i] - 1
         out.targets[n] = log_close[anchor + hz] - log_close[anchor]
         out.days[n] = day[starts[i]]
