@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INT32_LIMIT, backward_programs, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
+from ._tiles import layer_norm_rows, layer_norm_rows_bwd
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -55,15 +56,9 @@ def _gated_norm_fwd_kernel(
     ok = row_ok[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
 
     u = _load_rows(u_ptr, rows, cols, ok, stride_ur, stride_uc, ACC)  # [BLOCK_M, BLOCK_D]
-    mean = tl.sum(u, 1) / D  # [BLOCK_M]
-    centred = tl.where(ok, u - mean[:, None], 0.0)
-    var = tl.sum(centred * centred, 1) / D
-    # eps arrives as two float32 halves (a Python float argument is float32)
-    # added one at a time, so the float64 kernel sees it unrounded
-    rstd = 1.0 / tl.sqrt(var + eps_hi + eps_lo)  # [BLOCK_M]
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    normed = centred * rstd[:, None] * w[None, :] + b[None, :]
+    normed, mean, rstd = layer_norm_rows(u, ok, w, b, D, eps_hi, eps_lo)  # [BLOCK_M, BLOCK_D], [BLOCK_M] x 2
 
     x = _load_rows(x_ptr, rows, cols, ok, stride_xr, stride_xc, ACC)
     gate = tl.sigmoid(_load_rows(g_ptr, rows, cols, ok, stride_gr, stride_gc, ACC))
@@ -110,10 +105,7 @@ def _gated_norm_bwd_kernel(
         dn = dout * gate  # 0 outside the tile: dout was loaded with other=0
         dw_acc += tl.sum(dn * uhat, 0)
         db_acc += tl.sum(dn, 0)
-        duhat = dn * w[None, :]
-        mean_duhat = tl.sum(duhat, 1) / D  # [BLOCK_M]
-        mean_duhat_uhat = tl.sum(duhat * uhat, 1) / D
-        du = rstd[:, None] * (duhat - mean_duhat[:, None] - uhat * mean_duhat_uhat[:, None])
+        du = layer_norm_rows_bwd(dn, uhat, w, rstd, D)
 
         dense = rows[:, None] * D + cols[None, :]  # gradients are written contiguous (N, D)
         tl.store(dx_ptr + dense, dx.to(dx_ptr.dtype.element_ty), mask=ok)

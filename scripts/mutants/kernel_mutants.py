@@ -14,11 +14,17 @@ from dataclasses import dataclass
 ATT = "kernels/attention.py"
 REVIN = "kernels/revin.py"
 GATED = "kernels/gated_norm.py"
+TILES = "kernels/_tiles.py"
+NORM_LINEAR = "kernels/norm_linear.py"
+FEED_FORWARD = "kernels/feed_forward.py"
 
 ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
 BOUNDARIES = "tests/test_block_boundaries.py"
 REVIN_PARITY = "tests/test_norms_triton.py::test_revin_matches_float64_reference"
 GATED_PARITY = "tests/test_norms_triton.py::test_gated_norm_matches_float64_reference"
+FUSED_PARITY = "tests/test_fused_block.py::test_feed_forward_matches_float64_reference"
+FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
+               "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
 
 @dataclass(frozen=True)
@@ -235,41 +241,136 @@ MUTANTS = [
         (REVIN_PARITY,),
         "padded steps get a nonzero dx",
     ),
-    # ------------------------------------------------------------ gated residual norm
+    # ------------------------------------------------------------ LayerNorm rows (kernels/_tiles.py):
+    # shared by the gated norm and the fused block, so both parity tests guard them
     Mutant(
-        "gated-mean-over-block", GATED, "reduction",
-        "mean = tl.sum(u, 1) / D  # [BLOCK_M]",
-        "mean = tl.sum(u, 1) / BLOCK_D  # [BLOCK_M]",
-        (GATED_PARITY,),
+        "layer-norm-mean-over-block", TILES, "reduction",
+        "mean = tl.sum(x, 1) / n_cols",
+        "mean = tl.sum(x, 1) / x.shape[1]",
+        (GATED_PARITY, FUSED_PARITY),
         "the LayerNorm mean divides by the padded tile width when D is not a power of two",
     ),
     Mutant(
-        "gated-padded-columns-in-variance", GATED, "masking",
-        "centred = tl.where(ok, u - mean[:, None], 0.0)",
-        "centred = u - mean[:, None]",
-        (GATED_PARITY,),
+        "layer-norm-padded-columns-in-variance", TILES, "masking",
+        "centred = tl.where(ok, x - mean[:, None], 0.0)",
+        "centred = x - mean[:, None]",
+        (GATED_PARITY, FUSED_PARITY),
         "columns past D add mean**2 each to the variance",
     ),
     Mutant(
-        "gated-eps-dropped", GATED, "scaling",
+        "layer-norm-eps-dropped", TILES, "scaling",
         "rstd = 1.0 / tl.sqrt(var + eps_hi + eps_lo)",
         "rstd = 1.0 / tl.sqrt(var)",
         (GATED_PARITY, "tests/test_norms_triton.py::test_gated_norm_constant_row_and_extreme_gates"),
         "LayerNorm without eps: a constant row divides by zero",
     ),
     Mutant(
-        "gated-bwd-mean-over-block", GATED, "reduction",
-        "mean_duhat = tl.sum(duhat, 1) / D  # [BLOCK_M]",
-        "mean_duhat = tl.sum(duhat, 1) / BLOCK_D  # [BLOCK_M]",
-        (GATED_PARITY,),
-        "du's mean term divides by the padded tile width",
+        "layer-norm-bwd-mean-over-block", TILES, "reduction",
+        "mean_dxhat = tl.sum(dxhat, 1) / n_cols  # [BLOCK_M]",
+        "mean_dxhat = tl.sum(dxhat, 1) / dxhat.shape[1]  # [BLOCK_M]",
+        (GATED_PARITY, FUSED_PARITY),
+        "the input gradient's mean term divides by the padded tile width",
     ),
+    Mutant(
+        "layer-norm-bwd-projection-over-block", TILES, "reduction",
+        "mean_dxhat_xhat = tl.sum(dxhat * xhat, 1) / n_cols",
+        "mean_dxhat_xhat = tl.sum(dxhat * xhat, 1) / (n_cols + 1)",
+        (GATED_PARITY, FUSED_PARITY),
+        "LayerNorm's input gradient keeps part of the component along xhat",
+    ),
+    # ------------------------------------------------------------ gated residual norm
     Mutant(
         "gated-bwd-rows-revisited", GATED, "span",
         "range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0))",
         "range(pid, tl.cdiv(N, BLOCK_M), 1)",
         (GATED_PARITY,),
         "every backward program walks all later row blocks: dweight and dbias count rows several times",
+    ),
+    # ------------------------------------------------------------ fused block (issue 11): norm + dropout,
+    # GELU + dropout, dropout + add (kernels/norm_linear.py, feed_forward.py, _tiles.py)
+    Mutant(
+        "fused-branch-dropout-unscaled", NORM_LINEAR, "scaling",
+        "branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)",
+        "branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch, 0.0)",
+        (FUSED_PARITY,),
+        "inverted dropout without 1/(1-p): the residual branch shrinks by (1-p) in training only",
+    ),
+    Mutant(
+        "fused-norm-bwd-residual-grad-dropped", NORM_LINEAR, "reduction",
+        "dx += tl.load(dres_ptr + offs, mask=ok, other=0.0).to(ACC)",
+        "dx += 0.0",
+        (FUSED_PARITY,),
+        "the residual stream's own gradient is lost: dx carries only the norm's",
+    ),
+    Mutant(
+        "fused-norm-bwd-branch-grad-unmasked", NORM_LINEAR, "masking",
+        "dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dx * scale, 0.0)",
+        "dbranch = dx * scale",
+        (FUSED_PARITY,),
+        "dropped elements still get a gradient: the backward ignores the forward's mask",
+    ),
+    Mutant(
+        "fused-norm-bwd-dweight-unscaled", NORM_LINEAR, "reduction",
+        "dw_acc += tl.sum(dh * xhat, 0)",
+        "dw_acc += tl.sum(dh, 0)",
+        (FUSED_PARITY,),
+        "the norm weight's gradient forgets the normalised input",
+    ),
+    Mutant(
+        "fused-philox-words-swapped", TILES, "masking",
+        "words = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))",
+        "words = tl.interleave(tl.interleave(w0, w1), tl.interleave(w2, w3))",
+        FUSED_MASKS,
+        "the kernels' masks stop being the reference's (kernels/philox.py): parity with p > 0 breaks",
+    ),
+    Mutant(
+        "fused-philox-counter-per-row-overlap", TILES, "span",
+        "groups = rows.to(tl.int64)[:, None] * groups_per_row + group_cols[None, :]",
+        "groups = rows.to(tl.int64)[:, None] * (groups_per_row - 1) + group_cols[None, :]",
+        FUSED_MASKS,
+        "neighbouring rows share Philox counters: correlated masks",
+    ),
+    Mutant(
+        "fused-gelu-bwd-derivative-cdf-only", FEED_FORWARD, "scaling",
+        "df = dg * (cdf + f * pdf)",
+        "df = dg * cdf",
+        (FUSED_PARITY,),
+        "GELU's derivative without its x * pdf(x) term",
+    ),
+    Mutant(
+        "fused-gelu-bwd-bias-grad-before-derivative", FEED_FORWARD, "reduction",
+        "db_acc += tl.sum(df, 0)",
+        "db_acc += tl.sum(dg, 0)",
+        (FUSED_PARITY,),
+        "fc1's bias gradient sums the gradient before GELU's derivative",
+    ),
+    Mutant(
+        "fused-output-dropout-wrong-site", FEED_FORWARD, "masking",
+        "SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype)",
+        "SITE=HIDDEN_SITE, ACC=acc_dtype(x.dtype)",
+        (FUSED_PARITY,),
+        "the output dropout draws the hidden's mask in the forward and its own in the backward",
+    ),
+    Mutant(
+        "fused-hidden-dropout-unscaled", FEED_FORWARD, "scaling",
+        "g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g * scale, 0.0)",
+        "g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g, 0.0)",
+        (FUSED_PARITY, *FUSED_MASKS),
+        "the hidden's dropout without 1/(1-p)",
+    ),
+    Mutant(
+        "fused-hidden-kept-despite-recompute", FEED_FORWARD, "span",
+        "hidden = hidden.new_empty((0,))",
+        "hidden = hidden",
+        ("tests/test_fused_block.py::test_fused_blocks_keep_no_dropout_mask_and_one_hidden_at_most",),
+        "recompute_ffn_hidden saves nothing: the (N, d_ff) pre-activation is kept anyway",
+    ),
+    Mutant(
+        "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
+        "dropout_p=self.dropout.p if self.training else 0.0",
+        "dropout_p=self.dropout.p",
+        ("tests/test_fused_block.py::test_block_state_dict_moves_between_backends",),
+        "the fused block drops activations in eval mode too",
     ),
 ]
 
