@@ -93,32 +93,20 @@ def _gelu_dropout_bwd_kernel(
 @triton.jit
 def _dropout_add_kernel(
     x_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale_hi, scale_lo,
-    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_X: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # out = x + dropout(branch); without x, dropout alone (its backward: the
+    # same mask applied to the output gradient)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
     offs = tile_offsets(rows, cols, D)
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
     branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
     scale = split_scalar(scale_hi, scale_lo, ACC)
-    branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
-    tl.store(out_ptr + offs, (x + branch).to(out_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def _dropout_grad_kernel(
-    dout_ptr, seed_ptr, dbranch_ptr, N, D, cut, scale_hi, scale_lo,
-    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
-    offs = tile_offsets(rows, cols, D)
-    dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
-    scale = split_scalar(scale_hi, scale_lo, ACC)
-    dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dout * scale, 0.0)
-    tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
+    out = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
+    if HAS_X:
+        out += tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 # --------------------------------------------------------------- host side
@@ -160,11 +148,18 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
     return dhidden, db_part.sum(0)
 
 
-def _row_tiles(N: int, D: int):
-    """grid, BLOCK_M, BLOCK_D and warps of a whole-row elementwise pass over (N, D)."""
-    bd = block_d(D)
-    bm = block_m(bd, TILE_ELEMENTS)
-    return (cdiv(N, bm),), bm, bd, warps(bm, bd)
+def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_lo: float, out):
+    """out = (x +) dropout(branch) over contiguous (N, D) rows, whole rows per tile."""
+    N, D = branch.shape
+    if branch.numel():
+        bd = block_d(D)
+        bm = block_m(bd, TILE_ELEMENTS)
+        _dropout_add_kernel[(cdiv(N, bm),)](
+            x if x is not None else branch, branch, seeds, out, N, D, cut, scale_hi, scale_lo,
+            HAS_X=x is not None, SITE=site, ACC=acc_dtype(torch.promote_types(branch.dtype, out.dtype)),
+            BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+        )
+    return out
 
 
 def dropout_add(x, branch, seeds, p: float):
@@ -172,15 +167,7 @@ def dropout_add(x, branch, seeds, p: float):
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     if not has_dropout:
         return x + branch.to(x.dtype)
-    out = torch.empty_like(x)
-    N, D = x.shape
-    if x.numel():
-        grid, bm, bd, nw = _row_tiles(N, D)
-        _dropout_add_kernel[grid](
-            x, branch, seeds, out, N, D, cut, scale_hi, scale_lo,
-            SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw,
-        )
-    return out
+    return _dropout_rows(x, branch, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, torch.empty_like(x))
 
 
 def dropout_grad(dout, seeds, p: float, dtype):
@@ -189,14 +176,7 @@ def dropout_grad(dout, seeds, p: float, dtype):
     if not has_dropout:
         return dout.to(dtype)
     dbranch = torch.empty(dout.shape, dtype=dtype, device=dout.device)
-    N, D = dout.shape
-    if dout.numel():
-        grid, bm, bd, nw = _row_tiles(N, D)
-        _dropout_grad_kernel[grid](
-            dout, seeds, dbranch, N, D, cut, scale_hi, scale_lo,
-            SITE=OUTPUT_SITE, ACC=acc_dtype(dout.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw,
-        )
-    return dbranch
+    return _dropout_rows(None, dout, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, dbranch)
 
 
 def unsupported_reason(x: torch.Tensor) -> Optional[str]:

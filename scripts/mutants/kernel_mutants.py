@@ -346,8 +346,8 @@ MUTANTS = [
     ),
     Mutant(
         "fused-output-dropout-wrong-site", FEED_FORWARD, "masking",
-        "SITE=OUTPUT_SITE, ACC=acc_dtype(x.dtype)",
-        "SITE=HIDDEN_SITE, ACC=acc_dtype(x.dtype)",
+        "return _dropout_rows(x, branch, seeds, OUTPUT_SITE,",
+        "return _dropout_rows(x, branch, seeds, HIDDEN_SITE,",
         (FUSED_PARITY,),
         "the output dropout draws the hidden's mask in the forward and its own in the backward",
     ),
