@@ -13,19 +13,6 @@ from helpers import assert_close, poison_padding, random_mask
 LOW_PRECISION = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-@pytest.fixture
-def poisoned_outputs(monkeypatch):
-    """Every float tensor made by torch.empty starts as NaN, so an output
-    element (or partial sum) a kernel forgets to write fails the test."""
-    real_empty = torch.empty
-
-    def empty_nan(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", empty_nan)
-
-
 def close(actual, expected, tol, name):
     """Relative to the tensor's largest value, so one tolerance serves
     gradients of any magnitude (std = eps makes them ~1e5)."""
@@ -85,7 +72,7 @@ def check_revin(x, mask, weight, bias, grads, tol):
     ],
     ids=["fp64-T37-V5", "fp32-T37-V5", "fp32-T300-V13", "fp16-T37-V5", "bf16-T37-V5"],
 )
-def test_revin_matches_float64_reference(B, T, V, dtype, tol, poisoned_outputs):
+def test_revin_matches_float64_reference(B, T, V, dtype, tol, poisoned_allocations):
     got = check_revin(*revin_case(B, T, V, dtype), tol)
     # the all-padding sample: mean 0, std eps, y 0, zero gradient
     assert (got["mean"][-1] == 0).all() and (got["y"][-1] == 0).all() and (got["dx"][-1] == 0).all()
@@ -97,7 +84,7 @@ def test_revin_matches_float64_reference(B, T, V, dtype, tol, poisoned_outputs):
     [(0.0, 7.0, 2e-6), (1e-4, 0.0, 2e-6), (1.0, 1e4, 2e-6), (1e4, 3e4, 2e-6)],
     ids=["constant", "std1e-4", "near1e4-std1", "scale1e4"],
 )
-def test_revin_awkward_series_fp32(scale, offset, tol, poisoned_outputs):
+def test_revin_awkward_series_fp32(scale, offset, tol, poisoned_allocations):
     # near1e4-std1: fp32 cannot hold the mean of a series at 1e4 to better
     # than ~1e-3; the two-step mean keeps y right, tol covers dx through it
     x, mask, w, b, grads = revin_case(4, 37, 5, torch.float32, scale=scale, offset=offset)
@@ -107,7 +94,7 @@ def test_revin_awkward_series_fp32(scale, offset, tol, poisoned_outputs):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
-def test_revin_one_and_two_valid_steps(dtype, tol, poisoned_outputs):
+def test_revin_one_and_two_valid_steps(dtype, tol, poisoned_allocations):
     # count 1: variance exactly 0, std eps, dx only through mean and std
     x, mask, w, b, grads = revin_case(3, 37, 5, dtype)
     mask[:] = False
@@ -120,7 +107,7 @@ def test_revin_one_and_two_valid_steps(dtype, tol, poisoned_outputs):
 
 
 @pytest.mark.parametrize("path", ["eager", "custom-op"])
-def test_revin_gradient_of_y_only_features_without_grad(path, poisoned_outputs):
+def test_revin_gradient_of_y_only_features_without_grad(path, poisoned_allocations):
     # The model's case: features need no gradient and the loss reads y only,
     # so mean and std send None (not zero-filled tensors) and dx is skipped.
     x, mask, w, b, (grad_y, _, _) = revin_case(4, 37, 5, torch.float32)
@@ -135,7 +122,7 @@ def test_revin_gradient_of_y_only_features_without_grad(path, poisoned_outputs):
 
 
 @pytest.mark.parametrize("path", ["eager", "custom-op"])
-def test_revin_gradient_of_std_only(path, poisoned_outputs):
+def test_revin_gradient_of_std_only(path, poisoned_allocations):
     # y and mean send None: a zero gradient of y is made and grad_mean zero-filled
     x, mask, w, b, (_, _, grad_std) = revin_case(4, 37, 5, torch.float32)
     fn = {"eager": revin.revin_normalize, "custom-op": revin._revin_op}[path]
@@ -182,7 +169,7 @@ def strided_params(*params):
 
 
 @pytest.mark.parametrize("grad_layout", ["broadcast", "transposed"])
-def test_revin_strided_input_and_gradients(grad_layout, poisoned_outputs):
+def test_revin_strided_input_and_gradients(grad_layout, poisoned_allocations):
     x, mask, w, b, (grad_y, _, grad_std) = revin_case(3, 21, 6, torch.float32)
     x_t = x.transpose(1, 2).contiguous().transpose(1, 2)  # (B, T, V) with V-stride T
     w_s, b_s = strided_params(w, b)
@@ -285,17 +272,17 @@ def check_gated(inputs, grad_out, tol):
     ],
     ids=["fp64-D48", "fp32-D48", "fp32-D256", "fp32-N190-D37", "fp32-D8192", "fp16-D48", "bf16-D48"],
 )
-def test_gated_norm_matches_float64_reference(shape, dtype, tol, poisoned_outputs):
+def test_gated_norm_matches_float64_reference(shape, dtype, tol, poisoned_allocations):
     check_gated(*gated_case(shape, dtype), tol)
 
 
-def test_gated_norm_low_precision_with_fp32_params(poisoned_outputs):
+def test_gated_norm_low_precision_with_fp32_params(poisoned_allocations):
     inputs, grad_out = gated_case((3, 7, 48), torch.bfloat16, param_dtype=torch.float32)
     got = check_gated(inputs, grad_out, 3e-2)
     assert got["dweight"].dtype == torch.float32
 
 
-def test_gated_norm_float32_residual_with_fp16_update(poisoned_outputs):
+def test_gated_norm_float32_residual_with_fp16_update(poisoned_allocations):
     # under autocast the block output (update, gate) is low precision while
     # the residual stream x stays float32: each gradient keeps its input's dtype
     inputs, grad_out = gated_case((3, 7, 48), torch.float32)
@@ -305,7 +292,7 @@ def test_gated_norm_float32_residual_with_fp16_update(poisoned_outputs):
 
 
 @pytest.mark.parametrize("rotation", [0, 1, 2], ids=["x-wide", "x-swapped", "x-every-other"])
-def test_gated_norm_strided_inputs(rotation, poisoned_outputs):
+def test_gated_norm_strided_inputs(rotation, poisoned_allocations):
     inputs, grad_out = gated_case((4, 6, 48), torch.float32)
     layouts = [
         lambda t: torch.cat([t, t], -1)[..., :48],  # row stride 96: a 2-D view, no copy
@@ -319,7 +306,7 @@ def test_gated_norm_strided_inputs(rotation, poisoned_outputs):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
-def test_gated_norm_constant_row_and_extreme_gates(dtype, tol, poisoned_outputs):
+def test_gated_norm_constant_row_and_extreme_gates(dtype, tol, poisoned_allocations):
     inputs, grad_out = gated_case((5, 48), dtype)
     inputs[1][0] = 2.5  # variance 0: normed row is the bias
     inputs[2][1] = 80.0  # sigmoid saturates to 1
@@ -328,7 +315,7 @@ def test_gated_norm_constant_row_and_extreme_gates(dtype, tol, poisoned_outputs)
     assert all(torch.isfinite(g).all() for g in got.values())
 
 
-def test_gated_norm_broadcast_upstream_gradient(poisoned_outputs):
+def test_gated_norm_broadcast_upstream_gradient(poisoned_allocations):
     # out.sum() sends a gradient whose every stride is 0
     inputs, _ = gated_case((3, 7, 48), torch.float32)
     got, want = (
