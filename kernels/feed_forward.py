@@ -31,8 +31,7 @@ from .norm_linear import (
 from .norm_linear import unsupported_reason as _norm_unsupported
 from .reference import compute_dtype
 
-BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2
-N_SITES = 3
+BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2  # seeds[site]: kernels.dropout_seeds draws three
 # Hidden tiles: 16 rows x 256 columns forward (pure streaming), 8 x 256
 # backward. Chosen by reasoning, not tuned on a GPU.
 HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 8
