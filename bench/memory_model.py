@@ -20,9 +20,10 @@ Temporal / variable block, plain modules (sdpa, reference):
   4D whatever the stream's dtype.)
 Temporal / variable block, fused (triton: kernels.layer_norm_linear and
 kernels.residual_feed_forward):
-  block input rD + stats 8, attention (below), x_mid rD + stats 8, the FFN
-  pre-activation aF (none with recompute_ffn_hidden); no normalised copy,
-  no GELU output, no dropout mask.
+  block input rD + stats 8, attention (below), the attention branch aD
+  (out_proj's output) + stats 8, the FFN pre-activation aF (none with
+  recompute_ffn_hidden); x_mid = x + dropout(branch) is rebuilt, and there
+  is no normalised copy, no GELU output, no dropout mask.
 Attention, per backend:
   triton:    q, k, v (views of the qkv output, 3aD) + O (aD) + LSE (4H); O is
              out_proj's input, so it is not counted twice;
@@ -96,7 +97,7 @@ def _attention_bytes(backend: str, axis: str, a: int, D: int, H: int, T: int, V:
 
 def _block_bytes(backend, axis, a, m, D, H, F, T, V, r=4, keep_hidden=True) -> int:
     if backend == "triton":  # the fused block
-        return 2 * (r * D + 8) + (a * F if keep_hidden else 0) + _attention_bytes(backend, axis, a, D, H, T, V)
+        return r * D + a * D + 2 * 8 + (a * F if keep_hidden else 0) + _attention_bytes(backend, axis, a, D, H, T, V)
     norms = 2 * (4 * D + 8)
     linears_in = a * D + a * D + a * F  # qkv, fc1, fc2 inputs
     gelu_in = a * F

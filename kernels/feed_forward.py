@@ -7,11 +7,13 @@
     g      = dropout(gelu(hidden))                      one pass       (site 1)
     out    = x_mid + dropout(g @ W2.T + b2)             GEMM, then one pass (site 2)
 
-What the backward keeps: x_mid, the per-row mean and rstd of the norm, the
-GEMMs' pre-activation ``hidden`` (or nothing of it with
-recompute_hidden=True, which redoes the first GEMM), and one int64 seed per
-dropout site. h and g are recomputed; the dropout bits are redrawn from the
-seeds (kernels/philox.py); no mask is stored. The first bias's gradient is
+What the backward keeps: x (which the block's first node keeps too) and the
+branch, the per-row mean and rstd of the norm, the GEMMs' pre-activation
+``hidden`` (or nothing of it with recompute_hidden=True, which redoes the
+first GEMM), and one int64 seed per dropout site. x_mid is never stored:
+the output pass and the backward rebuild it from x and the branch. h and g
+are recomputed; the dropout bits are redrawn from the seeds
+(kernels/philox.py); no mask is stored. The first bias's gradient is
 reduced inside the GELU backward (two stages, deterministic).
 """
 from __future__ import annotations
@@ -91,20 +93,30 @@ def _gelu_dropout_bwd_kernel(
 
 @triton.jit
 def _dropout_add_kernel(
-    x_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale_hi, scale_lo,
-    HAS_X: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr, mid_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale_hi, scale_lo,
+    HAS_X: tl.constexpr, HAS_MID: tl.constexpr, HAS_DROPOUT: tl.constexpr, MID_SITE: tl.constexpr,
+    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # out = x + dropout(branch); without x, dropout alone (its backward: the
-    # same mask applied to the output gradient)
+    # out = base + dropout(branch), base = x, or with HAS_MID the block's
+    # x_mid = x + dropout(mid) rebuilt (rounded to x's dtype as the norm
+    # kernel rounds it); without x, dropout alone (its backward: the same
+    # mask applied to the output gradient)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
     offs = tile_offsets(rows, cols, D)
-    branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
     scale = split_scalar(scale_hi, scale_lo, ACC)
-    out = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
+    out = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+    if HAS_DROPOUT:
+        out = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), out * scale, 0.0)
     if HAS_X:
-        out += tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+        base = tl.load(x_ptr + offs, mask=ok, other=0.0)
+        if HAS_MID:
+            mid = tl.load(mid_ptr + offs, mask=ok, other=0.0).to(ACC)
+            if HAS_DROPOUT:
+                mid = tl.where(keep_tile(seed_ptr, MID_SITE, rows, 0, D, cut, BLOCK_D), mid * scale, 0.0)
+            base = (base.to(ACC) + mid).to(x_ptr.dtype.element_ty)
+        out += base.to(ACC)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
@@ -147,26 +159,30 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
     return dhidden, db_part.sum(0)
 
 
-def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_lo: float, out):
-    """out = (x +) dropout(branch) over contiguous (N, D) rows, whole rows per tile."""
+def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_lo: float, out,
+                  *, mid=None, mid_site: int = 0, has_dropout: bool = True):
+    """out = (x +) dropout(branch) over contiguous (N, D) rows, whole rows per
+    tile; with ``mid``, out = (x + dropout_mid_site(mid)) + dropout(branch)."""
     N, D = branch.shape
     if branch.numel():
         bd = block_d(D)
         bm = block_m(bd, TILE_ELEMENTS)
         _dropout_add_kernel[(cdiv(N, bm),)](
-            x if x is not None else branch, branch, seeds, out, N, D, cut, scale_hi, scale_lo,
-            HAS_X=x is not None, SITE=site, ACC=acc_dtype(torch.promote_types(branch.dtype, out.dtype)),
+            x if x is not None else branch, mid if mid is not None else branch, branch,
+            seeds if has_dropout else branch, out, N, D, cut, scale_hi, scale_lo,
+            HAS_X=x is not None, HAS_MID=mid is not None, HAS_DROPOUT=has_dropout, MID_SITE=mid_site, SITE=site,
+            ACC=acc_dtype(torch.promote_types(branch.dtype, out.dtype)),
             BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
         )
     return out
 
 
-def dropout_add(x, branch, seeds, p: float):
-    """x + dropout(branch) (site 2) for contiguous (N, D) tensors, in x's dtype."""
+def residual_out(x, branch, f, seeds, p: float):
+    """The block's output (x + dropout(branch)) + dropout(f) (sites 0 and 2)
+    for contiguous (N, D) tensors, in x's dtype: x_mid is rebuilt, not read."""
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
-    if not has_dropout:
-        return x + branch.to(x.dtype)
-    return _dropout_rows(x, branch, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, torch.empty_like(x))
+    return _dropout_rows(x, f, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, torch.empty_like(x),
+                         mid=branch, mid_site=BRANCH_SITE, has_dropout=has_dropout)
 
 
 def dropout_grad(dout, seeds, p: float, dtype):
@@ -184,32 +200,34 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                      keep_hidden: bool):
-    """Returns out, x_mid (N, D), mean, rstd (N,), and hidden (N, C) (an empty
-    tensor when not kept)."""
+    """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
+    not kept). x_mid is never stored: the output pass and the backward
+    rebuild it from x and the branch."""
     D = x.shape[-1]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
-    x_mid, h, mean, rstd = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                             fc1_weight.dtype)
+    _, h, mean, rstd = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
+                                         fc1_weight.dtype, store_x=False)
     hidden = torch.addmm(fc1_bias, h, fc1_weight.t())  # [N, C]
     del h
     g = gelu_dropout_fwd(hidden, seeds, p)
     f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [N, D]
     del g
-    out = dropout_add(x_mid, f, seeds, p)
+    out = residual_out(x2, branch2, f, seeds, p)
     if not keep_hidden:
         hidden = hidden.new_empty((0,))
-    return out.view(x.shape), x_mid, mean, rstd, hidden
+    return out.view(x.shape), mean, rstd, hidden
 
 
-def feed_forward_bwd(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                     fc1_weight, fc1_bias, fc2_weight, branch_dtype):
+def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
+                     fc1_weight, fc1_bias, fc2_weight):
     """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1, dW2, db2."""
-    D = x_mid.shape[-1]
+    D = x.shape[-1]
     acc = mean.dtype
+    x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     dout2 = dout.reshape(-1, D).contiguous()
     df = dropout_grad(dout2, seeds, p, fc2_weight.dtype)  # [N, D]
-    _, h, _, _ = residual_norm_fwd(x_mid, None, None, 0, 0.0, norm_weight, norm_bias, eps,
-                                   fc1_weight.dtype, store_stats=False)
+    _, h, _, _ = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
+                                   fc1_weight.dtype, store_x=False, store_stats=False)
     if hidden.dim() == 1:  # the (0,) placeholder: selective recompute of the FFN hidden
         hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
     g = gelu_dropout_fwd(hidden, seeds, p)
@@ -220,9 +238,9 @@ def feed_forward_bwd(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, nor
     dh = dhidden @ fc1_weight
     dw1 = dhidden.t() @ h
     del dhidden, h
-    dx, dbranch, dnw, dnb = residual_norm_bwd(dh, dout2, x_mid, mean, rstd, norm_weight, seeds, BRANCH_SITE, p,
-                                              branch_dtype)
-    return dx, dbranch, dnw, dnb, dw1, db1, dw2, db2
+    dx, dbranch, dnw, dnb = residual_norm_bwd(dh, dout2, x2, mean, rstd, norm_weight,
+                                              branch=branch2, seeds=seeds, site=BRANCH_SITE, p=p)
+    return dx.view(x.shape), dbranch.view(x.shape), dnw, dnb, dw1, db1, dw2, db2
 
 
 # ------------------------------------------------------ custom-op registration
@@ -234,38 +252,36 @@ def _feed_forward_op(
     norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
     fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
     keep_hidden: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps,
                             fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden)
 
 
 @_feed_forward_op.register_fake
 def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden):
-    D = x.shape[-1]
-    N = x.numel() // D
+    N = x.numel() // x.shape[-1]
     acc = compute_dtype(x.dtype)
     hidden_shape = (N, fc1_weight.shape[0]) if keep_hidden else (0,)
-    return (x.new_empty(x.shape), x.new_empty((N, D)), x.new_empty((N,), dtype=acc),
+    return (x.new_empty(x.shape), x.new_empty((N,), dtype=acc),
             x.new_empty((N,), dtype=acc), x.new_empty(hidden_shape, dtype=fc1_weight.dtype))
 
 
 @torch.library.custom_op("migt::residual_feed_forward_backward", mutates_args=())
 def _feed_forward_backward_op(
-    dout: torch.Tensor, x_mid: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, hidden: torch.Tensor,
-    seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
-    fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, branch_dtype: torch.dtype,
+    dout: torch.Tensor, x: torch.Tensor, branch: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    hidden: torch.Tensor, seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+    eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
-    return feed_forward_bwd(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                            fc1_weight, fc1_bias, fc2_weight, branch_dtype)
+    return feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
+                            fc1_weight, fc1_bias, fc2_weight)
 
 
 @_feed_forward_backward_op.register_fake
-def _(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
-      branch_dtype):
-    D = x_mid.shape[-1]
+def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight):
+    D = x.shape[-1]
     C = fc1_weight.shape[0]
-    return (x_mid.new_empty(x_mid.shape), x_mid.new_empty(x_mid.shape, dtype=branch_dtype),
+    return (x.new_empty(x.shape), branch.new_empty(branch.shape),
             mean.new_empty((D,)), mean.new_empty((D,)),
             # fc1's bias gradient is reduced in the hidden's compute dtype (gelu_dropout_bwd)
             fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,), dtype=compute_dtype(fc1_weight.dtype)),
@@ -274,23 +290,27 @@ def _(dout, x_mid, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc
 
 def _setup_context(ctx, inputs, output):
     (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _) = inputs
-    _, x_mid, mean, rstd, hidden = output
-    # x_mid, mean, rstd and hidden are outputs only to be saved: no zero-filled
-    # gradients for them (they would cost (N, D) and (N, d_ff) writes)
+    _, mean, rstd, hidden = output
+    # mean, rstd and hidden are outputs only to be saved: no zero-filled
+    # gradients for them (the hidden's would be an (N, d_ff) write)
     ctx.set_materialize_grads(False)
-    ctx.p, ctx.eps, ctx.branch_dtype, ctx.x_shape = p, eps, branch.dtype, x.shape
-    ctx.save_for_backward(x_mid, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight)
+    ctx.p, ctx.eps = p, eps
+    # x (kept anyway by the block's first node: the same storage) and the
+    # branch in its GEMM dtype, not x_mid in the stream's: half the bytes in
+    # a float32 stream
+    ctx.save_for_backward(x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias,
+                          fc2_weight)
 
 
-def _backward(ctx, dout, _dx_mid, _dmean, _drstd, _dhidden):
-    x_mid, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+def _backward(ctx, dout, _dmean, _drstd, _dhidden):
+    x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
     if dout is None:
-        dout = torch.zeros(ctx.x_shape, dtype=x_mid.dtype, device=x_mid.device)
+        dout = torch.zeros_like(x)
     dx, dbranch, dnw, dnb, dw1, db1, dw2, db2 = _feed_forward_backward_op(
-        dout, x_mid, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
-        fc1_weight, fc1_bias, fc2_weight, ctx.branch_dtype,
+        dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
+        fc1_weight, fc1_bias, fc2_weight,
     )
-    return (dx.view(ctx.x_shape), dbranch.view(ctx.x_shape), None, None,
+    return (dx, dbranch, None, None,
             dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None,
             dw1, db1.to(fc1_weight.dtype), dw2, db2.to(fc2_weight.dtype), None)
 
@@ -308,7 +328,7 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
     x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
     p == 0); weights and biases already in the GEMMs' dtype. Returns out in x's dtype.
     """
-    out, _, _, _, _ = _feed_forward_op(
+    out, _, _, _ = _feed_forward_op(
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
         fc1_weight, fc1_bias, fc2_weight, fc2_bias, not recompute_hidden,
     )

@@ -7,10 +7,11 @@ per tile, each whole row in one block (D <= MAX_D), with float32 math
 (float64 for float64 input).
 
 Forward: x_new = x + dropout(branch) (when a branch is given), then
-h = layer_norm(x_new) in the GEMM's dtype; only x_new and the per-row mean
-and rstd are kept. The backward recomputes h with the same kernel (for the
-weight gradient of the GEMM that consumed it) and redraws the dropout bits
-from the seed, so neither h nor a mask is ever saved. dweight and dbias of
+h = layer_norm(x_new) in the GEMM's dtype; the per-row mean and rstd are
+kept, with x (and the branch). The backward recomputes h with the same
+kernel (for the weight gradient of the GEMM that consumed it), rebuilds
+x_new from x and the branch, and redraws the dropout bits from the seed, so
+neither h, x_new nor a mask is ever saved. dweight and dbias of
 the norm are reduced in two stages (a partial row per program, then one sum
 on the host): no atomics, so bitwise deterministic on a given GPU.
 """
@@ -60,13 +61,13 @@ def _residual_norm_fwd_kernel(
         if HAS_DROPOUT:
             scale = split_scalar(scale_hi, scale_lo, ACC)
             branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
-        x = x + branch
+        # x_new rounded to the stream's dtype (a no-op in float32), as it is
+        # stored or rebuilt by the backward and the output add: every pass
+        # normalises and adds the same value
+        x_new = (x + branch).to(x_ptr.dtype.element_ty)
         if STORE_X:
-            x_new = x.to(x_out_ptr.dtype.element_ty)
             tl.store(x_out_ptr + offs, x_new, mask=ok)
-            # normalise the stored (rounded, in a half-precision stream) x_new:
-            # the backward rebuilds the normalised rows from it
-            x = x_new.to(ACC)
+        x = x_new.to(ACC)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     h, mean, rstd = layer_norm_rows(x, ok, w, b, D, eps_hi, eps_lo)
@@ -78,14 +79,15 @@ def _residual_norm_fwd_kernel(
 
 @triton.jit
 def _residual_norm_bwd_kernel(
-    dh_ptr, dres_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
+    dh_ptr, dres_ptr, x_ptr, branch_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
     dx_ptr, dbranch_ptr, dw_part_ptr, db_part_ptr,
     N, D, cut, scale_hi, scale_lo,
     HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # x is the saved x_new = x_in + dropout(branch), so
-    #   dx_in = dres + layer_norm_grad(dh)   and   dbranch = keep * scale * dx_in
+    # The norm's input is x, or with a branch x_new = x + dropout(branch),
+    # rebuilt here from x and the branch (never stored), so
+    #   dx = dres + layer_norm_grad(dh)   and   dbranch = keep * scale * dx
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
@@ -99,7 +101,15 @@ def _residual_norm_bwd_kernel(
         offs = tile_offsets(rows, cols, D)
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)  # [BLOCK_M]
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)  # [BLOCK_M, BLOCK_D]
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0)  # [BLOCK_M, BLOCK_D]
+        if HAS_BRANCH:
+            scale = split_scalar(scale_hi, scale_lo, ACC)
+            branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+            if HAS_DROPOUT:
+                keep = keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D)
+                branch = tl.where(keep, branch * scale, 0.0)
+            x = (x.to(ACC) + branch).to(x_ptr.dtype.element_ty)  # rounded as in the forward
+        x = x.to(ACC)
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
         dh = tl.load(dh_ptr + offs, mask=ok, other=0.0).to(ACC)
         dw_acc += tl.sum(dh * xhat, 0)
@@ -111,8 +121,7 @@ def _residual_norm_bwd_kernel(
         if HAS_BRANCH:
             dbranch = dx
             if HAS_DROPOUT:
-                scale = split_scalar(scale_hi, scale_lo, ACC)
-                dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dx * scale, 0.0)
+                dbranch = tl.where(keep, dx * scale, 0.0)
             tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
@@ -183,33 +192,34 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     return x_new, h, mean, rstd
 
 
-def residual_norm_bwd(dh, dres, x_new, mean, rstd, weight, seeds, site: int, p: float, branch_dtype):
-    """Gradients of (x_new = x + dropout(branch), h = layer_norm(x_new)).
+def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=None, site: int = 0, p: float = 0.0):
+    """Gradients of h = layer_norm(x_new), x_new = x + dropout(branch) (x_new
+    = x without a branch), rebuilding x_new from x and branch.
 
     dh: (N, D) gradient of h; dres: (N, D) gradient of x_new itself, or None.
-    Returns dx (x_new's dtype), dbranch (branch_dtype, or None when
-    branch_dtype is None), dweight, dbias (D,) in the compute dtype.
+    Returns dx (x's dtype), dbranch (branch's dtype, None without a branch),
+    dweight, dbias (D,) in the compute dtype.
     """
-    N, D = x_new.shape
-    acc = compute_dtype(x_new.dtype)
-    dx = torch.empty_like(x_new)
-    dbranch = torch.empty((N, D), dtype=branch_dtype, device=x_new.device) if branch_dtype is not None else None
+    N, D = x.shape
+    acc = compute_dtype(x.dtype)
+    dx = torch.empty_like(x)
+    dbranch = torch.empty_like(branch) if branch is not None else None
     if N == 0:
-        zeros = torch.zeros((D,), dtype=acc, device=x_new.device)
+        zeros = torch.zeros((D,), dtype=acc, device=x.device)
         return dx, dbranch, zeros, zeros.clone()
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     bd = block_d(D)
     bm = block_m(bd, BWD_TILE_ELEMENTS)
-    programs = backward_programs(x_new.device, cdiv(N, bm))
-    dw_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
-    db_part = torch.empty((programs, D), dtype=acc, device=x_new.device)
+    programs = backward_programs(x.device, cdiv(N, bm))
+    dw_part = torch.empty((programs, D), dtype=acc, device=x.device)
+    db_part = torch.empty((programs, D), dtype=acc, device=x.device)
     _residual_norm_bwd_kernel[(programs,)](
-        dh, dres if dres is not None else dh, x_new, mean, rstd, weight.contiguous(),
-        seeds if has_dropout else x_new,
+        dh, dres if dres is not None else dh, x, branch if branch is not None else x, mean, rstd,
+        weight.contiguous(), seeds if has_dropout else x,
         dx, dbranch if dbranch is not None else dx, dw_part, db_part,
         N, D, cut, scale_hi, scale_lo,
-        HAS_RES_GRAD=dres is not None, HAS_BRANCH=dbranch is not None, HAS_DROPOUT=has_dropout,
-        SITE=site, ACC=acc_dtype(x_new.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+        HAS_RES_GRAD=dres is not None, HAS_BRANCH=branch is not None, HAS_DROPOUT=has_dropout,
+        SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return dx, dbranch, dw_part.sum(0), db_part.sum(0)
 
@@ -253,7 +263,7 @@ def _layer_norm_linear_backward_op(
                                    store_stats=False)
     dh, dweight, dbias = linear_backward(dy.reshape(-1, weight.shape[0]).contiguous(), h, weight, mean.dtype)
     del h
-    dx, _, dnorm_w, dnorm_b = residual_norm_bwd(dh, None, x2, mean, rstd, norm_weight, None, 0, 0.0, None)
+    dx, _, dnorm_w, dnorm_b = residual_norm_bwd(dh, None, x2, mean, rstd, norm_weight)
     return dx.view(x.shape), dnorm_w, dnorm_b, dweight, dbias
 
 

@@ -116,13 +116,16 @@ def test_layer_norm_linear_under_autocast_runs_the_gemm_in_bfloat16():
 
 @pytest.mark.parametrize("N,D", [(37, 48), (5, 257), (3, 1)], ids=str)
 def test_kernel_masks_are_the_philox_reference_masks(N, D):
-    # out = 0 + dropout(1): the kept elements read 1/(1-p), the rest 0; D off
-    # a multiple of 4 puts a partial Philox group at every row's end
+    # out = (0 + dropout(1)) + dropout(2): each term reads its site's mask
+    # times 1/(1-p); D off a multiple of 4 puts a partial Philox group at
+    # every row's end
     p = 0.25
     seeds = kernels.dropout_seeds("cpu")
-    out = feed_forward.dropout_add(torch.zeros(N, D), torch.ones(N, D), seeds, p)
-    keep = philox.keep_mask(seeds[feed_forward.OUTPUT_SITE], (N, D), p)
-    assert torch.equal(out, torch.where(keep, 1.0 / (1.0 - p), 0.0))
+    out = feed_forward.residual_out(torch.zeros(N, D), torch.ones(N, D), torch.full((N, D), 2.0), seeds, p)
+    keep_branch = philox.keep_mask(seeds[feed_forward.BRANCH_SITE], (N, D), p)
+    keep_out = philox.keep_mask(seeds[feed_forward.OUTPUT_SITE], (N, D), p)
+    expected = (keep_branch.double() + 2.0 * keep_out.double()) / (1.0 - p)
+    assert torch.equal(out.double(), expected.float().double())
 
 
 def test_hidden_masks_are_the_philox_reference_masks():
@@ -211,10 +214,10 @@ def test_strided_seeds_reach_the_kernels_contiguous(monkeypatch):
     assert_close(out, ref, **F64, name="out")
 
 
-def test_half_precision_stream_normalises_the_stored_residual():
-    # with a bf16 residual stream the kernel stores x_mid rounded, and the
-    # norm it feeds (and the backward, which rebuilds it from the stored
-    # value) must normalise that stored value, not the unrounded sum
+def test_half_precision_stream_normalises_the_rounded_residual():
+    # with a bf16 residual stream x_mid is rounded to bf16, and the norm it
+    # feeds, the output add and the backward (which all rebuild it from x
+    # and the branch) must use that rounded value, not the unrounded sum
     x, branch = residual_and_branch((37, 64), torch.bfloat16)
     w, b = torch.ones(64), torch.zeros(64)
     seeds = kernels.dropout_seeds("cpu")
@@ -222,7 +225,7 @@ def test_half_precision_stream_normalises_the_stored_residual():
     assert x_mid.dtype == torch.bfloat16
     expected = torch.nn.functional.layer_norm(x_mid.float(), (64,), eps=1e-5)
     assert_close(h, expected, atol=1e-5, rtol=1e-5, name="h")
-    # and the whole op agrees with the reference, which reads the stored value too
+    # and the whole op agrees with the reference, which rounds it too
     x, branch = residual_and_branch((4, 7, 64), torch.bfloat16)
     params = ffn_params(64, 96, torch.float32)
     out, grads = run_ffn("triton", x, branch, params, 0.2, seeds)
@@ -340,12 +343,12 @@ def test_custom_ops_pass_opcheck():
     x64, branch32 = residual_and_branch((2, 5, 16), torch.float64, torch.float32)
     torch.library.opcheck(feed_forward._feed_forward_op, (x64, branch32, *args[2:-1], False))
     # the backward op on its own (opcheck of the forward does not run its fake)
-    out, x_mid, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False)
+    out, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False)
     w1, b1, w2 = params["fc1_weight"], params["fc1_bias"], params["fc2_weight"]
-    saved = [t.detach() for t in (x_mid, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
+    saved = [t.detach() for t in (x64, branch32, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
     torch.library.opcheck(feed_forward._feed_forward_backward_op,
-                          (torch.randn_like(out.detach()), *saved[:4], seeds, 0.3, *saved[4:], 1e-5,
-                           w1.detach(), b1.detach(), w2.detach(), torch.float32))
+                          (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
+                           w1.detach(), b1.detach(), w2.detach()))
     w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
     torch.library.opcheck(norm_linear._layer_norm_linear_op,
                           (x, params["norm_weight"], params["norm_bias"], 1e-5, w, b))
@@ -388,7 +391,7 @@ def test_block_state_dict_moves_between_backends():
 
 
 def test_backward_writes_no_zero_gradients_for_the_saved_only_outputs():
-    # x_mid, the statistics and the hidden are outputs only so that autograd
+    # the statistics and the hidden are outputs only so that autograd
     # keeps them; zero-filling their (N, D) and (N, d_ff) gradients would
     # cost a full write each in every backward
     from torch.utils._python_dispatch import TorchDispatchMode
