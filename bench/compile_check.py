@@ -184,6 +184,25 @@ def fused_block_cases(quick: bool):
         yield f"fused_block {res}/{gemm} D={d} p={p}", run
 
 
+def dropout_cases(quick: bool):
+    """kernels.dropout (kernels/dropout.py): the feed_forward row kernel without
+    the added tensor at site 0 (the embedding dropout), forward and backward,
+    in each float dtype, at the model's D and (not quick) a small and the
+    largest D."""
+    import importlib
+
+    # the module: `from kernels import dropout` is the public function
+    dropout = importlib.import_module("kernels.dropout")
+
+    widths = [256] if quick else [7, 256, 8192]
+    for dtype, d in itertools.product(("fp32", "bf16", "fp16", "fp64"), widths):
+        def run(dtype=DTYPES.get(dtype, torch.float64), d=d):
+            x = torch.zeros(3, 5, d, dtype=dtype, requires_grad=True)
+            dropout.dropout(x, torch.tensor([1]), 0.1).sum().backward()
+
+        yield f"dropout D={d} {dtype}", run
+
+
 # One entry per kernel module: name -> function(quick) yielding (label, thunk)
 # pairs, each thunk running the host code that launches that module's
 # kernels. A new kernel module registers its variants here.
@@ -192,6 +211,7 @@ KERNEL_MODULES = {
     "revin": revin_cases,
     "gated_norm": gated_norm_cases,
     "fused_block": fused_block_cases,
+    "dropout": dropout_cases,
 }
 
 

@@ -261,3 +261,15 @@ def _feed_forward_backward(inputs, outputs) -> list:
         _gemm("gemm dh", N, D, C, w1.dtype), _gemm("gemm dW1", C, D, N, w1.dtype),
         _pass("norm backward", "norm", h + 3 * tensor_bytes(x_mid) + branch, launches=2),
     ]
+
+
+# --- dropout with a seed instead of a stored mask (kernels/dropout.py) --------
+
+@register_cost("migt::dropout")
+def _dropout(inputs, outputs) -> list:
+    return [_pass("dropout", "dropout", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read x, write y
+
+
+@register_cost("migt::dropout_backward")
+def _dropout_backward(inputs, outputs) -> list:
+    return [_pass("dropout grad", "dropout", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read dy, write dx

@@ -29,6 +29,7 @@ __all__ = [
     "residual_feed_forward",
     "dropout_seeds",
     "fused_block_backend",
+    "dropout",
 ]
 
 # Triton implementation module of each op; each exposes
@@ -37,6 +38,7 @@ __all__ = [
 # an import made inside the compiled region. (It costs ~0.15 s, mostly triton.)
 try:
     from . import attention as _triton_attention
+    from . import dropout as _triton_dropout
     from . import feed_forward as _triton_feed_forward
     from . import gated_norm as _triton_gated_norm
     from . import norm_linear as _triton_norm_linear
@@ -52,6 +54,7 @@ else:
         "gated_residual_norm": _triton_gated_norm,
         "layer_norm_linear": _triton_norm_linear,
         "residual_feed_forward": _triton_feed_forward,
+        "dropout": _triton_dropout,
     }
 
 
@@ -249,3 +252,27 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
     impl = _triton_module("residual_feed_forward") if choice == "triton" else reference
     return impl.residual_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias,
                                       fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, recompute_hidden)
+
+
+def dropout(x, p: float, *, seeds=None, backend: str = "auto"):
+    """Inverted dropout of x whose mask is never stored: element kept with
+    probability 1 - p and scaled by 1/(1-p), else 0.
+
+    x: (..., D), any float dtype, seen as rows of its last dim (D up to 8192
+    on the triton backend). p in [0, 1). The keep bits come from ``seeds[0]``
+    (seeds: int64, 1-D, at least one element; default: a fresh one from
+    torch's generator of x's device, so torch.manual_seed reproduces it), by
+    the Philox generator of the fused blocks' dropout: the same seeds give the
+    same mask on every backend (kernels/philox.py). The triton backward keeps
+    only the seed and redraws the mask. Returns x's dtype and shape; with
+    p == 0, x itself (as nn.Dropout). ("sdpa" runs the reference.)
+    """
+    _validate.dropout_inputs(x, p, seeds)
+    choice = _dispatch.choose("dropout", backend, x.device, lambda: _triton_reason("dropout", x))
+    if p == 0:  # no node, no copy: autograd passes the gradient straight through
+        return x
+    if seeds is None:
+        seeds = dropout_seeds(x.device, 1)
+    if choice == "triton":
+        return _triton_module("dropout").dropout(x, seeds, float(p))
+    return reference.dropout(x, seeds, float(p))

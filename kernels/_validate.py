@@ -175,3 +175,20 @@ def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias,
             raise ValueError(f"seeds must be an int64 tensor of shape (3,), got {seeds.dtype} {_shape(seeds)}")
         tensors["seeds"] = seeds  # the kernels read them on the device
     same_device(**tensors)
+
+
+def dropout_inputs(x, p, seeds) -> None:
+    """kernels.dropout: x a float tensor with a last dim (its rows), p in
+    [0, 1), seeds (when given, and p > 0) int64 1-D with at least one element
+    on x's device."""
+    _residual_rows(x)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be a float in [0, 1), got {p!r}")
+    if seeds is None:
+        return
+    tensor("seeds", seeds)
+    if seeds.dtype != torch.int64 or seeds.dim() != 1 or (p > 0 and seeds.shape[0] < 1):
+        need = "at least 1 element" if p > 0 else "any length"
+        raise ValueError(f"seeds must be a 1-D int64 tensor with {need} (seeds[0] is used), "
+                         f"got {seeds.dtype} of shape {_shape(seeds)}")
+    same_device(x=x, seeds=seeds)

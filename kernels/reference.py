@@ -149,3 +149,15 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
     g = dropout(torch.nn.functional.gelu(hidden.to(dt)), 1).to(gemm_dt)
     f = torch.nn.functional.linear(g, fc2_weight, fc2_bias)
     return (x_mid + dropout(f.to(dt), 2)).to(x.dtype)
+
+
+def dropout(x, seeds, p: float):
+    """dropout(x) with the kernels' mask: philox.keep_mask of seeds[0] over
+    the rows of x's last dim, kept elements times 1/(1-p) (the kernel's
+    multiply), in float32 at least; returns x's dtype. p == 0 or empty
+    seeds: x itself."""
+    if p == 0.0 or seeds.numel() == 0:
+        return x
+    shape = x.shape if x.dim() else (1,)
+    keep = philox.keep_mask(seeds[0], shape, p).view(x.shape)
+    return torch.where(keep, x.to(compute_dtype(x.dtype)) * (1.0 / (1.0 - p)), 0.0).to(x.dtype)

@@ -101,7 +101,12 @@ class MIGT_TVDT(nn.Module):
         pos = self.positional(
             bar, temporal_info["day_of_week"], temporal_info["day_of_month"], temporal_info["day_of_year"]
         )  # [B, T, D]
-        x = self.embed_dropout(x + pos[:, None, :, :])
+        x = x + pos[:, None, :, :]
+        if kernels.fused_block_backend(cfg.backend, x) == "triton":
+            # the mask is redrawn from a seed in the backward, not stored
+            x = kernels.dropout(x, self.embed_dropout.p if self.training else 0.0, backend="triton")
+        else:
+            x = self.embed_dropout(x)
         device_type = x.device.type
         if cfg.residual_stream == "autocast" and torch.is_autocast_enabled(device_type):
             x = x.to(torch.get_autocast_dtype(device_type))
