@@ -31,8 +31,9 @@ Attention, per backend:
              copy of O feeds out_proj (aD);
   reference: float32 copies of q, k, v (12D) + the probabilities, 4HT per token
              along time (a T x T matrix per (b, v, h)) and 4HV along variables.
-Gated residual norm after each variable block (+ the gate Linear's input,
-autocast's copy of x unless the stream is already in a):
+Gated residual norm after each variable block (+ the gate Linear's input:
+with the plain modules autocast's copy of x unless the stream is already
+in a; the fused block's gate, kernels.linear_keep_input, keeps x itself):
   triton:    update rD + gate logits aD + stats 8 (x is the block input, kept anyway);
   reference: update 4D + stats 8 + sigmoid output 4D + (LayerNorm(update) - x) 4D.
 Under bf16 autocast each forward also keeps a bf16 copy of every weight (2 bytes
@@ -106,9 +107,9 @@ def _block_bytes(backend, axis, a, m, D, H, F, T, V, r=4, keep_hidden=True) -> i
 
 
 def _gated_norm_bytes(backend, a, D, r=4) -> int:
-    gate_input = 0 if a == r else a * D  # autocast's bf16 copy of x for the gate Linear
     if backend == "triton":
-        return gate_input + r * D + a * D + 8
+        return r * D + a * D + 8
+    gate_input = 0 if a == r else a * D  # autocast's bf16 copy of x for the gate Linear
     return gate_input + r * D + 8 + 4 * D + 4 * D
 
 
@@ -156,8 +157,9 @@ def estimate(
     # RevIN + value embedding + dropout mask; the (B, T, D) calendar part is small
     embed = (3 * 4 + m * D) * N
     # final LayerNorm (in float32: its input 4D) + stats, one copy of the
-    # pooled values for both of the pooling's products
-    aggregation = (4 * D + 8 + a * D) * N
+    # pooled values for both of the pooling's products; the fused model
+    # recomputes both in the backward and keeps only the stream rD
+    aggregation = (r * D if backend == "triton" else 4 * D + 8 + a * D) * N
 
     # The backward's largest working set: one block's FFN gradients, plus two
     # T x T float32 matrices per (b, v, h) for reference attention.

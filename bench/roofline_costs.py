@@ -238,19 +238,22 @@ def _feed_forward(inputs, outputs) -> list:
     D, C = x.shape[-1], w1.shape[0]
     N = x.numel() // D
     h, hidden, f = _nbytes(N * D, w1), _nbytes(N * C, w1), _nbytes(N * D, w1)
-    return [_pass("add+dropout+norm", "norm", 2 * tensor_bytes(x) + tensor_bytes(branch) + h),
+    # x_mid is never written: the output pass rebuilds it from x and the branch
+    return [_pass("add+dropout+norm", "norm", tensor_bytes(x) + tensor_bytes(branch) + h),
             _gemm("gemm fc1", N, C, D, w1.dtype), _pass("gelu+dropout", "dropout", 2 * hidden),
-            _gemm("gemm fc2", N, D, C, w1.dtype), _pass("dropout+add", "dropout", 2 * tensor_bytes(x) + f)]
+            _gemm("gemm fc2", N, D, C, w1.dtype),
+            _pass("dropout+add", "dropout", 2 * tensor_bytes(x) + tensor_bytes(branch) + f)]
 
 
 @register_cost("migt::residual_feed_forward_backward")
 def _feed_forward_backward(inputs, outputs) -> list:
-    dout, x_mid, hidden, w1 = inputs[0], inputs[1], inputs[4], inputs[10]
-    D, C = x_mid.shape[-1], w1.shape[0]
-    N = x_mid.numel() // D
-    h, hid, branch = _nbytes(N * D, w1), _nbytes(N * C, w1), _nbytes(N * D, outputs[1])
+    dout, x, branch, hidden, w1 = inputs[0], inputs[1], inputs[2], inputs[5], inputs[11]
+    D, C = x.shape[-1], w1.shape[0]
+    N = x.numel() // D
+    h, hid = _nbytes(N * D, w1), _nbytes(N * C, w1)
+    x_mid = tensor_bytes(x) + tensor_bytes(branch)  # x_mid rebuilt from x and the branch where it is read
     parts = [_pass("dropout grad", "dropout", tensor_bytes(dout) + h),
-             _pass("norm recompute", "norm", tensor_bytes(x_mid) + h)]
+             _pass("norm recompute", "norm", x_mid + h)]
     if hidden.numel() == 0:  # selective recompute of the hidden
         parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
     return parts + [
@@ -259,7 +262,8 @@ def _feed_forward_backward(inputs, outputs) -> list:
         _pass("bias grad fc2", "reductions", h),
         _pass("gelu+dropout backward", "dropout", 3 * hid, launches=2),
         _gemm("gemm dh", N, D, C, w1.dtype), _gemm("gemm dW1", C, D, N, w1.dtype),
-        _pass("norm backward", "norm", h + 3 * tensor_bytes(x_mid) + branch, launches=2),
+        # reads dh, dout, x, branch; writes dx, dbranch
+        _pass("norm backward", "norm", h + x_mid + 2 * tensor_bytes(x) + tensor_bytes(branch), launches=2),
     ]
 
 
@@ -273,3 +277,28 @@ def _dropout(inputs, outputs) -> list:
 @register_cost("migt::dropout_backward")
 def _dropout_backward(inputs, outputs) -> list:
     return [_pass("dropout grad", "dropout", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read dy, write dx
+
+
+# --- the final norm and the gate's Linear (kernels/norm_linear.py, kernels/linear.py)
+
+@register_cost("migt::layer_norm")
+def _layer_norm(inputs, outputs) -> list:
+    return [_pass("norm", "norm", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read x; write h, mean, rstd
+
+
+@register_cost("migt::layer_norm_backward")
+def _layer_norm_backward(inputs, outputs) -> list:
+    dh, x = inputs[0], inputs[1]
+    # reads dh, x and the statistics, writes dx; then the (D,) partial sums are summed
+    return [_pass("norm backward", "norm", tensor_bytes(dh, x, inputs[2], inputs[3]) + tensor_bytes(x), launches=3)]
+
+
+@register_cost("migt::linear_keep_input")
+def _linear_keep_input(inputs, outputs) -> list:
+    x, weight = inputs[0], inputs[1]
+    D_out, D = weight.shape
+    N = x.numel() // D
+    parts = [_gemm("gemm", N, D_out, D, weight.dtype)]
+    if x.dtype != weight.dtype:  # autocast's cast of x, made inside the op
+        parts.insert(0, _pass("cast", "casts", tensor_bytes(x) + _nbytes(N * D, weight)))
+    return parts

@@ -26,8 +26,9 @@ import triton.language as tl
 
 from ._launch import backward_programs, cdiv
 from ._tiles import keep_tile, split_scalar, tile_offsets
+from .linear import linear_backward
 from .norm_linear import (
-    TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args, linear_backward,
+    TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
     residual_norm_bwd, residual_norm_fwd, warps,
 )
 from .norm_linear import unsupported_reason as _norm_unsupported

@@ -26,6 +26,7 @@ import triton.language as tl
 from . import philox
 from ._launch import backward_programs, cdiv, next_power_of_2, split_float32
 from ._tiles import keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
+from .linear import linear_backward
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -224,11 +225,6 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
     return dx, dbranch, dw_part.sum(0), db_part.sum(0)
 
 
-def linear_backward(dy, inp, weight, acc):
-    """Gradients of y = inp @ weight.T + bias: (dinp, dweight, dbias)."""
-    return dy @ weight, dy.t() @ inp, dy.sum(0, dtype=acc)
-
-
 # ------------------------------------------------------ custom-op registration
 
 
@@ -293,6 +289,61 @@ def _backward(ctx, dy, _dmean, _drstd):
 _layer_norm_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# LayerNorm alone, its output written straight in the dtype of the product
+# that reads it (the final norm before the pooling): one pass, where
+# autocast's LayerNorm writes float32 and a cast follows.
+
+
+@torch.library.custom_op("migt::layer_norm", mutates_args=())
+def _layer_norm_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    D = x.shape[-1]
+    _, h, mean, rstd = residual_norm_fwd(x.reshape(-1, D), None, None, 0, 0.0, weight, bias, eps, out_dtype)
+    return h.view(x.shape), mean, rstd
+
+
+@_layer_norm_op.register_fake
+def _(x, weight, bias, eps, out_dtype):
+    N = x.numel() // x.shape[-1]
+    acc = compute_dtype(x.dtype)
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((N,), dtype=acc), x.new_empty((N,), dtype=acc)
+
+
+@torch.library.custom_op("migt::layer_norm_backward", mutates_args=())
+def _layer_norm_backward_op(
+    dh: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    D = x.shape[-1]
+    dx, _, dweight, dbias = residual_norm_bwd(dh.reshape(-1, D).contiguous(), None, x.reshape(-1, D), mean, rstd,
+                                              weight)
+    return dx.view(x.shape), dweight, dbias
+
+
+@_layer_norm_backward_op.register_fake
+def _(dh, x, mean, rstd, weight):
+    D = x.shape[-1]
+    return x.new_empty(x.shape), mean.new_empty((D,)), mean.new_empty((D,))
+
+
+def _layer_norm_setup_context(ctx, inputs, output):
+    x, weight, _, _, _ = inputs
+    _, mean, rstd = output
+    ctx.set_materialize_grads(False)  # mean and rstd are only saved
+    ctx.save_for_backward(x, mean, rstd, weight)
+
+
+def _layer_norm_backward(ctx, dh, _dmean, _drstd):
+    x, mean, rstd, weight = ctx.saved_tensors
+    if dh is None:
+        return None, None, None, None, None
+    dx, dweight, dbias = _layer_norm_backward_op(dh, x, mean, rstd, weight)
+    return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None
+
+
+_layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup_context)
+
+
 # ------------------------------------------------------------ public function
 
 
@@ -305,3 +356,11 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     """
     y, _, _ = _layer_norm_linear_op(x.contiguous(), norm_weight, norm_bias, float(eps), weight, bias)
     return y
+
+
+
+def layer_norm(x, weight, bias, eps: float = 1e-5, out_dtype=None):
+    """layer_norm(x; weight, bias) in float32 at least, written in out_dtype
+    (default x's), keeping x and two floats per row for the backward."""
+    h, _, _ = _layer_norm_op(x.contiguous(), weight, bias, float(eps), out_dtype or x.dtype)
+    return h

@@ -125,6 +125,13 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     return torch.nn.functional.linear(h.to(weight.dtype), weight, bias)
 
 
+def layer_norm(x, weight, bias, eps: float = 1e-5, out_dtype=None):
+    """layer_norm(x; weight, bias) in float32 at least, returned in out_dtype (default x's)."""
+    dt = compute_dtype(x.dtype)
+    h = torch.nn.functional.layer_norm(x.to(dt), (x.shape[-1],), weight.to(dt), bias.to(dt), eps)
+    return h.to(out_dtype or x.dtype)
+
+
 def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                           eps: float = 1e-5, recompute_hidden: bool = False):
     """x_mid = x + dropout(branch); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).

@@ -115,6 +115,12 @@ class GatedVariableBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         update = self.block(x, mask)
+        if kernels.fused_block_backend(self.backend, x) == "triton":
+            # x is kept for the backward by the block and the norm anyway: the
+            # gate keeps it too instead of autocast's bf16 copy (D bytes a token)
+            gate_logits = kernels.linear_keep_input(x, self.gate.weight, self.gate.bias)
+        else:
+            gate_logits = self.gate(x)
         return kernels.gated_residual_norm(
-            x, update, self.gate(x), self.norm_weight, self.norm_bias, self.eps, backend=self.backend
+            x, update, gate_logits, self.norm_weight, self.norm_bias, self.eps, backend=self.backend
         )

@@ -81,6 +81,22 @@ class MIGT_TVDT(nn.Module):
             return checkpoint(block, x, mask, use_reentrant=False)
         return block(x, mask)
 
+    def _aggregate(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Final norm + attention pooling over T: (B, V, T, D) -> (B, V, D)."""
+        if kernels.fused_block_backend(self.config.backend, x) != "triton":
+            return self.aggregation(self.final_norm(x), mask)
+        if self.training and torch.is_grad_enabled():
+            # Recomputed in the backward (one norm pass and two matrix-vector
+            # products): only x is kept, not the normalised low-precision copy
+            # that both of the pooling's products would keep. No RNG inside.
+            return checkpoint(self._norm_and_pool, x, mask, use_reentrant=False, preserve_rng_state=False)
+        return self._norm_and_pool(x, mask)
+
+    def _norm_and_pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        norm = self.final_norm
+        h = kernels.layer_norm(x, norm.weight, norm.bias, norm.eps, backend="triton")  # autocast's dtype, one pass
+        return self.aggregation(h, mask)
+
     def embed(
         self,
         features: torch.Tensor,
@@ -129,9 +145,9 @@ class MIGT_TVDT(nn.Module):
         if cfg.variable_attention == "per_step":
             for block in self.variable_blocks:
                 x = self._run_block(block, x, attention_mask)  # [B, V, T, D]
-            pooled = self.aggregation(self.final_norm(x), attention_mask)  # [B, V, D]
+            pooled = self._aggregate(x, attention_mask)  # [B, V, D]
         else:  # "pooled": the original FuturesSL order, variable blocks on (B, V, 1, D)
-            pooled = self.aggregation(self.final_norm(x), attention_mask)  # [B, V, D]
+            pooled = self._aggregate(x, attention_mask)  # [B, V, D]
             step = pooled.unsqueeze(2)  # [B, V, 1, D]
             one_step = torch.ones(B, 1, dtype=torch.bool, device=features.device)
             for block in self.variable_blocks:

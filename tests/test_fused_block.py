@@ -320,12 +320,21 @@ def test_fused_blocks_keep_no_dropout_mask_and_one_hidden_at_most(recompute_hidd
     n_blocks = model.config.n_temporal_layers + model.config.n_variable_layers
     hidden = [t for t in saved if t.dim() and t.shape[-1] == model.config.d_ff]
     assert len(hidden) == (0 if recompute_hidden else n_blocks)
-    # the plain modules keep a bool mask per dropout; the fused blocks keep
-    # none (what remains: the embedding's and the output pool's dropout)
+    # The plain modules keep a mask per dropout of a (..., D) or (..., d_ff)
+    # activation (on the CPU the scaled noise, 0 or 1/(1-p), on CUDA bools);
+    # the fused model keeps only the output pool's, on (B, D).
+    scale = 1.0 / (1.0 - model.config.dropout)
+
+    def dropout_masks(tensors):
+        widths = (model.config.d_model, model.config.d_ff)
+        return [tuple(t.shape) for t in tensors
+                if t.dim() and t.numel() and t.shape[-1] in widths
+                and (t.dtype == torch.bool or (t.is_floating_point() and bool(((t == 0) | (t == scale)).all())))]
+
     sdpa_model, _ = tiny_model("sdpa")
-    sdpa_masks = [t for t in saved_tensors(sdpa_model.train(), batch) if t.dtype == torch.bool]
-    masks = [t for t in saved if t.dtype == torch.bool]
-    assert len(sdpa_masks) - len(masks) == 3 * n_blocks
+    sdpa_masks = dropout_masks(saved_tensors(sdpa_model.train(), batch))
+    assert len(sdpa_masks) == 3 * n_blocks + 2, sdpa_masks  # + the embedding's and the output pool's
+    assert dropout_masks(saved) == [(2, model.config.d_model)]
 
 
 # ------------------------------------------------------------------ contract
