@@ -185,14 +185,11 @@ def fused_block_cases(quick: bool):
 
 
 def dropout_cases(quick: bool):
-    """kernels.dropout (kernels/dropout.py): the feed_forward row kernel without
+    """kernels.dropout (kernels/seeded_dropout.py): the feed_forward row kernel without
     the added tensor at site 0 (the embedding dropout), forward and backward,
     in each float dtype, at the model's D and (not quick) a small and the
     largest D."""
-    import importlib
-
-    # the module: `from kernels import dropout` is the public function
-    dropout = importlib.import_module("kernels.dropout")
+    from kernels import seeded_dropout as dropout
 
     widths = [256] if quick else [7, 256, 8192]
     for dtype, d in itertools.product(("fp32", "bf16", "fp16", "fp64"), widths):

@@ -36,6 +36,11 @@ with the plain modules autocast's copy of x unless the stream is already
 in a; the fused block's gate, kernels.linear_keep_input, keeps x itself):
   triton:    update rD + gate logits aD + stats 8 (x is the block input, kept anyway);
   reference: update 4D + stats 8 + sigmoid output 4D + (LayerNorm(update) - x) 4D.
+Embedding: RevIN's and the value embedding's 12 + the dropout mask mD (none
+  on triton: kernels.dropout redraws it).
+Final norm + pooling: the norm's input 4D + stats 8 + one aD copy of the
+  normalised values for both pooling products; on triton only the stream rD
+  (both are recomputed in the backward).
 Under bf16 autocast each forward also keeps a bf16 copy of every weight (2 bytes
 per parameter). Activation checkpointing keeps only each block's input (4D) and recomputes
 one block at a time in the backward, so that block's full set is added once.
@@ -154,8 +159,9 @@ def estimate(
     Nv = batch * V * variable_rows
     variable = (_block_bytes(backend, "variable", a, m, D, H, F, T, V, r, keep_hidden)
                 + _gated_norm_bytes(backend, a, D, r)) * Nv
-    # RevIN + value embedding + dropout mask; the (B, T, D) calendar part is small
-    embed = (3 * 4 + m * D) * N
+    # RevIN + value embedding + dropout mask (none in the fused model:
+    # kernels.dropout redraws it); the (B, T, D) calendar part is small
+    embed = (3 * 4 + (0 if backend == "triton" else m * D)) * N
     # final LayerNorm (in float32: its input 4D) + stats, one copy of the
     # pooled values for both of the pooling's products; the fused model
     # recomputes both in the backward and keeps only the stream rD

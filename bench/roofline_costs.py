@@ -267,7 +267,7 @@ def _feed_forward_backward(inputs, outputs) -> list:
     ]
 
 
-# --- dropout with a seed instead of a stored mask (kernels/dropout.py) --------
+# --- dropout with a seed instead of a stored mask (kernels/seeded_dropout.py) --------
 
 @register_cost("migt::dropout")
 def _dropout(inputs, outputs) -> list:

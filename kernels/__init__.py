@@ -40,7 +40,7 @@ __all__ = [
 # an import made inside the compiled region. (It costs ~0.15 s, mostly triton.)
 try:
     from . import attention as _triton_attention
-    from . import dropout as _triton_dropout
+    from . import seeded_dropout as _triton_dropout
     from . import feed_forward as _triton_feed_forward
     from . import gated_norm as _triton_gated_norm
     from . import norm_linear as _triton_norm_linear

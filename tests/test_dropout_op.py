@@ -4,30 +4,25 @@ keep bits drawn from seeds[0] and redrawn in the backward. Parity with the
 Philox replica of the reference backend, the keep rate and scale, seeds and
 reproducibility, what the backward keeps (the seed only), the op contract
 and the argument checks."""
-import sys
 
 import pytest
 import torch
 
 import kernels
 from helpers import assert_close
-from kernels import feed_forward, philox
+from kernels import philox
 from migt import MIGT_TVDT, MIGTConfig
 from migt.data import synthetic_batch
 
-# kernels.dropout is the public function; its Triton module is this one
-dropout_module = sys.modules["kernels.dropout"]
+from kernels import seeded_dropout as dropout_module
 
 TOL = {torch.float64: dict(atol=1e-14, rtol=1e-14), torch.float32: dict(atol=1e-7, rtol=1e-6),
        torch.bfloat16: dict(atol=0.0, rtol=1e-2), torch.float16: dict(atol=0.0, rtol=1e-3)}
 
 
 @pytest.fixture
-def poisoned(poisoned_allocations, monkeypatch):
-    """poisoned_allocations, reaching kernels/dropout.py's host code too (it
-    allocates the outputs the feed_forward kernel writes)."""
-    monkeypatch.setattr(dropout_module, "torch", feed_forward.torch)
-    assert feed_forward.torch is not torch  # the fixture did poison
+def poisoned(poisoned_allocations):
+    assert dropout_module.torch is not torch  # the fixture reaches the op's host code
 
 
 def seeds3():

@@ -304,7 +304,7 @@ MUTANTS = [
     ),
     Mutant(
         "fused-norm-bwd-branch-grad-unmasked", NORM_LINEAR, "masking",
-        "dbranch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), dx * scale, 0.0)",
+        "dbranch = tl.where(keep, dx * scale, 0.0)",
         "dbranch = dx * scale",
         (FUSED_PARITY,),
         "dropped elements still get a gradient: the backward ignores the forward's mask",
@@ -346,10 +346,24 @@ MUTANTS = [
     ),
     Mutant(
         "fused-output-dropout-wrong-site", FEED_FORWARD, "masking",
-        "return _dropout_rows(x, branch, seeds, OUTPUT_SITE,",
-        "return _dropout_rows(x, branch, seeds, HIDDEN_SITE,",
+        "return _dropout_rows(x, f, seeds, OUTPUT_SITE,",
+        "return _dropout_rows(x, f, seeds, HIDDEN_SITE,",
         (FUSED_PARITY,),
         "the output dropout draws the hidden's mask in the forward and its own in the backward",
+    ),
+    Mutant(
+        "fused-output-x-mid-wrong-site", FEED_FORWARD, "masking",
+        "mid=branch, mid_site=BRANCH_SITE,",
+        "mid=branch, mid_site=OUTPUT_SITE,",
+        (FUSED_PARITY,),
+        "the output add rebuilds x_mid with another mask than the norm saw: the residual drifts from the norm's input",
+    ),
+    Mutant(
+        "fused-norm-bwd-x-mid-not-rebuilt", NORM_LINEAR, "masking",
+        "x = (x.to(ACC) + branch).to(x_ptr.dtype.element_ty)  # rounded as in the forward",
+        "x = x.to(ACC)  # rounded as in the forward",
+        (FUSED_PARITY,),
+        "the norm backward normalises the block input instead of x_mid = x + dropout(branch)",
     ),
     Mutant(
         "fused-hidden-dropout-unscaled", FEED_FORWARD, "scaling",
