@@ -200,6 +200,25 @@ def dropout_cases(quick: bool):
         yield f"dropout D={d} {dtype}", run
 
 
+def value_embedding_cases(quick: bool):
+    """kernels.value_embedding (kernels/embedding.py), forward and backward,
+    with and without dropout: float32 (the model), a bf16 stream written from
+    float32 math, float64; at the model's D and (not quick) a small and the
+    largest D."""
+    from kernels import embedding
+
+    variants = [("fp32", "fp32"), ("fp32", "bf16")] + ([] if quick else [("fp64", "fp64"), ("fp64", "bf16")])
+    widths = [256] if quick else [7, 256, 8192]
+    for (dtype, out), d, p in itertools.product(variants, widths, (0.0, 0.1)):
+        def run(dtype=DTYPES.get(dtype, torch.float64), out=DTYPES.get(out, torch.float64), d=d, p=p):
+            y = torch.zeros(2, 3, 5, dtype=dtype, requires_grad=True)
+            w, b = torch.zeros(3, d, dtype=dtype, requires_grad=True), torch.zeros(3, d, dtype=dtype)
+            pos = torch.zeros(2, 5, d, dtype=dtype)
+            embedding.value_embedding(y, w, b, pos, torch.tensor([1]), p, out).float().sum().backward()
+
+        yield f"value_embedding {dtype}->{out} D={d} p={p}", run
+
+
 # One entry per kernel module: name -> function(quick) yielding (label, thunk)
 # pairs, each thunk running the host code that launches that module's
 # kernels. A new kernel module registers its variants here.
@@ -209,6 +228,7 @@ KERNEL_MODULES = {
     "gated_norm": gated_norm_cases,
     "fused_block": fused_block_cases,
     "dropout": dropout_cases,
+    "value_embedding": value_embedding_cases,
 }
 
 

@@ -302,3 +302,23 @@ def _linear_keep_input(inputs, outputs) -> list:
     if x.dtype != weight.dtype:  # autocast's cast of x, made inside the op
         parts.insert(0, _pass("cast", "casts", tensor_bytes(x) + _nbytes(N * D, weight)))
     return parts
+
+
+# --- the input embedding in one pass (kernels/embedding.py) -------------------
+
+@register_cost("migt::value_embedding")
+def _value_embedding(inputs, outputs) -> list:
+    # reads y, the (V, D) parameters and pos (B, T, D); writes x
+    return [_pass("embedding", "elementwise", tensor_bytes(inputs[:4]) + tensor_bytes(outputs))]
+
+
+@register_cost("migt::value_embedding_backward")
+def _value_embedding_backward(inputs, outputs) -> list:
+    # reads dx, y, weight; writes dy, dpos and the per-tile partial rows of
+    # dweight and dbias, which the host sums
+    dout, y, weight = inputs[0], inputs[1], inputs[2]
+    B, V, T = y.shape
+    D = weight.shape[1]
+    partials = 2 * 2 * _nbytes(B * max(1, T // 16) * V * D, torch.float32)  # written, then read by the sum
+    return [_pass("embedding backward", "elementwise", tensor_bytes(dout, y, weight) + tensor_bytes(outputs) + partials,
+                  launches=3)]

@@ -32,6 +32,7 @@ __all__ = [
     "dropout_seeds",
     "fused_block_backend",
     "dropout",
+    "value_embedding",
 ]
 
 # Triton implementation module of each op; each exposes
@@ -41,6 +42,7 @@ __all__ = [
 try:
     from . import attention as _triton_attention
     from . import seeded_dropout as _triton_dropout
+    from . import embedding as _triton_value_embedding
     from . import feed_forward as _triton_feed_forward
     from . import gated_norm as _triton_gated_norm
     from . import norm_linear as _triton_norm_linear
@@ -58,6 +60,7 @@ else:
         "layer_norm_linear": _triton_norm_linear,
         "residual_feed_forward": _triton_feed_forward,
         "dropout": _triton_dropout,
+        "value_embedding": _triton_value_embedding,
     }
 
 
@@ -312,3 +315,30 @@ def dropout(x, p: float, *, seeds=None, backend: str = "auto"):
     if choice == "triton":
         return _triton_module("dropout").dropout(x, seeds, float(p))
     return reference.dropout(x, seeds, float(p))
+
+
+def value_embedding(y, weight, bias, pos, dropout_p: float = 0.0, *, seeds=None, out_dtype=None,
+                    backend: str = "auto"):
+    """The model's input embedding in one pass:
+
+        x[b, v, t, :] = dropout(y[b, v, t] * weight[v] + bias[v] + pos[b, t])
+
+    y: (B, V, T) (RevIN's output); weight, bias: (V, D) (a Linear(1, D) per
+    variable); pos: (B, T, D) (the calendar encoding, broadcast over V).
+    Computed in float32 at least; returned (B, V, T, D) in out_dtype
+    (default: weight's and pos's promoted dtype). Dropout (probability
+    dropout_p) draws from ``seeds[0]`` (int64 1-D; default a fresh seed from
+    torch's generator of y's device), with the mask of ``kernels.dropout``
+    over the (B*V*T, D) rows: the same seeds give the same mask on every
+    backend. With the Triton backend the backward keeps y and the seed
+    only, no (B, V, T, D) tensor and no mask.
+    """
+    _validate.value_embedding_inputs(y, weight, bias, pos, dropout_p, seeds)
+    choice = _dispatch.choose("value_embedding", backend, y.device,
+                              lambda: _triton_reason("value_embedding", y, weight))
+    if out_dtype is None:
+        out_dtype = torch.promote_types(weight.dtype, pos.dtype)
+    if seeds is None:
+        seeds = dropout_seeds(y.device, 1) if dropout_p > 0 else torch.empty((0,), dtype=torch.int64, device=y.device)
+    impl = _triton_module("value_embedding") if choice == "triton" else reference
+    return impl.value_embedding(y, weight, bias.to(weight.dtype), pos, seeds, float(dropout_p), out_dtype)

@@ -207,3 +207,25 @@ def layer_norm_inputs(x, weight, bias) -> None:
     _vector("weight", weight, d, "(D,)")
     _vector("bias", bias, d, "(D,)")
     same_device(x=x, weight=weight, bias=bias)
+
+
+def value_embedding_inputs(y, weight, bias, pos, p, seeds) -> None:
+    tensor("y", y, ndim=3, dims="(B, V, T)")
+    floating("y", y)
+    B, V, T = y.shape
+    tensor("weight", weight, ndim=2, dims="(V, D)")  # before reading D off its shape
+    _matrix("weight", weight, V, weight.shape[1], "(V, D)")
+    D = weight.shape[1]
+    _matrix("bias", bias, V, D, "(V, D)")
+    tensor("pos", pos, ndim=3, dims="(B, T, D)")
+    if tuple(pos.shape) != (B, T, D):
+        raise ValueError(f"pos must have shape (B, T, D) = ({B}, {T}, {D}), got {_shape(pos)}")
+    floating("pos", pos)
+    dropout_probability(p)
+    if seeds is not None:
+        tensor("seeds", seeds)
+        if seeds.dtype != torch.int64 or seeds.dim() != 1 or (p > 0 and seeds.shape[0] < 1):
+            raise ValueError(f"seeds must be a 1-D int64 tensor with at least 1 element (seeds[0] is used), "
+                             f"got {seeds.dtype} of shape {_shape(seeds)}")
+        same_device(y=y, seeds=seeds)
+    same_device(y=y, weight=weight, bias=bias, pos=pos)

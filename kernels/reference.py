@@ -168,3 +168,15 @@ def dropout(x, seeds, p: float):
     shape = x.shape if x.dim() else (1,)
     keep = philox.keep_mask(seeds[0], shape, p).view(x.shape)
     return torch.where(keep, x.to(compute_dtype(x.dtype)) * (1.0 / (1.0 - p)), 0.0).to(x.dtype)
+
+
+def value_embedding(y, weight, bias, pos, seeds, p: float, out_dtype):
+    """dropout(y[b, v, t] * weight[v] + bias[v] + pos[b, t]) as (B, V, T, D),
+    in float32 at least, with the kernels' mask (philox.keep_mask of
+    seeds[0] over the (B*V*T, D) rows); returns out_dtype."""
+    dt = compute_dtype(torch.promote_types(weight.dtype, pos.dtype))
+    x = y.to(dt).unsqueeze(-1) * weight.to(dt)[:, None, :] + bias.to(dt)[:, None, :] + pos.to(dt)[:, None, :, :]
+    if p > 0.0 and seeds.numel() > 0:
+        keep = philox.keep_mask(seeds[0], x.shape, p)
+        x = torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+    return x.to(out_dtype)

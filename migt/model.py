@@ -111,21 +111,25 @@ class MIGT_TVDT(nn.Module):
         y, mean, std = kernels.revin_normalize(
             features, attention_mask, self.revin_weight, self.revin_bias, cfg.revin_eps, backend=cfg.backend
         )  # y [B, V, T], padded steps 0
-        x = self.value_embedding(y.to(self.value_embedding.weight.dtype))  # [B, V, T, D]
         # Padded bars may hold anything (even out-of-range values): use bar 0 there.
         bar = torch.where(attention_mask, temporal_info["bar_in_day"], 0)
         pos = self.positional(
             bar, temporal_info["day_of_week"], temporal_info["day_of_month"], temporal_info["day_of_year"]
         )  # [B, T, D]
-        x = x + pos[:, None, :, :]
-        if kernels.fused_block_backend(cfg.backend, x) == "triton":
-            # the mask is redrawn from a seed in the backward, not stored
-            x = kernels.dropout(x, self.embed_dropout.p if self.training else 0.0, backend="triton")
-        else:
-            x = self.embed_dropout(x)
-        device_type = x.device.type
+        device_type = features.device.type
+        stream_dtype = None  # the residual stream's dtype when it is not float32
         if cfg.residual_stream == "autocast" and torch.is_autocast_enabled(device_type):
-            x = x.to(torch.get_autocast_dtype(device_type))
+            stream_dtype = torch.get_autocast_dtype(device_type)
+        emb, p = self.value_embedding, self.embed_dropout.p if self.training else 0.0
+        if kernels.fused_block_backend(cfg.backend, pos) == "triton":
+            # y * weight + bias + pos and the dropout in one pass, written in
+            # the stream's dtype: no (B, V, T, D) intermediates, no stored mask
+            out_dtype = stream_dtype or torch.promote_types(emb.weight.dtype, pos.dtype)
+            x = kernels.value_embedding(y, emb.weight, emb.bias, pos, p, out_dtype=out_dtype, backend="triton")
+        else:
+            x = self.embed_dropout(emb(y.to(emb.weight.dtype)) + pos[:, None, :, :])  # [B, V, T, D]
+            if stream_dtype is not None:
+                x = x.to(stream_dtype)
         return x, mean, std
 
     def forward(

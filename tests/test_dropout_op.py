@@ -1,5 +1,6 @@
-"""kernels.dropout (the model's embedding dropout on the triton backend):
-the Triton row kernel of kernels/feed_forward.py under the interpreter, with
+"""kernels.dropout (dropout whose mask is never stored; the model's
+embedding fuses the same mask into kernels.value_embedding): the Triton row
+kernel of kernels/feed_forward.py under the interpreter, with
 keep bits drawn from seeds[0] and redrawn in the backward. Parity with the
 Philox replica of the reference backend, the keep rate and scale, seeds and
 reproducibility, what the backward keeps (the seed only), the op contract
@@ -11,9 +12,6 @@ import torch
 import kernels
 from helpers import assert_close
 from kernels import philox
-from migt import MIGT_TVDT, MIGTConfig
-from migt.data import synthetic_batch
-
 from kernels import seeded_dropout as dropout_module
 
 TOL = {torch.float64: dict(atol=1e-14, rtol=1e-14), torch.float32: dict(atol=1e-7, rtol=1e-6),
@@ -199,43 +197,6 @@ def test_backward_keeps_only_the_seed():
     # the reference, by contrast, keeps a mask
     _, ref_saved = saved_by(lambda: kernels.dropout(x, 0.2, seeds=seeds, backend="reference"))
     assert any(t.dtype == torch.bool and t.shape == x.shape for t in ref_saved)
-
-
-TINY = dict(
-    d_model=32, n_heads=2, d_ff=48, dropout=0.3, attn_dropout=0.0,
-    n_temporal_layers=1, n_variable_layers=1, max_seq_len=12, n_variables=3,
-    n_horizons=3, n_quantiles=3, quantiles=[0.1, 0.5, 0.9],
-    time_of_day_dim=8, day_of_week_dim=4, day_of_month_dim=4, day_of_year_dim=6,
-)
-
-
-def tiny_embed(backend, train: bool):
-    torch.manual_seed(0)
-    model = MIGT_TVDT(MIGTConfig(**TINY, backend=backend)).train(train)
-    batch = synthetic_batch(2, model.config, seed=2)
-    torch.manual_seed(5)
-    return saved_by(lambda: model.embed(batch["features"], batch["attention_mask"], batch["temporal_info"])[0])
-
-
-def test_model_embedding_dropout_keeps_no_mask_on_triton():
-    (x, saved) = tiny_embed("triton", train=True)
-    B, V, T, D = x.shape
-    activations = [t for t in saved if t.numel() == B * V * T * D]
-    assert not activations, [(t.dtype, tuple(t.shape)) for t in activations]
-    assert any(t.dtype == torch.int64 and t.numel() == 1 for t in saved)  # the seed
-    dropped = (x == 0).double().mean().item()
-    assert 0.2 < dropped < 0.4  # p = 0.3 of B*V*T*D = 2304 elements
-    # nn.Dropout (sdpa) keeps a (B, V, T, D) mask (on the CPU a scaled noise tensor)
-    (_, sdpa_saved) = tiny_embed("sdpa", train=True)
-    assert [t for t in sdpa_saved if t.numel() == B * V * T * D]
-
-
-def test_model_embedding_is_the_identity_dropout_in_eval():
-    (x, saved) = tiny_embed("triton", train=False)
-    (ref, _) = tiny_embed("sdpa", train=False)
-    # (the two backends' RevIN differ by float32 rounding)
-    assert_close(x, ref, atol=1e-4, rtol=1e-4, name="embedding")
-    assert not (x == 0).any()
 
 
 # ------------------------------------------------------------------ contract
