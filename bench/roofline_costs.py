@@ -257,10 +257,10 @@ def _feed_forward_backward(inputs, outputs) -> list:
     if hidden.numel() == 0:  # selective recompute of the hidden
         parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
     return parts + [
-        _pass("gelu+dropout recompute", "dropout", 2 * hid),
-        _gemm("gemm d hidden", N, C, D, w1.dtype), _gemm("gemm dW2", D, C, N, w1.dtype),
-        _pass("bias grad fc2", "reductions", h),
-        _pass("gelu+dropout backward", "dropout", 3 * hid, launches=2),
+        _gemm("gemm d hidden", N, C, D, w1.dtype),
+        # reads d hidden and the hidden; writes dhidden and g again (for dW2)
+        _pass("gelu+dropout backward", "dropout", 4 * hid, launches=2),
+        _gemm("gemm dW2", D, C, N, w1.dtype), _pass("bias grad fc2", "reductions", h),
         _gemm("gemm dh", N, D, C, w1.dtype), _gemm("gemm dW1", C, D, N, w1.dtype),
         # reads dh, dout, x, branch; writes dx, dbranch
         _pass("norm backward", "norm", h + x_mid + 2 * tensor_bytes(x) + tensor_bytes(branch), launches=2),

@@ -12,9 +12,10 @@ branch, the per-row mean and rstd of the norm, the GEMMs' pre-activation
 ``hidden`` (or nothing of it with recompute_hidden=True, which redoes the
 first GEMM), and one int64 seed per dropout site. x_mid is never stored:
 the output pass and the backward rebuild it from x and the branch. h and g
-are recomputed; the dropout bits are redrawn from the seeds
-(kernels/philox.py); no mask is stored. The first bias's gradient is
-reduced inside the GELU backward (two stages, deterministic).
+are recomputed (g by the GELU backward, which reads the hidden anyway); the
+dropout bits are redrawn from the seeds (kernels/philox.py); no mask is
+stored. The first bias's gradient is reduced inside the GELU backward (two
+stages, deterministic).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import triton.language as tl
 
 from ._launch import backward_programs, cdiv
 from ._tiles import keep_tile, split_scalar, tile_offsets
-from .linear import linear_backward
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
     residual_norm_bwd, residual_norm_fwd, warps,
@@ -65,12 +65,15 @@ def _gelu_dropout_fwd_kernel(
 
 @triton.jit
 def _gelu_dropout_bwd_kernel(
-    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, db_part_ptr, N, C, cut, scale_hi, scale_lo,
+    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, g_ptr, db_part_ptr, N, C, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Program (pid, column block) walks row blocks pid, pid + P, ... and keeps
-    # its partial column sums of dhidden (the first bias's gradient).
+    # its partial column sums of dhidden (the first bias's gradient). It also
+    # writes g = dropout(gelu(hidden)) again (the forward's expression, so the
+    # same values) for the second GEMM's weight gradient: hidden is read here
+    # anyway, and a separate recompute pass would read it once more.
     pid = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     col_ok = cols < C
@@ -81,10 +84,15 @@ def _gelu_dropout_bwd_kernel(
         offs = tile_offsets(rows, cols, C)
         f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
         dg = tl.load(dg_ptr + offs, mask=ok, other=0.0).to(ACC)
+        erf = tl.math.erf(f * _SQRT1_2)
+        g = 0.5 * f * (1.0 + erf)  # as _gelu_dropout_fwd_kernel
         if HAS_DROPOUT:
             scale = split_scalar(scale_hi, scale_lo, ACC)
-            dg = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), dg * scale, 0.0)
-        cdf = 0.5 * (1.0 + tl.math.erf(f * _SQRT1_2))
+            keep = keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
+            dg = tl.where(keep, dg * scale, 0.0)
+            g = tl.where(keep, g * scale, 0.0)
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+        cdf = 0.5 * (1.0 + erf)
         pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
         df = dg * (cdf + f * pdf)
         db_acc += tl.sum(df, 0)
@@ -141,23 +149,25 @@ def gelu_dropout_fwd(hidden, seeds, p: float):
 
 
 def gelu_dropout_bwd(dg, hidden, seeds, p: float):
-    """Returns dhidden (N, C) in hidden's dtype and its column sums (C,) in the compute dtype."""
+    """Returns dhidden (N, C) in hidden's dtype, its column sums (C,) in the
+    compute dtype, and g = dropout(gelu(hidden)) (N, C) as the forward made it."""
     N, C = hidden.shape
     acc = compute_dtype(hidden.dtype)
     dhidden = torch.empty_like(hidden)
+    g = torch.empty_like(hidden)
     if hidden.numel() == 0:
-        return dhidden, torch.zeros((C,), dtype=acc, device=hidden.device)
+        return dhidden, torch.zeros((C,), dtype=acc, device=hidden.device), g
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     col_blocks = cdiv(C, HIDDEN_BLOCK_C)
     # enough (row, column) programs to fill the GPU, each looping over row blocks
     programs = max(1, backward_programs(hidden.device, cdiv(N, HIDDEN_BWD_BLOCK_M)) // col_blocks)
     db_part = torch.empty((programs, C), dtype=acc, device=hidden.device)
     _gelu_dropout_bwd_kernel[(programs, col_blocks)](
-        dg, hidden, seeds if has_dropout else hidden, dhidden, db_part, N, C, cut, scale_hi, scale_lo,
+        dg, hidden, seeds if has_dropout else hidden, dhidden, g, db_part, N, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
         BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
     )
-    return dhidden, db_part.sum(0)
+    return dhidden, db_part.sum(0), g
 
 
 def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_lo: float, out,
@@ -231,11 +241,12 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
                                    fc1_weight.dtype, store_x=False, store_stats=False)
     if hidden.dim() == 1:  # the (0,) placeholder: selective recompute of the FFN hidden
         hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
-    g = gelu_dropout_fwd(hidden, seeds, p)
-    dg, dw2, db2 = linear_backward(df, g, fc2_weight, acc)
-    del g, df
-    dhidden, db1 = gelu_dropout_bwd(dg, hidden, seeds, p)
+    dg = df @ fc2_weight  # [N, C]
+    # dhidden, db1, and g again (for dW2) in one pass over the hidden
+    dhidden, db1, g = gelu_dropout_bwd(dg, hidden, seeds, p)
     del dg
+    dw2, db2 = df.t() @ g, df.sum(0, dtype=acc)
+    del g, df
     dh = dhidden @ fc1_weight
     dw1 = dhidden.t() @ h
     del dhidden, h

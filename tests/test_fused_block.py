@@ -128,6 +128,18 @@ def test_kernel_masks_are_the_philox_reference_masks(N, D):
     assert torch.equal(out.double(), expected.float().double())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_gelu_backward_rewrites_the_forward_g_exactly(dtype):
+    # the backward's g (for the second GEMM's weight gradient) must be the
+    # forward's values bit for bit: same expression, mask, site and scale
+    N, C, p = 21, 300, 0.3
+    hidden = torch.randn(N, C, generator=torch.Generator().manual_seed(4)).to(dtype)
+    seeds = kernels.dropout_seeds("cpu")
+    g = feed_forward.gelu_dropout_fwd(hidden, seeds, p)
+    _, _, g_again = feed_forward.gelu_dropout_bwd(torch.ones_like(hidden), hidden, seeds, p)
+    assert torch.equal(g, g_again)
+
+
 def test_hidden_masks_are_the_philox_reference_masks():
     # the GELU kernel tiles columns in blocks of 256: rows past one block and
     # a width off the block exercise the group numbering across tiles

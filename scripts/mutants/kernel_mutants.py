@@ -345,6 +345,13 @@ MUTANTS = [
         "fc1's bias gradient sums the gradient before GELU's derivative",
     ),
     Mutant(
+        "fused-gelu-bwd-rewritten-g-unscaled", FEED_FORWARD, "scaling",
+        "g = tl.where(keep, g * scale, 0.0)",
+        "g = tl.where(keep, g, 0.0)",
+        (FUSED_PARITY, "tests/test_fused_block.py::test_gelu_backward_rewrites_the_forward_g_exactly"),
+        "the g the backward writes for fc2's weight gradient misses dropout's 1/(1-p)",
+    ),
+    Mutant(
         "fused-output-dropout-wrong-site", FEED_FORWARD, "masking",
         "return _dropout_rows(x, f, seeds, OUTPUT_SITE,",
         "return _dropout_rows(x, f, seeds, HIDDEN_SITE,",
