@@ -37,7 +37,7 @@ in a; the fused block's gate, kernels.linear_keep_input, keeps x itself):
   triton:    update rD + gate logits aD + stats 8 (x is the block input, kept anyway);
   reference: update 4D + stats 8 + sigmoid output 4D + (LayerNorm(update) - x) 4D.
 Embedding: RevIN's and the value embedding's 12 + the dropout mask mD (none
-  on triton: kernels.dropout redraws it).
+  on triton: kernels.value_embedding redraws it).
 Final norm + pooling: the norm's input 4D + stats 8 + one aD copy of the
   normalised values for both pooling products; on triton only the stream rD
   (both are recomputed in the backward).
@@ -160,7 +160,7 @@ def estimate(
     variable = (_block_bytes(backend, "variable", a, m, D, H, F, T, V, r, keep_hidden)
                 + _gated_norm_bytes(backend, a, D, r)) * Nv
     # RevIN + value embedding + dropout mask (none in the fused model:
-    # kernels.dropout redraws it); the (B, T, D) calendar part is small
+    # kernels.value_embedding redraws it); the (B, T, D) calendar part is small
     embed = (3 * 4 + (0 if backend == "triton" else m * D)) * N
     # final LayerNorm (in float32: its input 4D) + stats, one copy of the
     # pooled values for both of the pooling's products; the fused model

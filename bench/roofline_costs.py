@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import torch
 from torch.utils._pytree import tree_leaves
 
+from kernels._launch import BWD_PROGRAMS_PER_SM
+
 BWD_FLOP_FACTOR = 2.5  # attention backward: 5 matmuls to the forward's 2
 
 
@@ -314,11 +316,12 @@ def _value_embedding(inputs, outputs) -> list:
 
 @register_cost("migt::value_embedding_backward")
 def _value_embedding_backward(inputs, outputs) -> list:
-    # reads dx, y, weight; writes dy, dpos and the per-tile partial rows of
-    # dweight and dbias, which the host sums
+    # reads dx, y, weight; writes dy, dpos and the persistent programs'
+    # (V, D) partial rows of dweight and dbias (their per-tile updates stay
+    # in L2), which the host sums: 132 SMs (H100/H200) x the programs per SM
     dout, y, weight = inputs[0], inputs[1], inputs[2]
-    B, V, T = y.shape
-    D = weight.shape[1]
-    partials = 2 * 2 * _nbytes(B * max(1, T // 16) * V * D, torch.float32)  # written, then read by the sum
+    V, D = weight.shape
+    programs = 132 * BWD_PROGRAMS_PER_SM
+    partials = 2 * 2 * _nbytes(programs * V * D, torch.float32)  # two arrays, written, then read by the sum
     return [_pass("embedding backward", "elementwise", tensor_bytes(dout, y, weight) + tensor_bytes(outputs) + partials,
                   launches=3)]

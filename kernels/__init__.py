@@ -330,8 +330,8 @@ def value_embedding(y, weight, bias, pos, dropout_p: float = 0.0, *, seeds=None,
     dropout_p) draws from ``seeds[0]`` (int64 1-D; default a fresh seed from
     torch's generator of y's device), with the mask of ``kernels.dropout``
     over the (B*V*T, D) rows: the same seeds give the same mask on every
-    backend. With the Triton backend the backward keeps y and the seed
-    only, no (B, V, T, D) tensor and no mask.
+    backend. With the Triton backend the backward keeps y, the weight and
+    the seed: no (B, V, T, D) tensor and no mask.
     """
     _validate.value_embedding_inputs(y, weight, bias, pos, dropout_p, seeds)
     choice = _dispatch.choose("value_embedding", backend, y.device,

@@ -69,3 +69,14 @@ def layer_norm_rows_bwd(dy, xhat, w, rstd, n_cols):
     mean_dxhat = tl.sum(dxhat, 1) / n_cols  # [BLOCK_M]
     mean_dxhat_xhat = tl.sum(dxhat * xhat, 1) / n_cols
     return rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
+
+
+@triton.jit
+def cast_for(x, ptr):
+    """x converted to the element type of ``ptr``, through float32 when that
+    type is 16-bit: a float64 tile has no direct conversion to bf16/fp16 on
+    every target (the interpreter gives garbage). Float32 math is unchanged;
+    float64 math may round twice (1 ulp, rarely)."""
+    if ptr.dtype.element_ty.primitive_bitwidth == 16:
+        x = x.to(tl.float32)
+    return x.to(ptr.dtype.element_ty)

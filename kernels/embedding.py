@@ -12,10 +12,12 @@ and the backward keeps y (one float per token) and the seed.
 Dropout draws from seeds[0] at site 0 over the (B*V*T, D) rows, the mask of
 kernels.dropout and philox.keep_mask (so the reference reproduces it).
 
-Backward: one program per (b, block of steps) walks the V variables, so the
-calendar gradient dpos[b, t] = sum_v g[b, v, t] is summed in registers; the
-weight and bias gradients are written as per-program partial rows and summed
-on the host (no atomics: deterministic).
+Backward: a program walks the V variables of a (b, block of steps) tile, so
+the calendar gradient dpos[b, t] = sum_v g[b, v, t] is summed in registers;
+programs are persistent (a few per SM, each taking every P-th tile), and
+each adds its weight and bias gradients into its own (V, D) partial rows,
+summed on the host (no atomics: deterministic, and the partials do not grow
+with the batch).
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import cdiv
-from ._tiles import keep_tile, split_scalar, tile_offsets
+from ._launch import backward_programs, cdiv
+from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
 from .norm_linear import MAX_D, TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args, warps
 from .reference import compute_dtype
 
@@ -38,8 +40,7 @@ BWD_TILE_ELEMENTS = 4096
 @triton.jit
 def _value_embedding_fwd_kernel(
     y_ptr, w_ptr, b_ptr, pos_ptr, seed_ptr, out_ptr, N, VT, T, D, cut, scale_hi, scale_lo,
-    HAS_DROPOUT: tl.constexpr, HALF_OUT: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (b, v, t) [BLOCK_M]
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
@@ -56,45 +57,46 @@ def _value_embedding_fwd_kernel(
     if HAS_DROPOUT:
         scale = split_scalar(scale_hi, scale_lo, ACC)
         x = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), x * scale, 0.0)
-    if HALF_OUT:  # a half-precision stream from float64 math: through float32 (no direct conversion everywhere)
-        x = x.to(tl.float32)
-    tl.store(out_ptr + tile_offsets(rows, cols, D), x.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + tile_offsets(rows, cols, D), cast_for(x, out_ptr), mask=ok)
 
 
 @triton.jit
 def _value_embedding_bwd_kernel(
     dout_ptr, y_ptr, w_ptr, seed_ptr, dy_ptr, dw_part_ptr, db_part_ptr, dpos_ptr,
-    V, T, D, cut, scale_hi, scale_lo,
-    HAS_DROPOUT: tl.constexpr, HALF_POS: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    V, T, D, n_tiles, cut, scale_hi, scale_lo,
+    HAS_DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    tile = tl.program_id(0)
+    # Persistent: program pid takes tiles (b, step block) pid, pid + P, ...
+    # and adds its (V, D) weight and bias gradients into its own zeroed
+    # partial rows (read, add, write: only this program touches them).
+    pid = tl.program_id(0)
     t_blocks = tl.cdiv(T, BLOCK_T)
-    b = tile // t_blocks
-    t = (tile % t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    t_ok = t < T
     col_ok = cols < D
-    ok = t_ok[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
-    dpos = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-    for v in range(V):
-        rows = (b.to(tl.int64) * V + v) * T + t  # [BLOCK_T]
-        offs = tile_offsets(rows, cols, D)
-        g = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)  # gradient before the dropout
-        if HAS_DROPOUT:
-            scale = split_scalar(scale_hi, scale_lo, ACC)
-            g = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), g * scale, 0.0)
-        w = tl.load(w_ptr + v * D + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
-        y = tl.load(y_ptr + rows, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_T]
-        tl.store(dy_ptr + rows, tl.sum(g * w[None, :], 1).to(dy_ptr.dtype.element_ty), mask=t_ok)
-        part = (tile * V + v) * D + cols
-        tl.store(dw_part_ptr + part, tl.sum(g * y[:, None], 0), mask=col_ok)
-        tl.store(db_part_ptr + part, tl.sum(g, 0), mask=col_ok)
-        dpos += g
-    pos_rows = b.to(tl.int64) * T + t
-    if HALF_POS:  # as the forward's HALF_OUT
-        dpos = dpos.to(tl.float32)
-    tl.store(dpos_ptr + tile_offsets(pos_rows, cols, D), dpos.to(dpos_ptr.dtype.element_ty), mask=ok)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        b = tile // t_blocks
+        t = (tile % t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
+        t_ok = t < T
+        ok = t_ok[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
+        dpos = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+        for v in range(V):
+            rows = (b.to(tl.int64) * V + v) * T + t  # [BLOCK_T]
+            offs = tile_offsets(rows, cols, D)
+            g = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)  # gradient before the dropout
+            if HAS_DROPOUT:
+                scale = split_scalar(scale_hi, scale_lo, ACC)
+                g = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), g * scale, 0.0)
+            w = tl.load(w_ptr + v * D + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
+            y = tl.load(y_ptr + rows, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_T]
+            tl.store(dy_ptr + rows, cast_for(tl.sum(g * w[None, :], 1), dy_ptr), mask=t_ok)
+            part = (pid * V + v) * D + cols
+            dw = tl.load(dw_part_ptr + part, mask=col_ok, other=0.0) + tl.sum(g * y[:, None], 0)
+            tl.store(dw_part_ptr + part, dw, mask=col_ok)
+            db = tl.load(db_part_ptr + part, mask=col_ok, other=0.0) + tl.sum(g, 0)
+            tl.store(db_part_ptr + part, db, mask=col_ok)
+            dpos += g
+        pos_rows = b.to(tl.int64) * T + t
+        tl.store(dpos_ptr + tile_offsets(pos_rows, cols, D), cast_for(dpos, dpos_ptr), mask=ok)
 
 
 # --------------------------------------------------------------- host side
@@ -125,8 +127,7 @@ def value_embedding_fwd(y, weight, bias, pos, seeds, p: float, out_dtype):
     bm = block_m(bd, TILE_ELEMENTS)
     _value_embedding_fwd_kernel[(cdiv(N, bm),)](
         y, weight, bias, pos, seeds if has_dropout else y, out, N, V * T, T, D, cut, scale_hi, scale_lo,
-        HAS_DROPOUT=has_dropout, HALF_OUT=out.element_size() == 2, ACC=_acc(weight, pos),
-        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+        HAS_DROPOUT=has_dropout, ACC=_acc(weight, pos), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return out
 
@@ -146,13 +147,14 @@ def value_embedding_bwd(dout, y, weight, seeds, p: float, pos_dtype):
     bd = block_d(D)
     bt = block_m(bd, BWD_TILE_ELEMENTS)
     tiles = B * cdiv(T, bt)
-    dw_part = torch.empty((tiles, V, D), dtype=acc, device=y.device)
-    db_part = torch.empty((tiles, V, D), dtype=acc, device=y.device)
-    _value_embedding_bwd_kernel[(tiles,)](
+    programs = backward_programs(y.device, tiles)
+    # (programs, V, D) partial sums, zeroed: each program adds into its own rows
+    dw_part = torch.zeros((programs, V, D), dtype=acc, device=y.device)
+    db_part = torch.zeros((programs, V, D), dtype=acc, device=y.device)
+    _value_embedding_bwd_kernel[(programs,)](
         dout, y, weight, seeds if has_dropout else y, dy, dw_part, db_part, dpos,
-        V, T, D, cut, scale_hi, scale_lo,
-        HAS_DROPOUT=has_dropout, HALF_POS=dpos.element_size() == 2, ACC=acc_dtype(acc),
-        BLOCK_T=bt, BLOCK_D=bd, num_warps=warps(bt, bd),
+        V, T, D, tiles, cut, scale_hi, scale_lo,
+        HAS_DROPOUT=has_dropout, ACC=acc_dtype(acc), BLOCK_T=bt, BLOCK_D=bd, num_warps=warps(bt, bd),
     )
     return dy, dw_part.sum(0), db_part.sum(0), dpos
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._launch import backward_programs, cdiv
-from ._tiles import keep_tile, split_scalar, tile_offsets
+from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
     residual_norm_bwd, residual_norm_fwd, warps,
@@ -60,7 +60,7 @@ def _gelu_dropout_fwd_kernel(
     if HAS_DROPOUT:
         scale = split_scalar(scale_hi, scale_lo, ACC)
         g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g * scale, 0.0)
-    tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+    tl.store(g_ptr + offs, cast_for(g, g_ptr), mask=ok)
 
 
 @triton.jit
@@ -91,12 +91,12 @@ def _gelu_dropout_bwd_kernel(
             keep = keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
             dg = tl.where(keep, dg * scale, 0.0)
             g = tl.where(keep, g * scale, 0.0)
-        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=ok)
+        tl.store(g_ptr + offs, cast_for(g, g_ptr), mask=ok)
         cdf = 0.5 * (1.0 + erf)
         pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
         df = dg * (cdf + f * pdf)
         db_acc += tl.sum(df, 0)
-        tl.store(dhidden_ptr + offs, df.to(dhidden_ptr.dtype.element_ty), mask=ok)
+        tl.store(dhidden_ptr + offs, cast_for(df, dhidden_ptr), mask=ok)
     tl.store(db_part_ptr + pid * C + cols, db_acc, mask=col_ok)
 
 
@@ -104,7 +104,7 @@ def _gelu_dropout_bwd_kernel(
 def _dropout_add_kernel(
     x_ptr, mid_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale_hi, scale_lo,
     HAS_X: tl.constexpr, HAS_MID: tl.constexpr, HAS_DROPOUT: tl.constexpr, MID_SITE: tl.constexpr,
-    SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    SITE: tl.constexpr, ACC: tl.constexpr, MID_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # out = base + dropout(branch), base = x, or with HAS_MID the block's
     # x_mid = x + dropout(mid) rebuilt (rounded to x's dtype as the norm
@@ -120,13 +120,14 @@ def _dropout_add_kernel(
         out = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), out * scale, 0.0)
     if HAS_X:
         base = tl.load(x_ptr + offs, mask=ok, other=0.0)
-        if HAS_MID:
-            mid = tl.load(mid_ptr + offs, mask=ok, other=0.0).to(ACC)
+        if HAS_MID:  # in x's accumulation dtype, as the norm kernels add it
+            mid = tl.load(mid_ptr + offs, mask=ok, other=0.0).to(MID_ACC)
             if HAS_DROPOUT:
-                mid = tl.where(keep_tile(seed_ptr, MID_SITE, rows, 0, D, cut, BLOCK_D), mid * scale, 0.0)
-            base = (base.to(ACC) + mid).to(x_ptr.dtype.element_ty)
+                mid_scale = split_scalar(scale_hi, scale_lo, MID_ACC)
+                mid = tl.where(keep_tile(seed_ptr, MID_SITE, rows, 0, D, cut, BLOCK_D), mid * mid_scale, 0.0)
+            base = cast_for(base.to(MID_ACC) + mid, x_ptr)
         out += base.to(ACC)
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + offs, cast_for(out, out_ptr), mask=ok)
 
 
 # --------------------------------------------------------------- host side
@@ -183,6 +184,7 @@ def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_
             seeds if has_dropout else branch, out, N, D, cut, scale_hi, scale_lo,
             HAS_X=x is not None, HAS_MID=mid is not None, HAS_DROPOUT=has_dropout, MID_SITE=mid_site, SITE=site,
             ACC=acc_dtype(torch.promote_types(branch.dtype, out.dtype)),
+            MID_ACC=acc_dtype(x.dtype if x is not None else out.dtype),
             BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
         )
     return out

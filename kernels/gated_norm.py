@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INT32_LIMIT, backward_programs, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
-from ._tiles import layer_norm_rows, layer_norm_rows_bwd
+from ._tiles import cast_for, layer_norm_rows, layer_norm_rows_bwd
 from .reference import compute_dtype
 
 MAX_D = 8192
@@ -63,7 +63,7 @@ def _gated_norm_fwd_kernel(
     x = _load_rows(x_ptr, rows, cols, ok, stride_xr, stride_xc, ACC)
     gate = tl.sigmoid(_load_rows(g_ptr, rows, cols, ok, stride_gr, stride_gc, ACC))
     out = x + gate * (normed - x)
-    tl.store(out_ptr + rows[:, None] * D + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + rows[:, None] * D + cols[None, :], cast_for(out, out_ptr), mask=ok)
     tl.store(mean_ptr + rows, mean, mask=row_ok)
     tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
@@ -108,9 +108,9 @@ def _gated_norm_bwd_kernel(
         du = layer_norm_rows_bwd(dn, uhat, w, rstd, D)
 
         dense = rows[:, None] * D + cols[None, :]  # gradients are written contiguous (N, D)
-        tl.store(dx_ptr + dense, dx.to(dx_ptr.dtype.element_ty), mask=ok)
-        tl.store(du_ptr + dense, du.to(du_ptr.dtype.element_ty), mask=ok)
-        tl.store(dg_ptr + dense, dg.to(dg_ptr.dtype.element_ty), mask=ok)
+        tl.store(dx_ptr + dense, cast_for(dx, dx_ptr), mask=ok)
+        tl.store(du_ptr + dense, cast_for(du, du_ptr), mask=ok)
+        tl.store(dg_ptr + dense, cast_for(dg, dg_ptr), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
 

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from . import philox
 from ._launch import backward_programs, cdiv, next_power_of_2, split_float32
-from ._tiles import keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
+from ._tiles import cast_for, keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
 from .linear import linear_backward
 from .reference import compute_dtype
 
@@ -65,14 +65,14 @@ def _residual_norm_fwd_kernel(
         # x_new rounded to the stream's dtype (a no-op in float32), as it is
         # stored or rebuilt by the backward and the output add: every pass
         # normalises and adds the same value
-        x_new = (x + branch).to(x_ptr.dtype.element_ty)
+        x_new = cast_for(x + branch, x_ptr)
         if STORE_X:
             tl.store(x_out_ptr + offs, x_new, mask=ok)
         x = x_new.to(ACC)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     h, mean, rstd = layer_norm_rows(x, ok, w, b, D, eps_hi, eps_lo)
-    tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=ok)
+    tl.store(h_ptr + offs, cast_for(h, h_ptr), mask=ok)
     if STORE_STATS:
         tl.store(mean_ptr + rows, mean, mask=row_ok)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
@@ -109,7 +109,7 @@ def _residual_norm_bwd_kernel(
             if HAS_DROPOUT:
                 keep = keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D)
                 branch = tl.where(keep, branch * scale, 0.0)
-            x = (x.to(ACC) + branch).to(x_ptr.dtype.element_ty)  # rounded as in the forward
+            x = cast_for(x.to(ACC) + branch, x_ptr)  # rounded as in the forward
         x = x.to(ACC)
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
         dh = tl.load(dh_ptr + offs, mask=ok, other=0.0).to(ACC)
@@ -118,12 +118,12 @@ def _residual_norm_bwd_kernel(
         dx = layer_norm_rows_bwd(dh, xhat, w, rstd, D)
         if HAS_RES_GRAD:
             dx += tl.load(dres_ptr + offs, mask=ok, other=0.0).to(ACC)
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+        tl.store(dx_ptr + offs, cast_for(dx, dx_ptr), mask=ok)
         if HAS_BRANCH:
             dbranch = dx
             if HAS_DROPOUT:
                 dbranch = tl.where(keep, dx * scale, 0.0)
-            tl.store(dbranch_ptr + offs, dbranch.to(dbranch_ptr.dtype.element_ty), mask=ok)
+            tl.store(dbranch_ptr + offs, cast_for(dbranch, dbranch_ptr), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
 

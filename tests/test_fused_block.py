@@ -140,6 +140,32 @@ def test_gelu_backward_rewrites_the_forward_g_exactly(dtype):
     assert torch.equal(g, g_again)
 
 
+@pytest.mark.parametrize("stream,gemm", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float64),
+                                         (torch.float16, torch.float32)], ids=str)
+def test_every_pass_rebuilds_the_same_x_mid(stream, gemm):
+    # x_mid = x + dropout(branch), rounded to the stream's dtype, is stored
+    # nowhere: the norm forward, the output add and the norm backward each
+    # rebuild it and must agree bit for bit (a 1-ulp drift would pass the
+    # tolerance-based parity tests)
+    N, D, p = 29, 40, 0.3
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(N, D, generator=g).to(stream)
+    branch = torch.randn(N, D, generator=g).to(gemm)
+    w, b = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    seeds = kernels.dropout_seeds("cpu")
+    x_mid, _, mean, rstd = norm_linear.residual_norm_fwd(x, branch, seeds, feed_forward.BRANCH_SITE, p, w, b, 1e-5,
+                                                         gemm)
+    # the output add with the stored x_mid as its base (a zero branch adds nothing)
+    f = torch.randn(N, D, generator=g).to(gemm)
+    out = feed_forward.residual_out(x, branch, f, seeds, p)
+    assert torch.equal(out, feed_forward.residual_out(x_mid, torch.zeros_like(branch), f, seeds, p))
+    dh = torch.randn(N, D, generator=g)
+    rebuilt = norm_linear.residual_norm_bwd(dh, None, x, mean, rstd, w, branch=branch, seeds=seeds,
+                                            site=feed_forward.BRANCH_SITE, p=p)
+    stored = norm_linear.residual_norm_bwd(dh, None, x_mid, mean, rstd, w)
+    assert torch.equal(rebuilt[0], stored[0])
+
+
 def test_hidden_masks_are_the_philox_reference_masks():
     # the GELU kernel tiles columns in blocks of 256: rows past one block and
     # a width off the block exercise the group numbering across tiles

@@ -89,6 +89,11 @@ def test_float64_math_into_a_half_precision_stream():
     ref, ref_grads = run("reference", y, w, b, pos, 0.2, seeds, out_dtype=torch.bfloat16)
     assert_close(x, ref, atol=1e-2, rtol=1e-2, name="x")
     assert_close(grads[3], ref_grads[3], atol=2e-2 * ref_grads[3].abs().max().item(), rtol=2e-2, name="dpos")
+    # and a bf16 y's gradient from float64 math
+    y16 = y.detach().to(torch.bfloat16).requires_grad_()
+    _, grads = run("triton", y16, w, b, pos, 0.2, seeds, out_dtype=torch.bfloat16)
+    _, ref_grads = run("reference", y16, w, b, pos, 0.2, seeds, out_dtype=torch.bfloat16)
+    assert_close(grads[0], ref_grads[0], atol=2e-2 * ref_grads[0].abs().max().item(), rtol=2e-2, name="dy")
 
 
 def test_backward_keeps_y_and_the_seed_only():

@@ -366,8 +366,22 @@ MUTANTS = [
         "the output add rebuilds x_mid with another mask than the norm saw: the residual drifts from the norm's input",
     ),
     Mutant(
+        "fused-output-x-mid-unrounded", FEED_FORWARD, "scaling",
+        "base = cast_for(base.to(MID_ACC) + mid, x_ptr)",
+        "base = base.to(MID_ACC) + mid",
+        ("tests/test_fused_block.py::test_every_pass_rebuilds_the_same_x_mid",),
+        "with a half-precision stream the output adds an x_mid the norm never saw (1 ulp off)",
+    ),
+    Mutant(
+        "fused-norm-bwd-x-mid-unrounded", NORM_LINEAR, "scaling",
+        "x = cast_for(x.to(ACC) + branch, x_ptr)  # rounded as in the forward",
+        "x = x.to(ACC) + branch  # rounded as in the forward",
+        ("tests/test_fused_block.py::test_every_pass_rebuilds_the_same_x_mid",),
+        "with a half-precision stream the norm backward normalises the unrounded x_mid",
+    ),
+    Mutant(
         "fused-norm-bwd-x-mid-not-rebuilt", NORM_LINEAR, "masking",
-        "x = (x.to(ACC) + branch).to(x_ptr.dtype.element_ty)  # rounded as in the forward",
+        "x = cast_for(x.to(ACC) + branch, x_ptr)  # rounded as in the forward",
         "x = x.to(ACC)  # rounded as in the forward",
         (FUSED_PARITY,),
         "the norm backward normalises the block input instead of x_mid = x + dropout(branch)",
