@@ -12,7 +12,9 @@ build is reported as "missing". Exit status: 1 on any mismatch, 2 when
 nothing failed but a kernel is missing, 0 when all pass.
 `--backend` checks another backend the same way (the tests use it on CPU).
 The fused transformer-block ops are checked as a block chains them (the
-FFN half, then the next block's norm + QKV GEMM), with dropout on.
+FFN half, then the next block's norm + QKV GEMM), with dropout on, and the
+fused model's ops around the blocks (the input embedding, the final norm,
+the gate's Linear) together.
 A triton run also checks the sdpa fallback with its SDPA calls split into
 chunks of rows (kernels/sdpa.py), which only a GPU shows runs in cuDNN.
 """
@@ -212,6 +214,45 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
     return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
 
 
+def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1) -> Check:
+    """The fused model's ops around the blocks, at full shapes: the input
+    embedding (value_embedding, dropout p, the stream written in `dtype`),
+    the final norm (layer_norm, written in `dtype`) and the gate's Linear
+    (linear_keep_input: a float32 stream, weights in `dtype`); float64 for fp64."""
+    import kernels
+
+    name = f"embedding + final norm + gate {dtype} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
+    reason = _missing("value_embedding", backend, device)
+    if reason:
+        return Check(name, "missing", detail=reason)
+    B, V, T, D = s["B"], s["V"], s["T"], s["D"]
+    g = dict(device=device, dtype=torch.float64)
+    low_dtype = NORM_DTYPES[dtype]
+    stream = torch.float64 if dtype == "fp64" else torch.float32
+    base = {"y": torch.randn(B, V, T, **g), "emb_weight": torch.randn(V, D, **g), "emb_bias": torch.randn(V, D, **g),
+            "pos": torch.randn(B, T, D, **g), "x": 3 + torch.randn(B, V, T, D, **g),
+            "norm_weight": 1 + 0.1 * torch.randn(D, **g), "norm_bias": 0.1 * torch.randn(D, **g),
+            "gate_weight": torch.randn(D, D, **g) / D ** 0.5, "gate_bias": 0.1 * torch.randn(D, **g)}
+    low = {k: v.to(low_dtype if k.startswith("gate") else stream).requires_grad_() for k, v in base.items()}
+    high = {k: v.detach().double().requires_grad_() for k, v in low.items()}  # the same rounded values
+    seeds = kernels.dropout_seeds(device, 1)
+    upstream = [torch.randn(B, V, T, D, **g) for _ in range(3)]
+    half = low_dtype in (torch.bfloat16, torch.float16)
+    results = {}
+    for label, t, be in (("kernel", low, backend), ("ref", high, "reference")):
+        kernel = label == "kernel"
+        emb = kernels.value_embedding(t["y"], t["emb_weight"], t["emb_bias"], t["pos"], p, seeds=seeds,
+                                      out_dtype=low_dtype if kernel else torch.float64, backend=be)
+        # under autocast the norm writes autocast's dtype, as in the model
+        with torch.autocast(torch.device(device).type, dtype=low_dtype, enabled=kernel and half):
+            h = kernels.layer_norm(t["x"], t["norm_weight"], t["norm_bias"], backend=be)
+        gate = kernels.linear_keep_input(t["x"], t["gate_weight"], t["gate_bias"])
+        outs = (emb, h, gate)
+        torch.autograd.backward(outs, [u.to(o.dtype) for u, o in zip(upstream, outs)])
+        results[label] = {"embedding": emb, "norm": h, "gate": gate, **{f"d{k}": v.grad for k, v in t.items()}}
+    return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
+
+
 def check_sdpa_chunks(device, dtype: str, axis: str, s: dict, chunks: int = 4) -> Check:
     """The sdpa backend with its SDPA calls split into about `chunks` pieces of
     rows (kernels/sdpa.py: what keeps cuDNN within the sizes it takes), against
@@ -243,6 +284,8 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
         checks.append(check_gated(device, dtype, shapes, backend))
     for dtype in (*dtypes, "fp64"):
         checks.append(check_fused_block(device, dtype, shapes, backend))
+    for dtype in (*dtypes, "fp64"):
+        checks.append(check_model_edges(device, dtype, shapes, backend))
     return checks
 
 

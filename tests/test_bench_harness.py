@@ -199,6 +199,7 @@ def test_parity_checker_passes_a_right_backend_and_catches_a_wrong_one(monkeypat
     assert gpu_parity.check_gated(device, "fp32", shapes, backend="sdpa").status == "ok"
     assert gpu_parity.check_revin(device, shapes, backend="sdpa").status == "ok"
     assert gpu_parity.check_fused_block(device, "fp32", shapes, backend="sdpa").status == "ok"
+    assert gpu_parity.check_model_edges(device, "fp32", shapes, backend="sdpa").status == "ok"
 
     import kernels
     right = kernels.masked_attention
