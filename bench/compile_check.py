@@ -180,6 +180,9 @@ def fused_block_cases(quick: bool):
             seeds = torch.tensor([1, 2, 3]) if p else torch.empty(0, dtype=torch.int64)
             feed_forward.residual_feed_forward(x, branch, seeds, p, norm_w, norm_b, w1, b1, w2, b2).sum().backward()
             norm_linear.layer_norm_linear(x, norm_w, norm_b, w1, b1).sum().backward()
+            # the block's form: x handed on, its gradient added in the norm backward
+            y, residual = norm_linear.layer_norm_linear(x, norm_w, norm_b, w1, b1, return_residual=True)
+            (y.float().sum() + residual.float().sum()).backward()
 
         yield f"fused_block {res}/{gemm} D={d} p={p}", run
 

@@ -214,24 +214,26 @@ def _pass(part: str, group: str, nbytes: float, launches: int = 1) -> Cost:
 
 @register_cost("migt::layer_norm_linear")
 def _layer_norm_linear(inputs, outputs) -> list:
-    x, weight = inputs[0], inputs[4]
+    x, weight, residual = inputs[0], inputs[4], outputs[1]
     D, D_out = x.shape[-1], weight.shape[0]
     N = x.numel() // D
     h = _nbytes(N * D, weight)
-    return [_pass("norm", "norm", tensor_bytes(x) + h + 8.0 * N),
+    # reads x; writes h, the statistics and (return_residual) the handed-on copy of x
+    return [_pass("norm", "norm", tensor_bytes(x) + h + 8.0 * N + tensor_bytes(residual)),
             _gemm("gemm", N, D_out, D, weight.dtype)]
 
 
 @register_cost("migt::layer_norm_linear_backward")
 def _layer_norm_linear_backward(inputs, outputs) -> list:
-    dy, x, weight = inputs[0], inputs[1], inputs[7]
+    dy, dresidual, x, weight = inputs[0], inputs[1], inputs[2], inputs[8]
     D, D_out = x.shape[-1], weight.shape[0]
     N = x.numel() // D
     h = _nbytes(N * D, weight)
     return [_pass("norm recompute", "norm", tensor_bytes(x) + h),
             _gemm("gemm dx", N, D, D_out, weight.dtype), _gemm("gemm dW", D_out, D, N, weight.dtype),
             _pass("bias grad", "reductions", tensor_bytes(dy)),
-            _pass("norm backward", "norm", h + 2 * tensor_bytes(x) + 8.0 * N, launches=2)]
+            # reads dh, x, the statistics and the handed-on residual's gradient; writes dx
+            _pass("norm backward", "norm", h + 2 * tensor_bytes(x) + 8.0 * N + tensor_bytes(dresidual), launches=2)]
 
 
 @register_cost("migt::residual_feed_forward")

@@ -206,7 +206,8 @@ def dropout_seeds(device, n: int = 3):
     return philox.new_seeds(n, device)
 
 
-def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
+def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5, *, return_residual: bool = False,
+                      backend: str = "auto"):
     """layer_norm(x; norm_weight, norm_bias) @ weight.T + bias, the pre-norm
     of a transformer block fused with the GEMM it feeds.
 
@@ -215,14 +216,22 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     on, else weight's). The norm runs in float32 at least. With the Triton
     backend the backward keeps only x and two floats per row, recomputing the
     normalised rows instead of storing them.
+
+    return_residual=True also returns x for the block's other uses of it
+    (the residual add): on the Triton backend a copy the norm pass writes,
+    whose gradient the backward adds inside its norm pass, instead of
+    autograd summing x's two gradients in a separate (N, D) pass; elsewhere
+    x itself.
     """
     _validate.layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias)
     choice = _dispatch.choose("layer_norm_linear", backend, x.device,
                               lambda: _triton_reason("layer_norm_linear", x))
     weight, bias = _in_gemm_dtype(_gemm_dtype(x, weight), weight, bias)
     if choice == "triton":
-        return _triton_module("layer_norm_linear").layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps)
-    return reference.layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps)
+        return _triton_module("layer_norm_linear").layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps,
+                                                                     return_residual)
+    y = reference.layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps)
+    return (y, x) if return_residual else y
 
 
 def layer_norm(x, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):

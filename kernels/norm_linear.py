@@ -65,10 +65,9 @@ def _residual_norm_fwd_kernel(
         # x_new rounded to the stream's dtype (a no-op in float32), as it is
         # stored or rebuilt by the backward and the output add: every pass
         # normalises and adds the same value
-        x_new = cast_for(x + branch, x_ptr)
-        if STORE_X:
-            tl.store(x_out_ptr + offs, x_new, mask=ok)
-        x = x_new.to(ACC)
+        x = cast_for(x + branch, x_ptr).to(ACC)
+    if STORE_X:  # x_new, or without a branch a copy of x (a residual handed on)
+        tl.store(x_out_ptr + offs, cast_for(x, x_out_ptr), mask=ok)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     h, mean, rstd = layer_norm_rows(x, ok, w, b, D, eps_hi, eps_lo)
@@ -165,14 +164,15 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: float, h_dtype,
-                      *, store_x: bool = True, store_stats: bool = True):
+                      *, store_x: bool = False, store_stats: bool = True):
     """x, branch: contiguous (N, D) (branch may be None). Returns
-    (x_new or None, h (N, D) in h_dtype, mean (N,), rstd (N,)): x_new only
-    when a branch is given and store_x; mean and rstd only when store_stats."""
+    (x_new or None, h (N, D) in h_dtype, mean (N,), rstd (N,)): x_new =
+    x + dropout(branch) (a copy of x without a branch) only when store_x;
+    mean and rstd only when store_stats."""
     N, D = x.shape
     acc = compute_dtype(x.dtype)
     has_branch = branch is not None
-    x_new = torch.empty_like(x) if has_branch and store_x else None
+    x_new = torch.empty_like(x) if store_x else None
     h = torch.empty((N, D), dtype=h_dtype, device=x.device)
     mean = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
     rstd = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
@@ -231,26 +231,28 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
 @torch.library.custom_op("migt::layer_norm_linear", mutates_args=())
 def _layer_norm_linear_op(
     x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
-    weight: torch.Tensor, bias: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    weight: torch.Tensor, bias: torch.Tensor, pass_residual: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     D = x.shape[-1]
-    _, h, mean, rstd = residual_norm_fwd(x.reshape(-1, D), None, None, 0, 0.0, norm_weight, norm_bias, eps,
-                                         weight.dtype)
+    residual, h, mean, rstd = residual_norm_fwd(x.reshape(-1, D), None, None, 0, 0.0, norm_weight, norm_bias, eps,
+                                                weight.dtype, store_x=pass_residual)
     y = torch.addmm(bias, h, weight.t())
-    return y.view(*x.shape[:-1], weight.shape[0]), mean, rstd
+    residual = residual.view(x.shape) if pass_residual else x.new_empty((0,))
+    return y.view(*x.shape[:-1], weight.shape[0]), residual, mean, rstd
 
 
 @_layer_norm_linear_op.register_fake
-def _(x, norm_weight, norm_bias, eps, weight, bias):
+def _(x, norm_weight, norm_bias, eps, weight, bias, pass_residual):
     N = x.numel() // x.shape[-1]
     acc = compute_dtype(x.dtype)
     return (x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype),
+            x.new_empty(x.shape if pass_residual else (0,)),
             x.new_empty((N,), dtype=acc), x.new_empty((N,), dtype=acc))
 
 
 @torch.library.custom_op("migt::layer_norm_linear_backward", mutates_args=())
 def _layer_norm_linear_backward_op(
-    dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    dy: torch.Tensor, dresidual: Optional[torch.Tensor], x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float, weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     D = x.shape[-1]
@@ -259,31 +261,39 @@ def _layer_norm_linear_backward_op(
                                    store_stats=False)
     dh, dweight, dbias = linear_backward(dy.reshape(-1, weight.shape[0]).contiguous(), h, weight, mean.dtype)
     del h
-    dx, _, dnorm_w, dnorm_b = residual_norm_bwd(dh, None, x2, mean, rstd, norm_weight)
+    # the handed-on residual's gradient joins the norm's in the same pass
+    if dresidual is not None and dresidual.shape != x.shape:
+        raise ValueError(f"dresidual must have x's shape {tuple(x.shape)}, got {tuple(dresidual.shape)}")
+    dres = dresidual.reshape(-1, D).contiguous() if dresidual is not None else None
+    dx, _, dnorm_w, dnorm_b = residual_norm_bwd(dh, dres, x2, mean, rstd, norm_weight)
     return dx.view(x.shape), dnorm_w, dnorm_b, dweight, dbias
 
 
 @_layer_norm_linear_backward_op.register_fake
-def _(dy, x, mean, rstd, norm_weight, norm_bias, eps, weight):
+def _(dy, dresidual, x, mean, rstd, norm_weight, norm_bias, eps, weight):
     D = x.shape[-1]
     return (x.new_empty(x.shape), mean.new_empty((D,)), mean.new_empty((D,)),
             weight.new_empty(weight.shape), mean.new_empty((weight.shape[0],)))
 
 
 def _setup_context(ctx, inputs, output):
-    x, norm_weight, norm_bias, eps, weight, _ = inputs
-    _, mean, rstd = output
-    ctx.set_materialize_grads(False)  # mean and rstd are only saved: no zero gradients for them
-    ctx.eps = eps
-    ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+    x, norm_weight, norm_bias, eps, weight, _, pass_residual = inputs
+    _, residual, mean, rstd = output
+    ctx.set_materialize_grads(False)  # the residual, mean and rstd may get no gradient: none is zero-filled
+    ctx.eps, ctx.pass_residual = eps, pass_residual
+    # the handed-on copy holds x's values: keep it, and let x itself go
+    ctx.save_for_backward(residual if pass_residual else x, mean, rstd, norm_weight, norm_bias, weight)
 
 
-def _backward(ctx, dy, _dmean, _drstd):
+def _backward(ctx, dy, dresidual, _dmean, _drstd):
     x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype, device=x.device)
-    dx, dnw, dnb, dw, db = _layer_norm_linear_backward_op(dy, x, mean, rstd, norm_weight, norm_bias, ctx.eps, weight)
-    return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db.to(weight.dtype)
+    if not ctx.pass_residual:  # the (0,) placeholder output: whatever came for it is no gradient of x
+        dresidual = None
+    dx, dnw, dnb, dw, db = _layer_norm_linear_backward_op(dy, dresidual, x, mean, rstd, norm_weight, norm_bias,
+                                                          ctx.eps, weight)
+    return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db.to(weight.dtype), None
 
 
 _layer_norm_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -347,15 +357,18 @@ _layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm
 # ------------------------------------------------------------ public function
 
 
-def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5):
+def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5, return_residual: bool = False):
     """layer_norm(x; norm_weight, norm_bias) @ weight.T + bias, keeping only x
     and the per-row statistics for the backward.
 
     x: (..., D) contiguous; norm_weight, norm_bias: (D,); weight: (D_out, D)
-    and bias (D_out,) in the GEMM's dtype. Returns (..., D_out) in weight's dtype.
+    and bias (D_out,) in the GEMM's dtype. Returns (..., D_out) in weight's
+    dtype; with return_residual also a copy of x, written by the norm pass,
+    whose gradient the backward adds in its norm pass (no separate sum).
     """
-    y, _, _ = _layer_norm_linear_op(x.contiguous(), norm_weight, norm_bias, float(eps), weight, bias)
-    return y
+    y, residual, _, _ = _layer_norm_linear_op(x.contiguous(), norm_weight, norm_bias, float(eps), weight, bias,
+                                              return_residual)
+    return (y, residual) if return_residual else y
 
 
 

@@ -66,24 +66,34 @@ class AxisAttentionBlock(nn.Module):
         self.recompute_ffn_hidden = config.recompute_ffn_hidden
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_input(x, mask)[0]
+
+    def forward_and_input(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block output, x for any further use of the block input). On the
+        fused path the second is the copy the first node hands on, so that
+        the gradients of every use of x are summed inside its norm backward;
+        elsewhere it is x."""
         if kernels.fused_block_backend(self.backend, x) == "triton":
             return self._forward_fused(x, mask)
-        return self._forward_modules(x, mask)
+        return self._forward_modules(x, mask), x
 
-    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, V, T, D = x.shape
         norm, ff = self.norm_attn, self.ff
-        qkv = kernels.layer_norm_linear(
-            x, norm.weight, norm.bias, self.qkv.weight, self.qkv.bias, norm.eps, backend="triton"
-        ).view(B, V, T, 3, self.n_heads, self.head_dim)
+        qkv, x = kernels.layer_norm_linear(
+            x, norm.weight, norm.bias, self.qkv.weight, self.qkv.bias, norm.eps, return_residual=True,
+            backend="triton",
+        )
+        qkv = qkv.view(B, V, T, 3, self.n_heads, self.head_dim)
         attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
         branch = self.out_proj(self.attn_dropout(attn).view(B, V, T, D))
-        return kernels.residual_feed_forward(
+        out = kernels.residual_feed_forward(
             x, branch, self.norm_ff.weight, self.norm_ff.bias,
             ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
             dropout_p=self.dropout.p if self.training else 0.0, eps=self.norm_ff.eps,
             recompute_hidden=self.recompute_ffn_hidden, backend="triton",
         )
+        return out, x
 
     def _forward_modules(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, V, T, D = x.shape
@@ -114,7 +124,7 @@ class GatedVariableBlock(nn.Module):
         self.backend = config.backend
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        update = self.block(x, mask)
+        update, x = self.block.forward_and_input(x, mask)
         if kernels.fused_block_backend(self.backend, x) == "triton":
             # x is kept for the backward by the block and the norm anyway: the
             # gate keeps it too instead of autocast's bf16 copy (D bytes a token)

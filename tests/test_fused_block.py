@@ -154,7 +154,7 @@ def test_every_pass_rebuilds_the_same_x_mid(stream, gemm):
     w, b = torch.randn(D, generator=g), torch.randn(D, generator=g)
     seeds = kernels.dropout_seeds("cpu")
     x_mid, _, mean, rstd = norm_linear.residual_norm_fwd(x, branch, seeds, feed_forward.BRANCH_SITE, p, w, b, 1e-5,
-                                                         gemm)
+                                                         gemm, store_x=True)
     # the output add with the stored x_mid as its base (a zero branch adds nothing)
     f = torch.randn(N, D, generator=g).to(gemm)
     out = feed_forward.residual_out(x, branch, f, seeds, p)
@@ -259,7 +259,7 @@ def test_half_precision_stream_normalises_the_rounded_residual():
     x, branch = residual_and_branch((37, 64), torch.bfloat16)
     w, b = torch.ones(64), torch.zeros(64)
     seeds = kernels.dropout_seeds("cpu")
-    x_mid, h, _, _ = norm_linear.residual_norm_fwd(x, branch, seeds, 0, 0.2, w, b, 1e-5, torch.float32)
+    x_mid, h, _, _ = norm_linear.residual_norm_fwd(x, branch, seeds, 0, 0.2, w, b, 1e-5, torch.float32, store_x=True)
     assert x_mid.dtype == torch.bfloat16
     expected = torch.nn.functional.layer_norm(x_mid.float(), (64,), eps=1e-5)
     assert_close(h, expected, atol=1e-5, rtol=1e-5, name="h")
@@ -397,8 +397,16 @@ def test_custom_ops_pass_opcheck():
                           (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
                            w1.detach(), b1.detach(), w2.detach()))
     w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
-    torch.library.opcheck(norm_linear._layer_norm_linear_op,
-                          (x, params["norm_weight"], params["norm_bias"], 1e-5, w, b))
+    for pass_residual in (False, True):
+        torch.library.opcheck(norm_linear._layer_norm_linear_op,
+                              (x, params["norm_weight"], params["norm_bias"], 1e-5, w, b, pass_residual))
+    _, residual, mean, rstd = norm_linear._layer_norm_linear_op(x, params["norm_weight"], params["norm_bias"], 1e-5,
+                                                                w, b, True)
+    nw, nb = params["norm_weight"].detach(), params["norm_bias"].detach()
+    for dresidual in (None, torch.randn(x.shape)):
+        torch.library.opcheck(norm_linear._layer_norm_linear_backward_op,
+                              (torch.randn(2, 5, 48), dresidual, residual.detach(), mean.detach(), rstd.detach(),
+                               nw, nb, 1e-5, w.detach()))
 
 
 def test_bad_inputs_name_the_argument():
@@ -435,6 +443,58 @@ def test_block_state_dict_moves_between_backends():
     model.eval(), other.eval()
     args = (batch["features"], batch["attention_mask"], batch["temporal_info"])
     assert_close(model(*args)["quantiles"], other(*args)["quantiles"], atol=1e-5, rtol=1e-4, name="quantiles")
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 24), (1, 1, 7)], ids=str)
+def test_layer_norm_linear_hands_on_the_residual(shape, poisoned_allocations):
+    # return_residual=True: (y, a copy of x); the copy's gradient is added
+    # to x's in the norm backward, as autograd adds it for x itself
+    D = shape[-1]
+    g = torch.Generator().manual_seed(8)
+    base = [torch.randn(*s, generator=g, dtype=torch.float64) for s in (shape, (D,), (D,), (2 * D, D), (2 * D,))]
+    up_y = torch.randn(*shape[:-1], 2 * D, generator=g, dtype=torch.float64)
+    up_r = torch.randn(shape, generator=g, dtype=torch.float64)
+    results = {}
+    for backend in ("triton", "reference"):
+        x, nw, nb, w, b = (t.clone().requires_grad_() for t in base)
+        y, residual = kernels.layer_norm_linear(x, nw, nb, w, b, return_residual=True, backend=backend)
+        assert torch.equal(residual, x)
+        grads = torch.autograd.grad((y * up_y).sum() + (residual.sin() * up_r).sum(), (x, nw, nb, w, b))
+        results[backend] = (y, grads, residual is x)
+    (y_t, g_t, same_t), (y_r, g_r, same_r) = results["triton"], results["reference"]
+    assert not same_t and same_r  # the kernel hands on a copy; the reference, x itself
+    assert_close(y_t, y_r, **F64, name="y")
+    for name, a, b in zip(("x", "norm_weight", "norm_bias", "weight", "bias"), g_t, g_r):
+        assert_close(a, b, **F64, name=f"d{name}")
+
+
+def test_block_input_gradients_join_inside_the_norm_backward():
+    # layer_norm_linear hands x on (return_residual): the gradient of the
+    # residual use of x is added in its norm backward, not by autograd in a
+    # separate (B, V, T, D) float32 pass. What remains: the variable block's
+    # input has three more uses (FFN residual, gate, gated norm), two sums.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class StreamAdds(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.count = shape, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("add", "add_") and isinstance(args[0], torch.Tensor) \
+                    and tuple(args[0].shape) == self.shape and args[0].dtype == torch.float32:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    model, batch = tiny_model(dropout=0.1)
+    # under autocast, as users train (the pooling's own sum is then in fp16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model.train()(batch["features"], batch["attention_mask"], batch["temporal_info"])["quantiles"]
+    cfg = model.config
+    adds = StreamAdds((2, cfg.n_variables, batch["features"].shape[1], cfg.d_model))
+    with adds:
+        out.sum().backward()
+    assert cfg.n_temporal_layers >= 1 and adds.count == 2 * cfg.n_variable_layers
 
 
 def test_backward_writes_no_zero_gradients_for_the_saved_only_outputs():
