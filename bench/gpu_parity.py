@@ -12,7 +12,7 @@ build is reported as "missing". Exit status: 1 on any mismatch, 2 when
 nothing failed but a kernel is missing, 0 when all pass.
 `--backend` checks another backend the same way (the tests use it on CPU).
 The fused transformer-block ops are checked as a block chains them (the
-FFN half, then the next block's norm + QKV GEMM), with dropout on, and the
+norm + QKV GEMM handing x on to the FFN half), with dropout on, and the
 fused model's ops around the blocks (the input embedding, the final norm,
 the gate's Linear) together.
 A triton run also checks the sdpa fallback with its SDPA calls split into
@@ -176,8 +176,9 @@ FUSED_TOL = {"fp64": 1e-10, "fp32": 2e-3, "fp16": 1e-2, "bf16": 4e-2}
 
 
 def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1) -> Check:
-    """layer_norm_linear (the QKV GEMM) feeding residual_feed_forward (add +
-    dropout + norm, FFN with GELU + dropout, add), as a block runs them: a
+    """layer_norm_linear (the QKV GEMM, handing x on) feeding
+    residual_feed_forward (add + dropout + norm, FFN with GELU + dropout,
+    add), as a block runs them: a
     float32 residual stream (float64 for fp64), weights and GEMMs in `dtype`,
     dropout p at every site with one set of seeds for kernel and reference."""
     import kernels
@@ -204,11 +205,12 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
     grad_qkv = torch.randn(*shape[:-1], 3 * D, **g)
     results = {}
     for label, t, be in (("kernel", low, backend), ("ref", high, "reference")):
+        # as a block chains them: the norm + QKV GEMM hands x on to the FFN half
+        qkv, x = kernels.layer_norm_linear(t["x"], t["norm_weight"], t["norm_bias"], t["qkv_weight"],
+                                           t["qkv_bias"], return_residual=True, backend=be)
         out = kernels.residual_feed_forward(
-            t["x"], t["branch"], t["norm_weight"], t["norm_bias"], t["fc1_weight"], t["fc1_bias"],
+            x, t["branch"], t["norm_weight"], t["norm_bias"], t["fc1_weight"], t["fc1_bias"],
             t["fc2_weight"], t["fc2_bias"], dropout_p=p, seeds=seeds, backend=be)
-        qkv = kernels.layer_norm_linear(out, t["norm_weight"], t["norm_bias"], t["qkv_weight"], t["qkv_bias"],
-                                        backend=be)
         torch.autograd.backward([out, qkv], [grad_out.to(out.dtype), grad_qkv.to(qkv.dtype)])
         results[label] = {"out": out, "qkv": qkv, **{f"d{k}": v.grad for k, v in t.items()}}
     return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])

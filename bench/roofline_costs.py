@@ -322,8 +322,11 @@ def _value_embedding_backward(inputs, outputs) -> list:
     # (V, D) partial rows of dweight and dbias (their per-tile updates stay
     # in L2), which the host sums: 132 SMs (H100/H200) x the programs per SM
     dout, y, weight = inputs[0], inputs[1], inputs[2]
-    V, D = weight.shape
-    programs = 132 * BWD_PROGRAMS_PER_SM
-    partials = 2 * 2 * _nbytes(programs * V * D, torch.float32)  # two arrays, written, then read by the sum
+    B, V, T = y.shape
+    D = weight.shape[1]
+    tiles = B * -(-T // 16)  # (sample, 16-step block) tiles at D <= 256
+    programs = min(tiles, 132 * BWD_PROGRAMS_PER_SM)
+    # two arrays, each zeroed, written and read by the host's sum
+    partials = 2 * 3 * _nbytes(programs * V * D, torch.float32)
     return [_pass("embedding backward", "elementwise", tensor_bytes(dout, y, weight) + tensor_bytes(outputs) + partials,
-                  launches=3)]
+                  launches=5)]

@@ -97,6 +97,9 @@ def _value_embedding_bwd_kernel(
             dpos += g
         pos_rows = b.to(tl.int64) * T + t
         tl.store(dpos_ptr + tile_offsets(pos_rows, cols, D), cast_for(dpos, dpos_ptr), mask=ok)
+        # the next tile reads the partial rows back: Triton does not promise
+        # the load and the store share a thread layout, so order them
+        tl.debug_barrier()
 
 
 # --------------------------------------------------------------- host side

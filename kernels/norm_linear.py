@@ -287,10 +287,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dresidual, _dmean, _drstd):
     x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype, device=x.device)
     if not ctx.pass_residual:  # the (0,) placeholder output: whatever came for it is no gradient of x
         dresidual = None
+    if dy is None:  # only the handed-on copy (if anything) carries a gradient
+        return dresidual, None, None, None, None, None, None
     dx, dnw, dnb, dw, db = _layer_norm_linear_backward_op(dy, dresidual, x, mean, rstd, norm_weight, norm_bias,
                                                           ctx.eps, weight)
     return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db.to(weight.dtype), None

@@ -80,10 +80,11 @@ class AxisAttentionBlock(nn.Module):
     def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, V, T, D = x.shape
         norm, ff = self.norm_attn, self.ff
-        qkv, x = kernels.layer_norm_linear(
-            x, norm.weight, norm.bias, self.qkv.weight, self.qkv.bias, norm.eps, return_residual=True,
-            backend="triton",
-        )
+        args = (x, norm.weight, norm.bias, self.qkv.weight, self.qkv.bias, norm.eps)
+        if torch.is_grad_enabled():  # the copy pays off only in the backward
+            qkv, x = kernels.layer_norm_linear(*args, return_residual=True, backend="triton")
+        else:
+            qkv = kernels.layer_norm_linear(*args, backend="triton")
         qkv = qkv.view(B, V, T, 3, self.n_heads, self.head_dim)
         attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
         branch = self.out_proj(self.attn_dropout(attn).view(B, V, T, D))
@@ -111,7 +112,9 @@ class GatedVariableBlock(nn.Module):
     """Variable-axis block followed by the gated residual norm.
 
     x <- x + sigmoid(gate(x)) * (LayerNorm(block(x)) - x), through
-    ``kernels.gated_residual_norm``.
+    ``kernels.gated_residual_norm``. The inner block runs through its
+    ``forward_and_input`` (not ``__call__``): hooks on ``self.block`` itself
+    do not fire; hook this module instead.
     """
 
     def __init__(self, config: MIGTConfig) -> None:

@@ -463,6 +463,11 @@ def test_layer_norm_linear_hands_on_the_residual(shape, poisoned_allocations):
         results[backend] = (y, grads, residual is x)
     (y_t, g_t, same_t), (y_r, g_r, same_r) = results["triton"], results["reference"]
     assert not same_t and same_r  # the kernel hands on a copy; the reference, x itself
+    # only the copy used: its gradient passes straight to x, the rest get none
+    x, nw, nb, w, b = (t.clone().requires_grad_() for t in base)
+    _, residual = kernels.layer_norm_linear(x, nw, nb, w, b, return_residual=True, backend="triton")
+    grads = torch.autograd.grad((residual * up_r).sum(), (x, nw, nb, w, b), allow_unused=True)
+    assert torch.equal(grads[0], up_r) and all(g is None for g in grads[1:])
     assert_close(y_t, y_r, **F64, name="y")
     for name, a, b in zip(("x", "norm_weight", "norm_bias", "weight", "bias"), g_t, g_r):
         assert_close(a, b, **F64, name=f"d{name}")
