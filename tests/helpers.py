@@ -59,3 +59,16 @@ def assert_close(actual, expected, *, atol, rtol, name="tensor"):
             f"{name}: {(err > 0).sum().item()} of {err.numel()} elements differ; worst at {idx}: "
             f"{actual[idx].item():.6g} vs {expected[idx].item():.6g} (atol={atol}, rtol={rtol})"
         )
+
+
+def saved_by(fn):
+    """(fn(), the tensors autograd saved for the backward while it ran)."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kernels
-from helpers import assert_close
+from helpers import assert_close, saved_by
 from kernels import philox
 from kernels import seeded_dropout as dropout_module
 
@@ -174,18 +174,6 @@ def test_p0_is_the_input_itself():
 
 
 # ------------------------------------------------------------------ what the backward keeps
-
-
-def saved_by(fn):
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, saved
 
 
 def test_backward_keeps_only_the_seed():

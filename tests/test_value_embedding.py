@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kernels
-from helpers import assert_close
+from helpers import assert_close, saved_by
 from kernels import philox
 from kernels import embedding as value_embedding_module
 from migt import MIGT_TVDT, MIGTConfig
@@ -172,15 +172,3 @@ def test_model_embedding_is_the_identity_dropout_in_eval():
     # (the two backends' RevIN differ by float32 rounding)
     assert_close(x, ref, atol=1e-4, rtol=1e-4, name="embedding")
     assert not (x == 0).any()
-
-
-def saved_by(fn):
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, saved
