@@ -278,11 +278,6 @@ def _dropout(inputs, outputs) -> list:
     return [_pass("dropout", "dropout", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read x, write y
 
 
-@register_cost("migt::dropout_backward")
-def _dropout_backward(inputs, outputs) -> list:
-    return [_pass("dropout grad", "dropout", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read dy, write dx
-
-
 # --- the final norm and the gate's Linear (kernels/norm_linear.py, kernels/linear.py)
 
 @register_cost("migt::layer_norm")

@@ -56,17 +56,6 @@ def _(x, seeds, p):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("migt::dropout_backward", mutates_args=())
-def _dropout_backward_op(dy: torch.Tensor, seeds: torch.Tensor, p: float) -> torch.Tensor:
-    # the same mask and scale on the output gradient: the same kernel pass
-    return dropout_rows(dy, seeds, p)
-
-
-@_dropout_backward_op.register_fake
-def _(dy, seeds, p):
-    return dy.new_empty(dy.shape)
-
-
 def _setup_context(ctx, inputs, output):
     _, seeds, p = inputs
     ctx.p = p
@@ -75,13 +64,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (seeds,) = ctx.saved_tensors
-    # the backward is linear in dy with the same mask, so it is its own
-    # backward (double backward of dropout)
-    return _dropout_backward_op(dy.contiguous(), seeds, ctx.p), None, None
+    # the same mask and scale on the output gradient: the op itself, which
+    # is then its own backward too (double backward of dropout)
+    return _dropout_op(dy.contiguous(), seeds, ctx.p), None, None
 
 
 _dropout_op.register_autograd(_backward, setup_context=_setup_context)
-_dropout_backward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------ public function
