@@ -112,8 +112,9 @@ def unsupported_reason(y: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _acc(weight, pos):
-    return acc_dtype(torch.promote_types(weight.dtype, pos.dtype))
+def _compute_dtype(weight_dtype, pos_dtype) -> torch.dtype:
+    """The math's dtype: float32 at least, float64 when the parameters or pos are."""
+    return compute_dtype(torch.promote_types(weight_dtype, pos_dtype))
 
 
 def value_embedding_fwd(y, weight, bias, pos, seeds, p: float, out_dtype):
@@ -130,7 +131,8 @@ def value_embedding_fwd(y, weight, bias, pos, seeds, p: float, out_dtype):
     bm = block_m(bd, TILE_ELEMENTS)
     _value_embedding_fwd_kernel[(cdiv(N, bm),)](
         y, weight, bias, pos, seeds if has_dropout else y, out, N, V * T, T, D, cut, scale_hi, scale_lo,
-        HAS_DROPOUT=has_dropout, ACC=_acc(weight, pos), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+        HAS_DROPOUT=has_dropout, ACC=acc_dtype(_compute_dtype(weight.dtype, pos.dtype)),
+        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return out
 
@@ -140,7 +142,7 @@ def value_embedding_bwd(dout, y, weight, seeds, p: float, pos_dtype):
     and dbias in the compute dtype, dy in y's dtype, dpos in pos_dtype."""
     B, V, T = y.shape
     D = weight.shape[1]
-    acc = compute_dtype(torch.promote_types(weight.dtype, pos_dtype))
+    acc = _compute_dtype(weight.dtype, pos_dtype)
     dy = torch.empty_like(y)
     dpos = torch.empty((B, T, D), dtype=pos_dtype, device=y.device)
     if B * V * T == 0 or D == 0:
@@ -189,7 +191,7 @@ def _value_embedding_backward_op(
 def _(dout, y, weight, seeds, p, pos_dtype):
     B, V, T = y.shape
     D = weight.shape[1]
-    acc = compute_dtype(torch.promote_types(weight.dtype, pos_dtype))
+    acc = _compute_dtype(weight.dtype, pos_dtype)
     return (y.new_empty(y.shape), y.new_empty((V, D), dtype=acc), y.new_empty((V, D), dtype=acc),
             y.new_empty((B, T, D), dtype=pos_dtype))
 

@@ -221,7 +221,7 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
     D = x.shape[-1]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     _, h, mean, rstd = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                         fc1_weight.dtype, store_x=False)
+                                         fc1_weight.dtype)
     hidden = torch.addmm(fc1_bias, h, fc1_weight.t())  # [N, C]
     del h
     g = gelu_dropout_fwd(hidden, seeds, p)
@@ -242,7 +242,7 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
     dout2 = dout.reshape(-1, D).contiguous()
     df = dropout_grad(dout2, seeds, p, fc2_weight.dtype)  # [N, D]
     _, h, _, _ = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                   fc1_weight.dtype, store_x=False, store_stats=False)
+                                   fc1_weight.dtype, store_stats=False)
     if hidden.dim() == 1:  # the (0,) placeholder: selective recompute of the FFN hidden
         hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
     dg = df @ fc2_weight  # [N, C]

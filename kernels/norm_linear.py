@@ -371,7 +371,6 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     return (y, residual) if return_residual else y
 
 
-
 def layer_norm(x, weight, bias, eps: float = 1e-5, out_dtype=None):
     """layer_norm(x; weight, bias) in float32 at least, written in out_dtype
     (default x's), keeping x and two floats per row for the backward."""

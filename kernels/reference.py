@@ -165,8 +165,7 @@ def dropout(x, seeds, p: float):
     seeds: x itself."""
     if p == 0.0 or seeds.numel() == 0:
         return x
-    shape = x.shape if x.dim() else (1,)
-    keep = philox.keep_mask(seeds[0], shape, p).view(x.shape)
+    keep = philox.keep_mask(seeds[0], x.shape, p)
     return torch.where(keep, x.to(compute_dtype(x.dtype)) * (1.0 / (1.0 - p)), 0.0).to(x.dtype)
 
 

@@ -22,7 +22,7 @@ SITE = 0  # seeds[0]: kernels.dropout draws one seed
 
 
 def unsupported_reason(x: torch.Tensor) -> Optional[str]:
-    D = x.shape[-1] if x.dim() else 1
+    D = x.shape[-1]
     if D > MAX_D:
         return f"D={D} is over {MAX_D} (a row must fit one block)"
     return None
@@ -38,7 +38,7 @@ def dropout_rows(x: torch.Tensor, seeds: torch.Tensor, p: float) -> torch.Tensor
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
-    D = x.shape[-1] if x.dim() else 1
+    D = x.shape[-1]
     _dropout_rows(None, x.reshape(-1, D), seeds.contiguous(), SITE, cut, scale_hi, scale_lo, out.view(-1, D))
     return out
 
