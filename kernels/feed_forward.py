@@ -15,7 +15,9 @@ the output pass and the backward rebuild it from x and the branch. h and g
 are recomputed (g by the GELU backward, which reads the hidden anyway); the
 dropout bits are redrawn from the seeds (kernels/philox.py); no mask is
 stored. The first bias's gradient is reduced inside the GELU backward (two
-stages, deterministic).
+stages, deterministic). A large batch runs a chunk of rows at a time
+(row_chunks), so no (rows, d_ff) tensor but the kept hidden is ever made
+for the whole batch.
 """
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2  # seeds[site]: kernels.dropout_
 # Hidden tiles: 16 rows x 256 columns forward (pure streaming), 8 x 256
 # backward. Chosen by reasoning, not tuned on a GPU.
 HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 8
+# The (rows, d_ff) tensors of a large batch are made a chunk of rows at a
+# time: the forward's GELU output and the backward's working set (the
+# hidden's gradient, g again, a recomputed hidden) never exist for the whole
+# batch. 1 GiB per (rows, d_ff) tensor: one chunk up to B=64 at the seed
+# config in bf16 (0.84 GiB), so that step is unchanged; 7 chunks at B=512.
+HIDDEN_CHUNK_BYTES = 1 << 30
+CHUNK_ROW_MULTIPLE = 128  # chunk starts aligned for the GEMMs and row tiles
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
@@ -47,7 +56,7 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 @triton.jit
 def _gelu_dropout_fwd_kernel(
-    hidden_ptr, seed_ptr, g_ptr, N, C, cut, scale_hi, scale_lo,
+    hidden_ptr, seed_ptr, g_ptr, N, row0, C, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -59,13 +68,14 @@ def _gelu_dropout_fwd_kernel(
     g = 0.5 * f * (1.0 + tl.math.erf(f * _SQRT1_2))  # exact (erf) GELU, as nn.GELU()
     if HAS_DROPOUT:
         scale = split_scalar(scale_hi, scale_lo, ACC)
-        g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g * scale, 0.0)
+        kept = keep_tile(seed_ptr, SITE, row0 + rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
+        g = tl.where(kept, g * scale, 0.0)
     tl.store(g_ptr + offs, cast_for(g, g_ptr), mask=ok)
 
 
 @triton.jit
 def _gelu_dropout_bwd_kernel(
-    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, g_ptr, db_part_ptr, N, C, cut, scale_hi, scale_lo,
+    dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, g_ptr, db_part_ptr, N, row0, C, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -88,7 +98,7 @@ def _gelu_dropout_bwd_kernel(
         g = 0.5 * f * (1.0 + erf)  # as _gelu_dropout_fwd_kernel
         if HAS_DROPOUT:
             scale = split_scalar(scale_hi, scale_lo, ACC)
-            keep = keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
+            keep = keep_tile(seed_ptr, SITE, row0 + rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
             dg = tl.where(keep, dg * scale, 0.0)
             g = tl.where(keep, g * scale, 0.0)
         tl.store(g_ptr + offs, cast_for(g, g_ptr), mask=ok)
@@ -102,7 +112,7 @@ def _gelu_dropout_bwd_kernel(
 
 @triton.jit
 def _dropout_add_kernel(
-    x_ptr, mid_ptr, branch_ptr, seed_ptr, out_ptr, N, D, cut, scale_hi, scale_lo,
+    x_ptr, mid_ptr, branch_ptr, seed_ptr, out_ptr, N, row0, D, cut, scale_hi, scale_lo,
     HAS_X: tl.constexpr, HAS_MID: tl.constexpr, HAS_DROPOUT: tl.constexpr, MID_SITE: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, MID_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -117,14 +127,14 @@ def _dropout_add_kernel(
     scale = split_scalar(scale_hi, scale_lo, ACC)
     out = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
     if HAS_DROPOUT:
-        out = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), out * scale, 0.0)
+        out = tl.where(keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D), out * scale, 0.0)
     if HAS_X:
         base = tl.load(x_ptr + offs, mask=ok, other=0.0)
         if HAS_MID:  # in x's accumulation dtype, as the norm kernels add it
             mid = tl.load(mid_ptr + offs, mask=ok, other=0.0).to(MID_ACC)
             if HAS_DROPOUT:
                 mid_scale = split_scalar(scale_hi, scale_lo, MID_ACC)
-                mid = tl.where(keep_tile(seed_ptr, MID_SITE, rows, 0, D, cut, BLOCK_D), mid * mid_scale, 0.0)
+                mid = tl.where(keep_tile(seed_ptr, MID_SITE, row0 + rows, 0, D, cut, BLOCK_D), mid * mid_scale, 0.0)
             base = cast_for(base.to(MID_ACC) + mid, x_ptr)
         out += base.to(ACC)
     tl.store(out_ptr + offs, cast_for(out, out_ptr), mask=ok)
@@ -133,8 +143,10 @@ def _dropout_add_kernel(
 # --------------------------------------------------------------- host side
 
 
-def gelu_dropout_fwd(hidden, seeds, p: float):
-    """g = dropout(gelu(hidden)) for contiguous hidden (N, C), in hidden's dtype."""
+def gelu_dropout_fwd(hidden, seeds, p: float, row0: int = 0):
+    """g = dropout(gelu(hidden)) for contiguous hidden (N, C), in hidden's
+    dtype. row0: the index of hidden's first row when it is a chunk of the
+    whole (the dropout bits count rows from there)."""
     N, C = hidden.shape
     g = torch.empty_like(hidden)
     if hidden.numel() == 0:
@@ -142,16 +154,17 @@ def gelu_dropout_fwd(hidden, seeds, p: float):
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     grid = (cdiv(N, HIDDEN_BLOCK_M), cdiv(C, HIDDEN_BLOCK_C))
     _gelu_dropout_fwd_kernel[grid](
-        hidden, seeds if has_dropout else hidden, g, N, C, cut, scale_hi, scale_lo,
+        hidden, seeds if has_dropout else hidden, g, N, row0, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
         BLOCK_M=HIDDEN_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
     )
     return g
 
 
-def gelu_dropout_bwd(dg, hidden, seeds, p: float):
+def gelu_dropout_bwd(dg, hidden, seeds, p: float, row0: int = 0):
     """Returns dhidden (N, C) in hidden's dtype, its column sums (C,) in the
-    compute dtype, and g = dropout(gelu(hidden)) (N, C) as the forward made it."""
+    compute dtype, and g = dropout(gelu(hidden)) (N, C) as the forward made
+    it. row0: as for gelu_dropout_fwd."""
     N, C = hidden.shape
     acc = compute_dtype(hidden.dtype)
     # dhidden over dg (each element is read, then written, by one program
@@ -166,7 +179,7 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
     programs = max(1, backward_programs(hidden.device, cdiv(N, HIDDEN_BWD_BLOCK_M)) // col_blocks)
     db_part = torch.empty((programs, C), dtype=acc, device=hidden.device)
     _gelu_dropout_bwd_kernel[(programs, col_blocks)](
-        dg, hidden, seeds if has_dropout else hidden, dhidden, g, db_part, N, C, cut, scale_hi, scale_lo,
+        dg, hidden, seeds if has_dropout else hidden, dhidden, g, db_part, N, row0, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
         BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
     )
@@ -174,7 +187,7 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float):
 
 
 def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_lo: float, out,
-                  *, mid=None, mid_site: int = 0, has_dropout: bool = True):
+                  *, mid=None, mid_site: int = 0, has_dropout: bool = True, row0: int = 0):
     """out = (x +) dropout(branch) over contiguous (N, D) rows, whole rows per
     tile; with ``mid``, out = (x + dropout_mid_site(mid)) + dropout(branch)."""
     N, D = branch.shape
@@ -183,7 +196,7 @@ def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_
         bm = block_m(bd, TILE_ELEMENTS)
         _dropout_add_kernel[(cdiv(N, bm),)](
             x if x is not None else branch, mid if mid is not None else branch, branch,
-            seeds if has_dropout else branch, out, N, D, cut, scale_hi, scale_lo,
+            seeds if has_dropout else branch, out, N, row0, D, cut, scale_hi, scale_lo,
             HAS_X=x is not None, HAS_MID=mid is not None, HAS_DROPOUT=has_dropout, MID_SITE=mid_site, SITE=site,
             ACC=acc_dtype(torch.promote_types(branch.dtype, out.dtype)),
             MID_ACC=acc_dtype(x.dtype if x is not None else out.dtype),
@@ -192,70 +205,139 @@ def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_
     return out
 
 
-def residual_out(x, branch, f, seeds, p: float):
+def residual_out(x, branch, f, seeds, p: float, row0: int = 0, out=None):
     """The block's output (x + dropout(branch)) + dropout(f) (sites 0 and 2)
-    for contiguous (N, D) tensors, in x's dtype: x_mid is rebuilt, not read."""
+    for contiguous (N, D) tensors, in x's dtype (into ``out`` when given):
+    x_mid is rebuilt, not read. row0: as for gelu_dropout_fwd."""
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
-    return _dropout_rows(x, f, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, torch.empty_like(x),
-                         mid=branch, mid_site=BRANCH_SITE, has_dropout=has_dropout)
+    return _dropout_rows(x, f, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo,
+                         torch.empty_like(x) if out is None else out,
+                         mid=branch, mid_site=BRANCH_SITE, has_dropout=has_dropout, row0=row0)
 
 
-def dropout_grad(dout, seeds, p: float, dtype):
-    """Gradient of dropout (site 2) for contiguous (N, D) dout, in ``dtype``."""
+def dropout_grad(dout, seeds, p: float, dtype, row0: int = 0):
+    """Gradient of dropout (site 2) for contiguous (N, D) dout, in ``dtype``.
+    row0: as for gelu_dropout_fwd."""
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     if not has_dropout:
         return dout.to(dtype)
     dbranch = torch.empty(dout.shape, dtype=dtype, device=dout.device)
-    return _dropout_rows(None, dout, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, dbranch)
+    return _dropout_rows(None, dout, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, dbranch, row0=row0)
 
 
 def unsupported_reason(x: torch.Tensor) -> Optional[str]:
     return _norm_unsupported(x)
 
 
+def row_chunks(N: int, C: int, itemsize: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges whose (rows, C) tensors of ``itemsize`` bytes
+    fit HIDDEN_CHUNK_BYTES; one (empty) range when N == 0."""
+    rows = HIDDEN_CHUNK_BYTES // max(1, C * itemsize) // CHUNK_ROW_MULTIPLE * CHUNK_ROW_MULTIPLE
+    rows = max(CHUNK_ROW_MULTIPLE, rows)
+    return [(start, min(N, start + rows)) for start in range(0, max(N, 1), rows)]
+
+
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                      keep_hidden: bool):
     """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
     not kept). x_mid is never stored: the output pass and the backward
-    rebuild it from x and the branch."""
-    D = x.shape[-1]
+    rebuild it from x and the branch. Runs a chunk of rows at a time
+    (row_chunks), so g never exists for the whole batch."""
+    D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
-    _, h, mean, rstd = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                         fc1_weight.dtype)
-    hidden = torch.addmm(fc1_bias, h, fc1_weight.t())  # [N, C]
-    del h
-    g = gelu_dropout_fwd(hidden, seeds, p)
-    f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [N, D]
-    del g
-    out = residual_out(x2, branch2, f, seeds, p)
-    if not keep_hidden:
-        hidden = hidden.new_empty((0,))
+    N = x2.shape[0]
+    acc = compute_dtype(x.dtype)
+    out = torch.empty_like(x2)
+    mean = torch.empty((N,), dtype=acc, device=x.device)
+    rstd = torch.empty((N,), dtype=acc, device=x.device)
+    hidden = (torch.empty((N, C), dtype=fc1_weight.dtype, device=x.device) if keep_hidden
+              else x.new_empty((0,), dtype=fc1_weight.dtype))
+    for start, end in row_chunks(N, C, fc1_weight.element_size()):
+        rows = slice(start, end)
+        _, h, _, _ = residual_norm_fwd(x2[rows], branch2[rows], seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
+                                       fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]))
+        if keep_hidden:
+            hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t(), out=hidden[rows])  # [rows, C]
+        else:
+            hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t())
+        del h
+        g = gelu_dropout_fwd(hidden_rows, seeds, p, row0=start)
+        del hidden_rows
+        f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [rows, D]
+        del g
+        residual_out(x2[rows], branch2[rows], f, seeds, p, row0=start, out=out[rows])
     return out.view(x.shape), mean, rstd, hidden
+
+
+def _mm_float32(a, b):
+    """a @ b of 16-bit matrices with the result in float32, not rounded to
+    16 bits: cuBLAS's float32 output (the accumulator it keeps anyway) on
+    CUDA; elsewhere (the CPU tests) the float32 product of the same values."""
+    if a.dtype not in (torch.float16, torch.bfloat16):
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
+def _feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranch, seeds, p,
+                           norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, weight_grads_float32):
+    """One chunk of feed_forward_bwd: writes dx and dbranch of these rows
+    (start: the index of the first) and returns their parameter gradients
+    dnorm_w, dnorm_b, dW1, db1, dW2, db2 (dW1 and dW2 in float32 when
+    weight_grads_float32, for a sum over chunks). hidden is None under
+    selective recompute."""
+    weight_grad = _mm_float32 if weight_grads_float32 else torch.mm
+    df = dropout_grad(dout, seeds, p, fc2_weight.dtype, row0=start)  # [rows, D]
+    _, h, _, _ = residual_norm_fwd(x, branch, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
+                                   fc1_weight.dtype, store_stats=False, row0=start)
+    if hidden is None:
+        hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
+    dg = df @ fc2_weight  # [rows, C]
+    # dhidden (over dg's buffer), db1, and g again (for dW2) in one pass over the hidden
+    dhidden, db1, g = gelu_dropout_bwd(dg, hidden, seeds, p, row0=start)
+    del dg, hidden
+    dw2, db2 = weight_grad(df.t(), g), df.sum(0, dtype=mean.dtype)
+    del g, df
+    dh = dhidden @ fc1_weight
+    dw1 = weight_grad(dhidden.t(), h)
+    del dhidden, h
+    _, _, dnw, dnb = residual_norm_bwd(dh, dout, x, mean, rstd, norm_weight, branch=branch, seeds=seeds,
+                                       site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch)
+    return dnw, dnb, dw1, db1, dw2, db2
 
 
 def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
                      fc1_weight, fc1_bias, fc2_weight):
-    """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1, dW2, db2."""
-    D = x.shape[-1]
-    acc = mean.dtype
+    """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1, dW2, db2.
+
+    A chunk of rows at a time, as the forward, so the (rows, C) working set
+    is bounded whatever the batch. With several chunks the parameter
+    gradients are summed over chunks in the compute dtype (float32 under
+    bf16: the weight GEMMs write float32), then rounded once to the weights'
+    dtype, as one whole-batch GEMM rounds them."""
+    D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     dout2 = dout.reshape(-1, D).contiguous()
-    df = dropout_grad(dout2, seeds, p, fc2_weight.dtype)  # [N, D]
-    _, h, _, _ = residual_norm_fwd(x2, branch2, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                   fc1_weight.dtype, store_stats=False)
-    if hidden.dim() == 1:  # the (0,) placeholder: selective recompute of the FFN hidden
-        hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
-    dg = df @ fc2_weight  # [N, C]
-    # dhidden, db1, and g again (for dW2) in one pass over the hidden
-    dhidden, db1, g = gelu_dropout_bwd(dg, hidden, seeds, p)
-    del dg
-    dw2, db2 = df.t() @ g, df.sum(0, dtype=acc)
-    del g, df
-    dh = dhidden @ fc1_weight
-    dw1 = dhidden.t() @ h
-    del dhidden, h
-    dx, dbranch, dnw, dnb = residual_norm_bwd(dh, dout2, x2, mean, rstd, norm_weight,
-                                              branch=branch2, seeds=seeds, site=BRANCH_SITE, p=p)
+    dx, dbranch = torch.empty_like(x2), torch.empty_like(branch2)
+    keep_hidden = hidden.dim() == 2  # else the (0,) placeholder of selective recompute
+    chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
+    totals = None
+    for start, end in chunks:
+        rows = slice(start, end)
+        grads = _feed_forward_bwd_rows(
+            start, dout2[rows], x2[rows], branch2[rows], mean[rows], rstd[rows],
+            hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
+            norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, len(chunks) > 1,
+        )
+        if totals is None:
+            dtypes = [grad.dtype for grad in grads]
+            totals = [grad.to(torch.promote_types(grad.dtype, mean.dtype)) if len(chunks) > 1 else grad
+                      for grad in grads]
+        else:
+            for total, grad in zip(totals, grads):
+                total.add_(grad)
+    dnw, dnb, dw1, db1, dw2, db2 = (total.to(dtype) for total, dtype in zip(totals, dtypes))
     return dx.view(x.shape), dbranch.view(x.shape), dnw, dnb, dw1, db1, dw2, db2
 
 

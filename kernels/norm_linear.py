@@ -44,7 +44,7 @@ MAX_BLOCK_M = 16
 def _residual_norm_fwd_kernel(
     x_ptr, branch_ptr, seed_ptr, w_ptr, b_ptr,
     x_out_ptr, h_ptr, mean_ptr, rstd_ptr,
-    N, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
+    N, row0, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
     HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr,
     STORE_X: tl.constexpr, STORE_STATS: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -61,7 +61,7 @@ def _residual_norm_fwd_kernel(
         branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
         if HAS_DROPOUT:
             scale = split_scalar(scale_hi, scale_lo, ACC)
-            branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
+            branch = tl.where(keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
         # x_new rounded to the stream's dtype (a no-op in float32), as it is
         # stored or rebuilt by the backward and the output add: every pass
         # normalises and adds the same value
@@ -81,7 +81,7 @@ def _residual_norm_fwd_kernel(
 def _residual_norm_bwd_kernel(
     dh_ptr, dres_ptr, x_ptr, branch_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
     dx_ptr, dbranch_ptr, dw_part_ptr, db_part_ptr,
-    N, D, cut, scale_hi, scale_lo,
+    N, row0, D, cut, scale_hi, scale_lo,
     HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -106,7 +106,7 @@ def _residual_norm_bwd_kernel(
             scale = split_scalar(scale_hi, scale_lo, ACC)
             branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
             if HAS_DROPOUT:
-                keep = keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D)
+                keep = keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D)
                 branch = tl.where(keep, branch * scale, 0.0)
             x = cast_for(x.to(ACC) + branch, x_ptr)  # rounded as in the forward
         x = x.to(ACC)
@@ -164,18 +164,24 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: float, h_dtype,
-                      *, store_x: bool = False, store_stats: bool = True):
+                      *, store_x: bool = False, store_stats: bool = True, row0: int = 0, stats=None):
     """x, branch: contiguous (N, D) (branch may be None). Returns
     (x_new or None, h (N, D) in h_dtype, mean (N,), rstd (N,)): x_new =
     x + dropout(branch) (a copy of x without a branch) only when store_x;
-    mean and rstd only when store_stats."""
+    mean and rstd only when store_stats, written into ``stats`` (a (mean,
+    rstd) pair of (N,) views) when given. row0: the index of x's first row in
+    the whole tensor, when x is a chunk of it (the dropout bits count rows
+    from there)."""
     N, D = x.shape
     acc = compute_dtype(x.dtype)
     has_branch = branch is not None
     x_new = torch.empty_like(x) if store_x else None
     h = torch.empty((N, D), dtype=h_dtype, device=x.device)
-    mean = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
-    rstd = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
+    if stats is not None:
+        mean, rstd = stats
+    else:
+        mean = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
+        rstd = torch.empty((N,), dtype=acc, device=x.device) if store_stats else None
     if N == 0:
         return x_new, h, mean, rstd
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
@@ -185,7 +191,7 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     _residual_norm_fwd_kernel[(cdiv(N, bm),)](
         x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
         x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
-        N, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
+        N, row0, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
         HAS_BRANCH=has_branch, HAS_DROPOUT=has_dropout, SITE=site,
         STORE_X=x_new is not None, STORE_STATS=store_stats,
         ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
@@ -193,18 +199,20 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     return x_new, h, mean, rstd
 
 
-def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=None, site: int = 0, p: float = 0.0):
+def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=None, site: int = 0, p: float = 0.0,
+                      row0: int = 0, dx=None, dbranch=None):
     """Gradients of h = layer_norm(x_new), x_new = x + dropout(branch) (x_new
     = x without a branch), rebuilding x_new from x and branch.
 
     dh: (N, D) gradient of h; dres: (N, D) gradient of x_new itself, or None.
     Returns dx (x's dtype), dbranch (branch's dtype, None without a branch),
-    dweight, dbias (D,) in the compute dtype.
+    dweight, dbias (D,) in the compute dtype; dx and dbranch are written into
+    the (N, D) tensors given, if any. row0: as for residual_norm_fwd.
     """
     N, D = x.shape
     acc = compute_dtype(x.dtype)
-    dx = torch.empty_like(x)
-    dbranch = torch.empty_like(branch) if branch is not None else None
+    dx = torch.empty_like(x) if dx is None else dx
+    dbranch = (torch.empty_like(branch) if dbranch is None else dbranch) if branch is not None else None
     if N == 0:
         zeros = torch.zeros((D,), dtype=acc, device=x.device)
         return dx, dbranch, zeros, zeros.clone()
@@ -218,7 +226,7 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
         dh, dres if dres is not None else dh, x, branch if branch is not None else x, mean, rstd,
         weight.contiguous(), seeds if has_dropout else x,
         dx, dbranch if dbranch is not None else dx, dw_part, db_part,
-        N, D, cut, scale_hi, scale_lo,
+        N, row0, D, cut, scale_hi, scale_lo,
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=branch is not None, HAS_DROPOUT=has_dropout,
         SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )

@@ -23,6 +23,7 @@ BOUNDARIES = "tests/test_block_boundaries.py"
 REVIN_PARITY = "tests/test_norms_triton.py::test_revin_matches_float64_reference"
 GATED_PARITY = "tests/test_norms_triton.py::test_gated_norm_matches_float64_reference"
 FUSED_PARITY = "tests/test_fused_block.py::test_feed_forward_matches_float64_reference"
+CHUNK_PARITY = "tests/test_ffn_row_chunks.py::test_chunked_feed_forward_matches_float64_reference"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
@@ -290,8 +291,8 @@ MUTANTS = [
     # GELU + dropout, dropout + add (kernels/norm_linear.py, feed_forward.py, _tiles.py)
     Mutant(
         "fused-branch-dropout-unscaled", NORM_LINEAR, "scaling",
-        "branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)",
-        "branch = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), branch, 0.0)",
+        "branch = tl.where(keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)",
+        "branch = tl.where(keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D), branch, 0.0)",
         (FUSED_PARITY,),
         "inverted dropout without 1/(1-p): the residual branch shrinks by (1-p) in training only",
     ),
@@ -388,17 +389,45 @@ MUTANTS = [
     ),
     Mutant(
         "fused-hidden-dropout-unscaled", FEED_FORWARD, "scaling",
-        "g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g * scale, 0.0)",
-        "g = tl.where(keep_tile(seed_ptr, SITE, rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C), g, 0.0)",
+        "g = tl.where(kept, g * scale, 0.0)",
+        "g = tl.where(kept, g, 0.0)",
         (FUSED_PARITY, *FUSED_MASKS),
         "the hidden's dropout without 1/(1-p)",
     ),
     Mutant(
         "fused-hidden-kept-despite-recompute", FEED_FORWARD, "span",
-        "hidden = hidden.new_empty((0,))",
-        "hidden = hidden",
+        "    hidden = (torch.empty((N, C), dtype=fc1_weight.dtype, device=x.device) if keep_hidden",
+        "    keep_hidden = True\n    hidden = (torch.empty((N, C), dtype=fc1_weight.dtype, device=x.device) if keep_hidden",
         ("tests/test_fused_block.py::test_fused_blocks_keep_no_dropout_mask_and_one_hidden_at_most",),
         "recompute_ffn_hidden saves nothing: the (N, d_ff) pre-activation is kept anyway",
+    ),
+    Mutant(
+        "ffn-chunk-hidden-mask-counts-from-zero", FEED_FORWARD, "masking",
+        "g = gelu_dropout_fwd(hidden_rows, seeds, p, row0=start)",
+        "g = gelu_dropout_fwd(hidden_rows, seeds, p)",
+        (CHUNK_PARITY,),
+        "every chunk of rows redraws the first chunk's hidden mask: dropout repeats across the batch",
+    ),
+    Mutant(
+        "ffn-chunk-norm-bwd-mask-counts-from-zero", FEED_FORWARD, "masking",
+        "site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch)",
+        "site=BRANCH_SITE, p=p, dx=dx, dbranch=dbranch)",
+        (CHUNK_PARITY,),
+        "the backward of a later chunk rebuilds x_mid with another branch mask than its forward",
+    ),
+    Mutant(
+        "ffn-chunk-grads-not-summed", FEED_FORWARD, "reduction",
+        "                total.add_(grad)",
+        "                pass",
+        (CHUNK_PARITY,),
+        "the parameter gradients keep only the first chunk's rows",
+    ),
+    Mutant(
+        "ffn-chunk-weight-grads-rounded-per-chunk", FEED_FORWARD, "reduction",
+        "weight_grad = _mm_float32 if weight_grads_float32 else torch.mm",
+        "weight_grad = torch.mm",
+        ("tests/test_ffn_row_chunks.py::test_chunked_bf16_weight_gradients_are_summed_in_float32",),
+        "each chunk's bf16 weight gradient is rounded before the sum: errors grow with the chunk count",
     ),
     Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
