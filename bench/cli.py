@@ -193,12 +193,12 @@ def _max_batch(args, settings, env, command) -> int:
     limit = args.max_batch_limit or (4096 if cuda else 16)
     with _stop_on_sigterm():
         rows = [{**env, "quick": False, **row}
-                for row in max_batch.run(settings, start=start, limit=limit)]
+                for row in max_batch.run(settings, start=start, limit=limit, ops=args.ops)]
     results.append_rows(rows, args.out, env["device_slug"])
     text = results.table(rows)
     for r in rows:
         e = r["extra"]
-        text += (f"\n{r['backend']} {r['dtype']}: largest batch that ran {r['batch'] or 'none'}"
+        text += (f"\n{r['backend']} {r['op']} {r['dtype']}: largest batch that ran {r['batch'] or 'none'}"
                  + (f" (limit {e['limit']} reached)" if e["limit_reached"] else
                     f"; B={e['first_failing']}: {e['first_failing_status']}"))
     path = args.out / f"{env['device_slug']}-max-batch.md"

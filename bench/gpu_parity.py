@@ -272,6 +272,27 @@ def check_sdpa_chunks(device, dtype: str, axis: str, s: dict, chunks: int = 4) -
     return dataclasses.replace(check, name=check.name.replace("attention", f"sdpa in {chunks} chunks", 1))
 
 
+def check_ffn_chunks(device, dtype: str, s: dict, chunks: int = 3) -> Check:
+    """The fused block with its FFN run in about `chunks` chunks of rows
+    (kernels/feed_forward.py row_chunks, one chunk at B=64 by default, seven
+    at B=512): the dropout bits count rows across chunks, and the weight
+    gradients are summed over them."""
+    from kernels import feed_forward
+
+    rows = s["B"] * s["V"] * s["T"]
+    itemsize = torch.finfo(NORM_DTYPES[dtype]).bits // 8
+    budget = feed_forward.HIDDEN_CHUNK_BYTES
+    # a chunk a row tile more than an even split: the last chunk is ragged
+    chunk_rows = -(-rows // chunks) + feed_forward.CHUNK_ROW_MULTIPLE
+    feed_forward.HIDDEN_CHUNK_BYTES = chunk_rows * 4 * s["D"] * itemsize
+    try:
+        made = len(feed_forward.row_chunks(rows, 4 * s["D"], itemsize))
+        check = check_fused_block(device, dtype, s)
+    finally:
+        feed_forward.HIDDEN_CHUNK_BYTES = budget
+    return dataclasses.replace(check, name=check.name.replace("fused block", f"fused block, FFN in {made} chunks", 1))
+
+
 def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
     checks = []
     if backend == "triton":  # the fallback's chunked calls, beside the kernels
@@ -286,6 +307,8 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
         checks.append(check_gated(device, dtype, shapes, backend))
     for dtype in (*dtypes, "fp64"):
         checks.append(check_fused_block(device, dtype, shapes, backend))
+    if backend == "triton":
+        checks.append(check_ffn_chunks(device, dtypes[0], shapes))
     for dtype in (*dtypes, "fp64"):
         checks.append(check_model_edges(device, dtype, shapes, backend))
     return checks

@@ -10,9 +10,14 @@ a failed one (out of memory, or a kernel refusing the size, like cuDNN's
 attention backward at sdpa B=256 on the H200) leaves nothing behind: no
 memory, no fragmented allocator cache, no broken CUDA context.
 
-Rows: suite "max_batch", op "train_step", batch = the largest that ran, with
-its time and peak memory; extra.first_failing and extra.tries (each batch
-tried and how it ended).
+Each (backend, dtype, op) is searched on its own: op "train_step" by
+default, or the train_step variants given with --ops (train_step_recompute_ffn:
+recompute_ffn_hidden, which keeps less; train_step_bf16_stream; ...), each
+where its backend runs it.
+
+Rows: suite "max_batch", op, batch = the largest that ran, with its time and
+peak memory; extra.first_failing and extra.tries (each batch tried and how it
+ended).
 """
 from __future__ import annotations
 
@@ -99,32 +104,47 @@ def _one_try(spec: dict) -> Try:
         seq_len=spec["seq_len"], model_seq_len=spec["seq_len"], config_path=spec["config"],
         measure_saved=False,
     )
-    [case] = [c for c in suite_model.cases(settings) if c.op == "train_step"]
+    [case] = [c for c in suite_model.cases(settings) if c.op == spec.get("op", "train_step")]
     row = run_case(case, Timer(device, warmup=1, repeats=1))
     return Try(spec["batch"], row["status"], row["median_ms"], row["peak_mib"])
 
 
-def run(settings, *, start: int, limit: int, timeout_s: float = 300.0, log=print) -> list:
-    """Search each (backend, dtype) of the run; returns partial result rows
+def train_step_ops(ops) -> list:
+    """The training-step ops of the model suite among ``ops`` (["train_step"] for none)."""
+    from bench import suite_model
+
+    unknown = sorted(set(ops or ()) - set(suite_model.TRAIN_STEP_OPS))
+    if unknown:
+        raise SystemExit(f"--max-batch --ops: {unknown} are not training steps; choose from "
+                         f"{list(suite_model.TRAIN_STEP_OPS)}")
+    return list(ops or ("train_step",))
+
+
+def run(settings, *, start: int, limit: int, timeout_s: float = 300.0, log=print, ops=None) -> list:
+    """Search each (backend, dtype, op) of the run; returns partial result rows
     (the harness's keys that apply, without the run's environment)."""
+    from bench import suite_model
+
     backends = [b for b in settings.backends if b in DEFAULT_BACKENDS] or list(DEFAULT_BACKENDS)
     rows = []
     try:
         for backend in backends:
             for dtype in (d for d in settings.dtypes if d in ("fp32", "bf16")):
-                rows.append(_search_row(settings, backend, dtype, start, limit, timeout_s, log))
+                for op in train_step_ops(ops):
+                    if backend in suite_model.OP_BACKENDS.get(op, (backend,)):
+                        rows.append(_search_row(settings, backend, dtype, start, limit, timeout_s, log, op))
     except KeyboardInterrupt:  # a time limit: keep the searches that ended
         log(f"interrupted: keeping the {len(rows)} searches done")
     return rows
 
 
-def _search_row(settings, backend, dtype, start, limit, timeout_s, log) -> dict:
+def _search_row(settings, backend, dtype, start, limit, timeout_s, log, op="train_step") -> dict:
     """One search: the row of the largest batch of `backend` that ran."""
     def run_try(batch):
         spec = {"device": str(settings.device), "backend": backend, "dtype": dtype, "batch": batch,
-                "seq_len": settings.model_seq_len, "config": str(settings.config_path)}
+                "seq_len": settings.model_seq_len, "config": str(settings.config_path), "op": op}
         result = try_in_subprocess(spec, timeout_s)
-        log(f"max-batch {backend} {dtype} B={batch}: {result.status}"
+        log(f"max-batch {backend} {op} {dtype} B={batch}: {result.status}"
             + (f", {result.median_ms} ms" if result.median_ms is not None else "")
             + (f", peak {result.peak_mib} MiB" if result.peak_mib is not None else ""))
         return result
@@ -139,7 +159,7 @@ def _search_row(settings, backend, dtype, start, limit, timeout_s, log) -> dict:
     else:
         status = failed.status
     return {
-        "suite": "max_batch", "op": "train_step", "backend": backend, "dtype": dtype,
+        "suite": "max_batch", "op": op, "backend": backend, "dtype": dtype,
         "batch": good or 0, "shape": f"T={settings.model_seq_len}", "baseline": None,
         "median_ms": best and best.median_ms, "first_ms": None, "repeats": 1,
         "throughput": None, "throughput_unit": None,

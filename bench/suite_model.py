@@ -36,6 +36,7 @@ OPS = {
     "train_step_recompute_ffn": {"recompute_ffn_hidden": True},
     "train_step_bf16_stream": {"residual_stream": "autocast"},
 }
+TRAIN_STEP_OPS = tuple(op for op in OPS if op.startswith("train_step"))
 # ops that only mean something on some backends (recompute_ffn_hidden is the
 # fused blocks'); every other op runs on every backend
 OP_BACKENDS = {"train_step_recompute_ffn": ("triton", "compile_triton")}

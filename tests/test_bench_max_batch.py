@@ -45,3 +45,18 @@ def test_max_batch_on_the_cpu_with_a_tiny_config(tmp_path, capsys):
     assert [t["batch"] for t in row["extra"]["tries"]] == [1, 2] and row["extra"]["limit_reached"]
     assert row["median_ms"] > 0
     assert "largest batch that ran 2 (limit 2 reached)" in capsys.readouterr().out
+
+
+def test_max_batch_searches_each_training_step_op_where_its_backend_runs_it(monkeypatch):
+    searched = []
+    monkeypatch.setattr(max_batch, "_search_row",
+                        lambda settings, backend, dtype, start, limit, timeout_s, log, op: searched.append(
+                            (backend, op)) or {})
+    settings = type("Settings", (), {"backends": ("triton", "sdpa"), "dtypes": ("bf16",)})()
+    max_batch.run(settings, start=8, limit=16, ops=["train_step", "train_step_recompute_ffn"])
+    # recompute_ffn_hidden is the fused blocks' option: sdpa does not run it
+    assert searched == [("triton", "train_step"), ("triton", "train_step_recompute_ffn"), ("sdpa", "train_step")]
+    max_batch.run(settings, start=8, limit=16)
+    assert searched[3:] == [("triton", "train_step"), ("sdpa", "train_step")]
+    with pytest.raises(SystemExit, match="inference"):
+        max_batch.run(settings, start=8, limit=16, ops=["inference"])
