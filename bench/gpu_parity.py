@@ -274,22 +274,22 @@ def check_sdpa_chunks(device, dtype: str, axis: str, s: dict, chunks: int = 4) -
 
 def check_ffn_chunks(device, dtype: str, s: dict, chunks: int = 3) -> Check:
     """The fused block with its FFN run in about `chunks` chunks of rows
-    (kernels/feed_forward.py row_chunks, one chunk at B=64 by default, seven
+    (kernels/chunking.py, one chunk at B=64 by default, seven
     at B=512): the dropout bits count rows across chunks, and the weight
     gradients are summed over them."""
-    from kernels import feed_forward
+    from kernels import chunking
 
     rows = s["B"] * s["V"] * s["T"]
     itemsize = torch.finfo(NORM_DTYPES[dtype]).bits // 8
-    budget = feed_forward.HIDDEN_CHUNK_BYTES
+    budget = chunking.HIDDEN_CHUNK_BYTES
     # a chunk a row tile more than an even split: the last chunk is ragged
-    chunk_rows = -(-rows // chunks) + feed_forward.CHUNK_ROW_MULTIPLE
-    feed_forward.HIDDEN_CHUNK_BYTES = chunk_rows * 4 * s["D"] * itemsize
+    chunk_rows = -(-rows // chunks) + chunking.CHUNK_ROW_MULTIPLE
+    chunking.HIDDEN_CHUNK_BYTES = chunk_rows * 4 * s["D"] * itemsize
     try:
-        made = len(feed_forward.row_chunks(rows, 4 * s["D"], itemsize))
+        made = len(chunking.row_chunks(rows, 4 * s["D"], itemsize))
         check = check_fused_block(device, dtype, s)
     finally:
-        feed_forward.HIDDEN_CHUNK_BYTES = budget
+        chunking.HIDDEN_CHUNK_BYTES = budget
     return dataclasses.replace(check, name=check.name.replace("fused block", f"fused block, FFN in {made} chunks", 1))
 
 

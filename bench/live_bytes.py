@@ -5,7 +5,9 @@ follows storages instead.
 ``LiveBytes`` is a TorchDispatchMode: every tensor an aten op returns adds its
 storage's bytes once (views and in-place results add nothing), and the
 storage's death (a weakref finalizer; PyTorch keeps one Python object per
-live storage) takes them off. The peak is read after each op, so it is the
+live storage) takes them off; an output on the storage of one of the op's
+inputs (a view, an in-place result) is not counted, whether or not that
+input was made in the block. The peak is read after each op, so it is the
 peak of what ops return, which is every allocation but an op's internal
 scratch. The kernels' custom ops (namespace ``migt``) are run through their
 Python bodies under the mode, so the GEMM outputs and working tensors inside
@@ -19,6 +21,7 @@ import weakref
 import torch
 from torch._library.custom_ops import _maybe_get_opdef
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 _FUSED_NAMESPACE = "migt"
 
@@ -35,13 +38,16 @@ class LiveBytes(TorchDispatchMode):
     def _free(self, key: int) -> None:
         self.live -= self._held.pop(key, 0)
 
-    def _track(self, out) -> None:
-        for t in out if isinstance(out, (tuple, list)) else (out,):
+    def _track(self, out, inputs) -> None:
+        # an output on an input's storage (a view, an in-place result) is not
+        # new memory, even when the input was made before the block
+        given = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in self._held:
+            if nbytes == 0 or key in self._held or key in given:
                 continue
             self._held[key] = nbytes
             self.live += nbytes
@@ -58,5 +64,5 @@ class LiveBytes(TorchDispatchMode):
                 out = opdef._init_fn(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
-        self._track(out)
+        self._track(out, tree_leaves((args, kwargs)))
         return out

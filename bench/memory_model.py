@@ -49,7 +49,7 @@ Besides what is saved, a training step needs the parameter gradients and a
 transient working set in the backward (the gradients of one block's largest
 tensors; for `reference` attention two T x T float32 matrices per (b, v, h);
 on triton the fused FFN backward's, whose (rows, d_ff) part is one chunk of
-rows, not the batch: see kernels/feed_forward.py row_chunks).
+rows, not the batch: see kernels/chunking.py).
 The estimate is checked against the saved-tensor bytes measured with
 torch.autograd.graph.saved_tensors_hooks (tests/test_bench_harness.py), and
 each GPU model-suite row reports it beside the measured peak.
@@ -61,7 +61,7 @@ from typing import Optional
 
 import torch
 
-from kernels import feed_forward
+from kernels import chunking
 
 GIB = 2**30
 
@@ -176,19 +176,21 @@ def estimate(
     reference_scores = 2 * 4 * H * T * N if backend == "reference" else 0
     if backend == "triton":
         # The fused FFN backward (kernels/feed_forward.py): the block's dx and
-        # dbranch for every row, and per chunk of rows (row_chunks) dhidden
+        # dbranch for every row, and per chunk of rows (kernels/chunking.py) dhidden
         # and g again, and the hidden itself under selective recompute.
         # bench.live_bytes measured 5.6 and 7.7 KB/token above the saved
         # bytes at the seed config in bf16 (one chunk), as modelled here.
-        chunk_rows = feed_forward.row_chunks(N, F, a)[0][1]
-        transient = (r + a) * D * N + (2 if keep_hidden else 3) * a * F * chunk_rows
+        hidden_rows = chunking.row_chunks(N, F, a)[0][1]
+        transient = (r + a) * D * N + (2 if keep_hidden else 3) * a * F * hidden_rows
     else:
         # one block's FFN gradients in float32
         transient = (2 * F + 4 * D) * 4 * N + reference_scores
 
     if not training:
-        # no_grad: nothing saved; the peak is one block's working set
-        work = (4 * 4 * D + 6 * a * D + 2 * a * F) * N + reference_scores
+        # no_grad: nothing saved; the peak is one block's working set (the
+        # fused FFN's hidden and GELU output one chunk of rows at a time)
+        hidden_rows = chunking.row_chunks(N, F, a)[0][1] if backend == "triton" else N
+        work = (4 * 4 * D + 6 * a * D) * N + 2 * a * F * hidden_rows + reference_scores
         return MemoryEstimate({}, work, param_bytes, 0)
 
     saved = {"embedding": embed, "aggregation": aggregation}

@@ -10,7 +10,7 @@ bytes per token, so fixed costs cancel:
 - peak: the most bytes the step's own tensors hold at once, forward and
   backward (bench/live_bytes.LiveBytes, which sees inside the fused ops).
   At these sizes the FFN runs as one chunk of rows (kernels/feed_forward.py
-  row_chunks), so this is the unchunked per-token peak; chunks bound the
+  kernels/chunking.py), so this is the unchunked per-token peak; chunks bound the
   d_ff part of the working set at large batches.
 The triton backend runs its kernels under TRITON_INTERPRET=1 (set here). On
 the CPU a plain dropout keeps its scaled noise (2 bytes an element under

@@ -16,7 +16,7 @@ are recomputed (g by the GELU backward, which reads the hidden anyway); the
 dropout bits are redrawn from the seeds (kernels/philox.py); no mask is
 stored. The first bias's gradient is reduced inside the GELU backward (two
 stages, deterministic). A large batch runs a chunk of rows at a time
-(row_chunks), so no (rows, d_ff) tensor but the kept hidden is ever made
+(kernels/chunking.py), so no (rows, d_ff) tensor but the kept hidden is ever made
 for the whole batch.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ._launch import backward_programs, cdiv
+from .chunking import row_chunks
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
@@ -40,13 +41,6 @@ BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2  # seeds[site]: kernels.dropout_
 # Hidden tiles: 16 rows x 256 columns forward (pure streaming), 8 x 256
 # backward. Chosen by reasoning, not tuned on a GPU.
 HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 8
-# The (rows, d_ff) tensors of a large batch are made a chunk of rows at a
-# time: the forward's GELU output and the backward's working set (the
-# hidden's gradient, g again, a recomputed hidden) never exist for the whole
-# batch. 1 GiB per (rows, d_ff) tensor: one chunk up to B=64 at the seed
-# config in bf16 (0.84 GiB), so that step is unchanged; 7 chunks at B=512.
-HIDDEN_CHUNK_BYTES = 1 << 30
-CHUNK_ROW_MULTIPLE = 128  # chunk starts aligned for the GEMMs and row tiles
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
@@ -229,14 +223,6 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
     return _norm_unsupported(x)
 
 
-def row_chunks(N: int, C: int, itemsize: int) -> list[tuple[int, int]]:
-    """[start, end) row ranges whose (rows, C) tensors of ``itemsize`` bytes
-    fit HIDDEN_CHUNK_BYTES; one (empty) range when N == 0."""
-    rows = HIDDEN_CHUNK_BYTES // max(1, C * itemsize) // CHUNK_ROW_MULTIPLE * CHUNK_ROW_MULTIPLE
-    rows = max(CHUNK_ROW_MULTIPLE, rows)
-    return [(start, min(N, start + rows)) for start in range(0, max(N, 1), rows)]
-
-
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                      keep_hidden: bool):
     """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
@@ -277,7 +263,8 @@ def _mm_float32(a, b):
         return a @ b
     if a.is_cuda:
         return torch.mm(a, b, out_dtype=torch.float32)
-    return a.float() @ b.float()
+    with torch.autocast(a.device.type, enabled=False):  # a backward run under autocast would recast it
+        return a.float() @ b.float()
 
 
 def _feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranch, seeds, p,
@@ -331,7 +318,10 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
             norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, len(chunks) > 1,
         )
         if totals is None:
+            # the dtypes the op declares: the weights' for dW1 and dW2, which
+            # come in float32 from the chunks' GEMMs
             dtypes = [grad.dtype for grad in grads]
+            dtypes[2], dtypes[4] = fc1_weight.dtype, fc2_weight.dtype
             totals = [grad.to(torch.promote_types(grad.dtype, mean.dtype)) if len(chunks) > 1 else grad
                       for grad in grads]
         else:
@@ -426,8 +416,10 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
     x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
     p == 0); weights and biases already in the GEMMs' dtype. Returns out in x's dtype.
     """
+    # without grad (inference) nothing is kept: the hidden is made a chunk at a time too
+    keep_hidden = not recompute_hidden and torch.is_grad_enabled()
     out, _, _, _ = _feed_forward_op(
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
-        fc1_weight, fc1_bias, fc2_weight, fc2_bias, not recompute_hidden,
+        fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
     )
     return out

@@ -1,5 +1,5 @@
-"""kernels.residual_feed_forward a chunk of rows at a time (row_chunks in
-kernels/feed_forward.py): a large batch's (rows, d_ff) tensors never exist
+"""kernels.residual_feed_forward a chunk of rows at a time
+(kernels/chunking.py): a large batch's (rows, d_ff) tensors never exist
 whole. Chunks must give the whole batch's result (the dropout bits count
 rows across chunks), sum the parameter gradients over chunks in float32 under
 bf16, and keep the backward's working set to one chunk's."""
@@ -9,26 +9,26 @@ import torch
 import kernels
 from bench.live_bytes import LiveBytes
 from helpers import assert_close
-from kernels import feed_forward
+from kernels import chunking, feed_forward
 from test_fused_block import F64, NAMES, ffn_params, residual_and_branch, run_ffn
 
-CHUNK_ROWS = feed_forward.CHUNK_ROW_MULTIPLE  # the smallest chunk
+CHUNK_ROWS = chunking.CHUNK_ROW_MULTIPLE  # the smallest chunk
 
 
 def chunk_rows(monkeypatch, C, itemsize, rows=CHUNK_ROWS):
-    monkeypatch.setattr(feed_forward, "HIDDEN_CHUNK_BYTES", rows * C * itemsize)
+    monkeypatch.setattr(chunking, "HIDDEN_CHUNK_BYTES", rows * C * itemsize)
 
 
 def test_row_chunks_cover_every_row_once(monkeypatch):
     # the seed config (d_ff 1024, bf16 GEMMs): one chunk at B=64, so the
     # benchmarked step is unchunked; seven at B=512
     tokens = 24 * 288
-    assert feed_forward.row_chunks(64 * tokens, 1024, 2) == [(0, 64 * tokens)]
-    assert len(feed_forward.row_chunks(512 * tokens, 1024, 2)) == 7
+    assert chunking.row_chunks(64 * tokens, 1024, 2) == [(0, 64 * tokens)]
+    assert len(chunking.row_chunks(512 * tokens, 1024, 2)) == 7
     chunk_rows(monkeypatch, 64, 8)
-    assert feed_forward.row_chunks(300, 64, 8) == [(0, 128), (128, 256), (256, 300)]
-    assert feed_forward.row_chunks(256, 64, 8) == [(0, 128), (128, 256)]
-    assert feed_forward.row_chunks(0, 64, 8) == [(0, 0)]
+    assert chunking.row_chunks(300, 64, 8) == [(0, 128), (128, 256), (256, 300)]
+    assert chunking.row_chunks(256, 64, 8) == [(0, 128), (128, 256)]
+    assert chunking.row_chunks(0, 64, 8) == [(0, 0)]
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
@@ -36,10 +36,11 @@ def test_row_chunks_cover_every_row_once(monkeypatch):
 def test_chunked_feed_forward_matches_float64_reference(p, recompute, monkeypatch, poisoned_allocations):
     # 300 rows in chunks of 128, 128 and 44: with dropout, a chunk that
     # counted its rows from 0 would redraw the first chunk's bits
+    torch.manual_seed(0)
     x, branch = residual_and_branch((3, 100, 48), torch.float64)
     params = ffn_params(48, 64, torch.float64)
     chunk_rows(monkeypatch, 64, 8)
-    assert len(feed_forward.row_chunks(300, 64, 8)) == 3
+    assert len(chunking.row_chunks(300, 64, 8)) == 3
     seeds = kernels.dropout_seeds("cpu")
     out, grads = run_ffn("triton", x, branch, params, p, seeds, recompute)
     ref_out, ref_grads = run_ffn("reference", x, branch, params, p, seeds)
@@ -54,13 +55,14 @@ def test_chunked_bf16_weight_gradients_are_summed_in_float32(monkeypatch):
     # once, as one whole-batch GEMM rounds them, so the two agree to the bit
     # but for summation order (with bf16 partial sums ~40% of the elements
     # differed, and the worst error grew up to 2x)
+    torch.manual_seed(0)
     x, branch = residual_and_branch((4, 96, 32), torch.float32, torch.bfloat16)
     params = ffn_params(32, 64, torch.float32)
     params = {k: (v.detach().bfloat16().requires_grad_() if k.startswith("fc") else v) for k, v in params.items()}
     seeds = kernels.dropout_seeds("cpu")
     _, whole = run_ffn("triton", x, branch, params, 0.2, seeds)
     chunk_rows(monkeypatch, 64, 2)
-    assert len(feed_forward.row_chunks(384, 64, 2)) == 3
+    assert len(chunking.row_chunks(384, 64, 2)) == 3
     _, chunked = run_ffn("triton", x, branch, params, 0.2, seeds)
     wide = {k: v.detach().double().requires_grad_() for k, v in params.items()}
     _, ref = run_ffn("reference", x.detach().double().requires_grad_(),
@@ -77,6 +79,7 @@ def test_chunked_bf16_weight_gradients_are_summed_in_float32(monkeypatch):
 def test_chunks_bound_the_working_set(recompute, monkeypatch):
     # the forward's g and the backward's (rows, C) tensors (dhidden, g again,
     # and the recomputed hidden) are one chunk's, not the whole batch's
+    torch.manual_seed(0)
     N, D, C = 1024, 32, 256
     x, branch = residual_and_branch((N, D), torch.float32)
     params = ffn_params(D, C, torch.float32)
@@ -103,7 +106,30 @@ def test_gpu_parity_checks_the_fused_block_in_chunks():
     # chunk budget is lowered for the check only
     from bench import gpu_parity
 
-    budget = feed_forward.HIDDEN_CHUNK_BYTES
+    budget = chunking.HIDDEN_CHUNK_BYTES
     check = gpu_parity.check_ffn_chunks("cpu", "fp32", dict(gpu_parity.SMALL))
     assert check.status == "ok" and "FFN in 3 chunks" in check.name, check
-    assert feed_forward.HIDDEN_CHUNK_BYTES == budget
+    assert chunking.HIDDEN_CHUNK_BYTES == budget
+
+
+def test_chunked_ops_pass_opcheck(monkeypatch):
+    # in several chunks the weight GEMMs run in float32: the backward must
+    # still return the dtypes its fake declares (the weights'), or a compiled
+    # graph reads float32 gradients as bf16 ones
+    torch.manual_seed(0)
+    x, branch = residual_and_branch((4, 96, 32), torch.float32, torch.bfloat16)
+    params = ffn_params(32, 64, torch.float32)
+    params = {k: (v.detach().bfloat16().requires_grad_() if k.startswith("fc") else v) for k, v in params.items()}
+    chunk_rows(monkeypatch, 64, 2)
+    assert len(chunking.row_chunks(384, 64, 2)) == 3
+    seeds = torch.tensor([5, 6, 7])
+    args = (x, branch, seeds, 0.3, params["norm_weight"], params["norm_bias"], 1e-5,
+            params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"])
+    for keep_hidden in (True, False):
+        torch.library.opcheck(feed_forward._feed_forward_op, (*args, keep_hidden))
+        out, mean, rstd, hidden = feed_forward._feed_forward_op(*args, keep_hidden)
+        saved = [t.detach() for t in (x, branch, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
+        torch.library.opcheck(feed_forward._feed_forward_backward_op,
+                              (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
+                               params["fc1_weight"].detach(), params["fc1_bias"].detach(),
+                               params["fc2_weight"].detach()))

@@ -29,3 +29,14 @@ def test_the_fused_ops_are_seen_inside():
     with LiveBytes() as live:
         kernels.residual_feed_forward(x, branch, **weights, dropout_p=0.0, backend="triton")
     assert live.peak >= 2 * N * C * 4
+
+
+def test_views_of_tensors_made_before_are_not_counted():
+    # parameters and inputs exist before the block: their views (w.t() in a
+    # Linear, x.view in a reshape) are not new memory
+    x, w = torch.randn(1000), torch.randn(10, 100)
+    with LiveBytes() as live:
+        y = x.view(10, 100) * 2  # 4000 new bytes
+        w.t()
+    assert live.peak == 4000, live.peak
+    del y

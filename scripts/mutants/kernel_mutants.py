@@ -430,6 +430,13 @@ MUTANTS = [
         "each chunk's bf16 weight gradient is rounded before the sum: errors grow with the chunk count",
     ),
     Mutant(
+        "ffn-chunk-weight-grads-left-float32", FEED_FORWARD, "span",
+        "dtypes[2], dtypes[4] = fc1_weight.dtype, fc2_weight.dtype",
+        "pass",
+        ("tests/test_ffn_row_chunks.py::test_chunked_ops_pass_opcheck",),
+        "in several chunks dW1 and dW2 come back float32 where the op declares bf16: a compiled graph reads garbage",
+    ),
+    Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
         "dropout_p=self.dropout.p if self.training else 0.0",
         "dropout_p=self.dropout.p",
