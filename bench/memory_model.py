@@ -178,8 +178,9 @@ def estimate(
         # The fused FFN backward (kernels/feed_forward.py): the block's dx and
         # dbranch for every row, and per chunk of rows (kernels/chunking.py) dhidden
         # and g again, and the hidden itself under selective recompute.
-        # bench.live_bytes measured 5.6 and 7.7 KB/token above the saved
-        # bytes at the seed config in bf16 (one chunk), as modelled here.
+        # At the seed config in bf16 (one chunk) that is 5.6 and 7.7 KB/token;
+        # bench.saved_bytes measures the step peak 1.1-1.5% above the model's
+        # (bench/results/cpu-saved-bytes/).
         hidden_rows = chunking.row_chunks(N, F, a)[0][1]
         transient = (r + a) * D * N + (2 if keep_hidden else 3) * a * F * hidden_rows
     else:

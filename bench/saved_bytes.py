@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import migt  # noqa: E402
 from bench import memory_model  # noqa: E402
 from bench.live_bytes import LiveBytes  # noqa: E402
+from kernels import chunking  # noqa: E402
 
 CASES = {
     "sdpa": dict(backend="sdpa"),
@@ -77,7 +78,12 @@ def modelled_per_token(config, steps=(16, 32)) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/model_config.yaml")
+    parser.add_argument("--hidden-chunk-bytes", type=int,
+                        help="the fused FFN's chunk budget (kernels/chunking.py; default 1 GiB, one chunk at "
+                             "these sizes): e.g. 524288 for 256-row chunks, to measure the chunked peak")
     args = parser.parse_args()
+    if args.hidden_chunk_bytes:
+        chunking.HIDDEN_CHUNK_BYTES = args.hidden_chunk_bytes
     base = migt.MIGTConfig.from_yaml(args.config)
     n_params = memory_model.count_parameters(base)
     cuda = {}
