@@ -10,7 +10,7 @@ import kernels
 from bench.live_bytes import LiveBytes
 from helpers import assert_close
 from kernels import chunking, feed_forward
-from test_fused_block import F64, NAMES, ffn_params, residual_and_branch, run_ffn
+from test_fused_block import NAMES, assert_matches_float64_reference, ffn_params, residual_and_branch, run_ffn
 
 CHUNK_ROWS = chunking.CHUNK_ROW_MULTIPLE  # the smallest chunk
 
@@ -38,15 +38,9 @@ def test_chunked_feed_forward_matches_float64_reference(p, recompute, monkeypatc
     # counted its rows from 0 would redraw the first chunk's bits
     torch.manual_seed(0)
     x, branch = residual_and_branch((3, 100, 48), torch.float64)
-    params = ffn_params(48, 64, torch.float64)
     chunk_rows(monkeypatch, 64, 8)
     assert len(chunking.row_chunks(300, 64, 8)) == 3
-    seeds = kernels.dropout_seeds("cpu")
-    out, grads = run_ffn("triton", x, branch, params, p, seeds, recompute)
-    ref_out, ref_grads = run_ffn("reference", x, branch, params, p, seeds)
-    assert_close(out, ref_out, **F64, name="out")
-    for name, a, b in zip(NAMES, grads, ref_grads):
-        assert_close(a, b, **F64, name=f"d{name}")
+    assert_matches_float64_reference(x, branch, ffn_params(48, 64, torch.float64), p, recompute)
 
 
 def test_chunked_bf16_weight_gradients_are_summed_in_float32(monkeypatch):

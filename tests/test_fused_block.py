@@ -55,7 +55,11 @@ SHAPES = [((2, 3, 7), 48, 80), ((1, 1, 1), 40, 300), ((5, 9), 256, 64)]
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep_hidden", "recompute_hidden"])
 def test_feed_forward_matches_float64_reference(shape, D, C, p, recompute, poisoned_allocations):
     x, branch = residual_and_branch((*shape, D), torch.float64)
-    params = ffn_params(D, C, torch.float64)
+    assert_matches_float64_reference(x, branch, ffn_params(D, C, torch.float64), p, recompute)
+
+
+def assert_matches_float64_reference(x, branch, params, p, recompute):
+    """The triton op's output and every gradient against the reference's, in float64."""
     seeds = kernels.dropout_seeds("cpu")
     out, grads = run_ffn("triton", x, branch, params, p, seeds, recompute)
     ref_out, ref_grads = run_ffn("reference", x, branch, params, p, seeds)
