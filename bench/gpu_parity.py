@@ -307,8 +307,9 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
         checks.append(check_gated(device, dtype, shapes, backend))
     for dtype in (*dtypes, "fp64"):
         checks.append(check_fused_block(device, dtype, shapes, backend))
-    if backend == "triton":
-        checks.append(check_ffn_chunks(device, dtypes[0], shapes))
+    if backend == "triton":  # in half precision if run at all: the chunks' float32 weight GEMMs
+        checks.append(check_ffn_chunks(device, next((d for d in dtypes if d in ("bf16", "fp16")), dtypes[0]),
+                                       shapes))
     for dtype in (*dtypes, "fp64"):
         checks.append(check_model_edges(device, dtype, shapes, backend))
     return checks

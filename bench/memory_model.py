@@ -174,6 +174,8 @@ def estimate(
     # The backward's largest working set, plus two T x T float32 matrices per
     # (b, v, h) for reference attention.
     reference_scores = 2 * 4 * H * T * N if backend == "reference" else 0
+    # the fused FFN makes its (rows, d_ff) tensors a chunk of rows at a time
+    hidden_rows = chunking.row_chunks(N, F, a)[0][1] if backend == "triton" else N
     if backend == "triton":
         # The fused FFN backward (kernels/feed_forward.py): the block's dx and
         # dbranch for every row, and per chunk of rows (kernels/chunking.py) dhidden
@@ -181,16 +183,13 @@ def estimate(
         # At the seed config in bf16 (one chunk) that is 5.6 and 7.7 KB/token;
         # bench.saved_bytes measures the step peak 1.1-1.5% above the model's
         # (bench/results/cpu-saved-bytes/).
-        hidden_rows = chunking.row_chunks(N, F, a)[0][1]
         transient = (r + a) * D * N + (2 if keep_hidden else 3) * a * F * hidden_rows
     else:
         # one block's FFN gradients in float32
         transient = (2 * F + 4 * D) * 4 * N + reference_scores
 
     if not training:
-        # no_grad: nothing saved; the peak is one block's working set (the
-        # fused FFN's hidden and GELU output one chunk of rows at a time)
-        hidden_rows = chunking.row_chunks(N, F, a)[0][1] if backend == "triton" else N
+        # no_grad: nothing saved; the peak is one block's working set
         work = (4 * 4 * D + 6 * a * D) * N + 2 * a * F * hidden_rows + reference_scores
         return MemoryEstimate({}, work, param_bytes, 0)
 

@@ -16,8 +16,8 @@ are recomputed (g by the GELU backward, which reads the hidden anyway); the
 dropout bits are redrawn from the seeds (kernels/philox.py); no mask is
 stored. The first bias's gradient is reduced inside the GELU backward (two
 stages, deterministic). A large batch runs a chunk of rows at a time
-(kernels/chunking.py), so no (rows, d_ff) tensor but the kept hidden is ever made
-for the whole batch.
+(kernels/chunking.py), so no (rows, d_ff) tensor but the kept hidden is ever
+made for the whole batch.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from ._launch import backward_programs, cdiv
-from .chunking import row_chunks
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
+from .chunking import row_chunks
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
     residual_norm_bwd, residual_norm_fwd, warps,
