@@ -271,6 +271,39 @@ def _feed_forward_backward(inputs, outputs) -> list:
     ]
 
 
+@register_cost("migt::gated_feed_forward")
+def _gated_feed_forward(inputs, outputs) -> list:
+    # the FFN's passes (same leading arguments), then the gate and the gated norm
+    x, gate_weight = inputs[0], inputs[11]
+    D = x.shape[-1]
+    N = x.numel() // D
+    low = _nbytes(N * D, gate_weight)
+    return _feed_forward(inputs, outputs) + [
+        _pass("gate cast", "casts", tensor_bytes(x) + low),
+        _gemm("gemm gate", N, D, D, gate_weight.dtype),
+        # reads x, the update and the logits; writes out and the statistics
+        _pass("gated norm", "norm", 3 * tensor_bytes(x) + low + 8.0 * N),
+    ]
+
+
+@register_cost("migt::gated_feed_forward_backward")
+def _gated_feed_forward_backward(inputs, outputs) -> list:
+    x, gate_weight = inputs[1], inputs[16]
+    D = x.shape[-1]
+    N = x.numel() // D
+    low = _nbytes(N * D, gate_weight)
+    ffn = _feed_forward_backward(inputs, outputs)
+    # the FFN's norm backward also reads the gated norm's dx (which it adds
+    # to) and the gate's dx
+    ffn[-1] = _pass("norm backward", "norm", ffn[-1].bytes + tensor_bytes(x) + low, launches=2)
+    return [
+        # reads dout, x, the update, the logits and the statistics; writes
+        # dx, the update's gradient, the logits' and x in the gate's dtype
+        _pass("gated norm backward", "norm", 5 * tensor_bytes(x) + 3 * low + 8.0 * N, launches=2),
+        _gemm("gemm dW gate", D, D, N, gate_weight.dtype), _gemm("gemm dx gate", N, D, D, gate_weight.dtype),
+    ] + ffn
+
+
 # --- dropout with a seed instead of a stored mask (kernels/seeded_dropout.py) --------
 
 @register_cost("migt::dropout")

@@ -29,6 +29,7 @@ __all__ = [
     "layer_norm_linear",
     "linear_keep_input",
     "residual_feed_forward",
+    "gated_feed_forward",
     "dropout_seeds",
     "fused_block_backend",
     "dropout",
@@ -44,6 +45,7 @@ try:
     from . import seeded_dropout as _triton_dropout
     from . import embedding as _triton_value_embedding
     from . import feed_forward as _triton_feed_forward
+    from . import ffn_gated_norm as _triton_gated_feed_forward
     from . import gated_norm as _triton_gated_norm
     from . import norm_linear as _triton_norm_linear
     from . import revin as _triton_revin
@@ -59,6 +61,7 @@ else:
         "layer_norm": _triton_norm_linear,
         "layer_norm_linear": _triton_norm_linear,
         "residual_feed_forward": _triton_feed_forward,
+        "gated_feed_forward": _triton_gated_feed_forward,
         "dropout": _triton_dropout,
         "value_embedding": _triton_value_embedding,
     }
@@ -300,6 +303,39 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
     impl = _triton_module("residual_feed_forward") if choice == "triton" else reference
     return impl.residual_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias,
                                       fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, recompute_hidden)
+
+
+def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                       gate_weight, gate_bias, out_norm_weight, out_norm_bias, dropout_p: float = 0.0,
+                       eps: float = 1e-5, out_eps: float = 1e-5, *, seeds=None, recompute_hidden: bool = False,
+                       backend: str = "auto"):
+    """residual_feed_forward followed by the gated residual norm whose gate is
+    a Linear of x, the tail of a variable block:
+
+        update = residual_feed_forward(x, branch, norm_weight, ..., fc2_bias, dropout_p, eps)
+        out    = gated_residual_norm(x, update, x @ gate_weight.T + gate_bias,
+                                     out_norm_weight, out_norm_bias, out_eps)
+
+    x, branch and the FFN's arguments (dropout, seeds, recompute_hidden
+    included) as in residual_feed_forward; gate_weight (D, D), gate_bias,
+    out_norm_weight, out_norm_bias (D,). The gate's GEMM runs in the FFN
+    GEMMs' dtype. Returns out in x's dtype. With the Triton backend one
+    autograd node: the three gradients of x (the FFN's residual, the gate,
+    the gated mix) are summed inside its passes, not by autograd.
+    """
+    _validate.gated_feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
+                                        fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
+                                        dropout_p, seeds)
+    if seeds is None:
+        seeds = dropout_seeds(x.device) if dropout_p > 0 else torch.empty((0,), dtype=torch.int64, device=x.device)
+    choice = _dispatch.choose("gated_feed_forward", backend, x.device,
+                              lambda: _triton_reason("gated_feed_forward", x))
+    fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias = _in_gemm_dtype(
+        _gemm_dtype(x, fc1_weight), fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias)
+    impl = _triton_module("gated_feed_forward") if choice == "triton" else reference
+    return impl.gated_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias, fc1_weight, fc1_bias,
+                                   fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
+                                   eps, out_eps, recompute_hidden)
 
 
 def dropout(x, p: float, *, seeds=None, backend: str = "auto"):

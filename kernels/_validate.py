@@ -177,6 +177,18 @@ def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias,
     same_device(**tensors)
 
 
+def gated_feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                              gate_weight, gate_bias, out_norm_weight, out_norm_bias, p, seeds) -> None:
+    feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, p, seeds)
+    d = x.shape[-1]
+    _matrix("gate_weight", gate_weight, d, d, "(D, D)")
+    _vector("gate_bias", gate_bias, d, "(D,)")
+    _vector("out_norm_weight", out_norm_weight, d, "(D,)")
+    _vector("out_norm_bias", out_norm_bias, d, "(D,)")
+    same_device(x=x, gate_weight=gate_weight, gate_bias=gate_bias, out_norm_weight=out_norm_weight,
+                out_norm_bias=out_norm_bias)
+
+
 def dropout_inputs(x, p, seeds) -> None:
     """kernels.dropout: x a float tensor with a last dim (its rows), p in
     [0, 1), seeds (when given, and p > 0) int64 1-D with at least one element

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._launch import backward_programs, cdiv
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
-from .chunking import row_chunks
+from .chunking import ChunkGradients, mm_float32, row_chunks
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
     residual_norm_bwd, residual_norm_fwd, warps,
@@ -255,26 +255,16 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
     return out.view(x.shape), mean, rstd, hidden
 
 
-def _mm_float32(a, b):
-    """a @ b of 16-bit matrices with the result in float32, not rounded to
-    16 bits: cuBLAS's float32 output (the accumulator it keeps anyway) on
-    CUDA; elsewhere (the CPU tests) the float32 product of the same values."""
-    if a.dtype not in (torch.float16, torch.bfloat16):
-        return a @ b
-    if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
-    with torch.autocast(a.device.type, enabled=False):  # a backward run under autocast would recast it
-        return a.float() @ b.float()
-
-
-def _feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranch, seeds, p,
-                           norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, weight_grads_float32):
+def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranch, seeds, p,
+                          norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, weight_grads_float32,
+                          dx_add=None, accumulate_dx: bool = False):
     """One chunk of feed_forward_bwd: writes dx and dbranch of these rows
     (start: the index of the first) and returns their parameter gradients
     dnorm_w, dnorm_b, dW1, db1, dW2, db2 (dW1 and dW2 in float32 when
     weight_grads_float32, for a sum over chunks). hidden is None under
-    selective recompute."""
-    weight_grad = _mm_float32 if weight_grads_float32 else torch.mm
+    selective recompute. dx_add and accumulate_dx: gradients of x's other
+    uses, added to dx alone (norm_linear.residual_norm_bwd)."""
+    weight_grad = mm_float32 if weight_grads_float32 else torch.mm
     df = dropout_grad(dout, seeds, p, fc2_weight.dtype, row0=start)  # [rows, D]
     _, h, _, _ = residual_norm_fwd(x, branch, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
                                    fc1_weight.dtype, store_stats=False, row0=start)
@@ -290,7 +280,8 @@ def _feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbran
     dw1 = weight_grad(dhidden.t(), h)
     del dhidden, h
     _, _, dnw, dnb = residual_norm_bwd(dh, dout, x, mean, rstd, norm_weight, branch=branch, seeds=seeds,
-                                       site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch)
+                                       site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch,
+                                       dx_add=dx_add, accumulate_dx=accumulate_dx)
     return dnw, dnb, dw1, db1, dw2, db2
 
 
@@ -309,25 +300,16 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
     dx, dbranch = torch.empty_like(x2), torch.empty_like(branch2)
     keep_hidden = hidden.dim() == 2  # else the (0,) placeholder of selective recompute
     chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
-    totals = None
+    # dW1 and dW2 come in float32 from the chunks' GEMMs when there are several
+    grads = ChunkGradients(len(chunks), mean.dtype, [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None])
     for start, end in chunks:
         rows = slice(start, end)
-        grads = _feed_forward_bwd_rows(
+        grads.add(feed_forward_bwd_rows(
             start, dout2[rows], x2[rows], branch2[rows], mean[rows], rstd[rows],
             hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
             norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, len(chunks) > 1,
-        )
-        if totals is None:
-            # the dtypes the op declares: the weights' for dW1 and dW2, which
-            # come in float32 from the chunks' GEMMs
-            dtypes = [grad.dtype for grad in grads]
-            dtypes[2], dtypes[4] = fc1_weight.dtype, fc2_weight.dtype
-            totals = [grad.to(torch.promote_types(grad.dtype, mean.dtype)) if len(chunks) > 1 else grad
-                      for grad in grads]
-        else:
-            for total, grad in zip(totals, grads):
-                total.add_(grad)
-    dnw, dnb, dw1, db1, dw2, db2 = (total.to(dtype) for total, dtype in zip(totals, dtypes))
+        ))
+    dnw, dnb, dw1, db1, dw2, db2 = grads.result()
     return dx.view(x.shape), dbranch.view(x.shape), dnw, dnb, dw1, db1, dw2, db2
 
 

@@ -71,15 +71,19 @@ def _gated_norm_fwd_kernel(
 @triton.jit
 def _gated_norm_bwd_kernel(
     dout_ptr, x_ptr, u_ptr, g_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr,
-    dx_ptr, du_ptr, dg_ptr, dw_part_ptr, db_part_ptr,
+    dx_ptr, du_ptr, dg_ptr, dw_part_ptr, db_part_ptr, dgb_part_ptr, x_low_ptr,
     N, D,
     stride_or, stride_oc, stride_xr, stride_xc, stride_ur, stride_uc, stride_gr, stride_gc,
+    GATE_BIAS_GRAD: tl.constexpr, STORE_X_LOW: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # With uhat = (u - mean) * rstd, n = uhat * w + b, s = sigmoid(g):
     #   dx = dout * (1 - s);  dg = dout * (n - x) * s * (1 - s)
     #   dn = dout * s;  dw += dn * uhat;  db += dn
     #   du = rstd * (dn*w - mean(dn*w) - uhat * mean(dn*w * uhat))
+    # When the logits come from a Linear of x (gated_feed_forward), this pass
+    # also sums dg over rows (the gate bias's gradient) and writes x in the
+    # gate GEMM's dtype for its weight gradient: x is read here anyway.
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
@@ -87,6 +91,7 @@ def _gated_norm_bwd_kernel(
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     dw_acc = tl.zeros([BLOCK_D], ACC)
     db_acc = tl.zeros([BLOCK_D], ACC)
+    dgb_acc = tl.zeros([BLOCK_D], ACC)
     for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         row_ok = rows < N
@@ -111,8 +116,14 @@ def _gated_norm_bwd_kernel(
         tl.store(dx_ptr + dense, cast_for(dx, dx_ptr), mask=ok)
         tl.store(du_ptr + dense, cast_for(du, du_ptr), mask=ok)
         tl.store(dg_ptr + dense, cast_for(dg, dg_ptr), mask=ok)
+        if GATE_BIAS_GRAD:
+            dgb_acc += tl.sum(dg, 0)
+        if STORE_X_LOW:
+            tl.store(x_low_ptr + dense, cast_for(x, x_low_ptr), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
+    if GATE_BIAS_GRAD:
+        tl.store(dgb_part_ptr + pid * D + cols, dgb_acc, mask=col_ok)
 
 
 # --------------------------------------------------------------- host side
@@ -161,16 +172,18 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
 
 
-def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float):
-    """Returns out (x's shape and dtype, contiguous) and the per-row mean and
-    rstd (N,) in the compute dtype."""
+def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float, *, out=None, stats=None):
+    """Returns out (x's shape and dtype, contiguous; written into ``out`` when
+    given) and the per-row mean and rstd (N,) in the compute dtype (written
+    into ``stats``, a (mean, rstd) pair of (N,) views, when given)."""
     D = x.shape[-1]
     x2, u2, g2 = _rows(x), _rows(update), _rows(gate_logits)
     N = x2.shape[0]
     acc = compute_dtype(x.dtype)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    mean = torch.empty((N,), dtype=acc, device=x.device)
-    rstd = torch.empty((N,), dtype=acc, device=x.device)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
+    if stats is None:
+        stats = (torch.empty((N,), dtype=acc, device=x.device), torch.empty((N,), dtype=acc, device=x.device))
+    mean, rstd = stats
     if N == 0:
         return out, mean, rstd
     block_m, block_d, num_warps = _launch_shape(D)
@@ -188,32 +201,43 @@ def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float):
     return out, mean, rstd
 
 
-def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd):
-    """Returns dx, du, dg (contiguous, each in its input's dtype) and dweight,
-    dbias (D,) in the compute dtype."""
+def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd, *, dx=None, gate_dtype=None):
+    """Returns dx, du, dg (contiguous, each in its input's dtype; dx written
+    into the given contiguous tensor, if any) and dweight, dbias (D,) in the
+    compute dtype.
+
+    gate_dtype: when the logits are a Linear of x in that dtype, two more
+    come back from the same pass: the gate bias's gradient (D,) in the
+    compute dtype, and x in gate_dtype (N, D) for the gate weight's."""
     D = x.shape[-1]
     o2, x2, u2, g2 = int32_indexable(_rows(grad_out)), _rows(x), _rows(update), _rows(gate_logits)
     N = x2.shape[0]
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if dx is None else dx
     du = torch.empty(update.shape, dtype=update.dtype, device=x.device)
     dg = torch.empty(gate_logits.shape, dtype=gate_logits.dtype, device=x.device)
+    gate = gate_dtype is not None
+    x_low = torch.empty((N, D), dtype=gate_dtype, device=x.device) if gate else None
     if N == 0:
         zeros = torch.zeros((D,), dtype=mean.dtype, device=x.device)
-        return dx, du, dg, zeros, zeros.clone()
+        grads = (dx, du, dg, zeros, zeros.clone())
+        return grads + (zeros.clone(), x_low) if gate else grads
     block_m, block_d, num_warps = _launch_shape(D, backward=True)
     programs = backward_programs(x.device, cdiv(N, block_m))
     dw_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
+    dgb_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device) if gate else db_part
     weight, bias = weight.contiguous(), bias.contiguous()  # read at unit stride
     _gated_norm_bwd_kernel[(programs,)](
         o2, x2, u2, g2, weight, bias, mean, rstd,
-        dx, du, dg, dw_part, db_part,
+        dx, du, dg, dw_part, db_part, dgb_part, x_low if gate else dx,
         N, D,
         o2.stride(0), o2.stride(1), x2.stride(0), x2.stride(1),
         u2.stride(0), u2.stride(1), g2.stride(0), g2.stride(1),
+        GATE_BIAS_GRAD=gate, STORE_X_LOW=gate,
         ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )
-    return dx, du, dg, dw_part.sum(0), db_part.sum(0)
+    grads = (dx, du, dg, dw_part.sum(0), db_part.sum(0))
+    return grads + (dgb_part.sum(0), x_low) if gate else grads
 
 
 # ------------------------------------------------------ custom-op registration

@@ -80,14 +80,17 @@ def _residual_norm_fwd_kernel(
 @triton.jit
 def _residual_norm_bwd_kernel(
     dh_ptr, dres_ptr, x_ptr, branch_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
-    dx_ptr, dbranch_ptr, dw_part_ptr, db_part_ptr,
+    dx_ptr, dbranch_ptr, dx_add_ptr, dw_part_ptr, db_part_ptr,
     N, row0, D, cut, scale_hi, scale_lo,
     HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_DX_ADD: tl.constexpr, DX_ACCUMULATE: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # The norm's input is x, or with a branch x_new = x + dropout(branch),
     # rebuilt here from x and the branch (never stored), so
     #   dx = dres + layer_norm_grad(dh)   and   dbranch = keep * scale * dx
+    # Gradients of x's other uses (not through x_new, so not the branch's)
+    # are added to dx alone: what dx_ptr holds (DX_ACCUMULATE) and dx_add.
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
@@ -117,7 +120,12 @@ def _residual_norm_bwd_kernel(
         dx = layer_norm_rows_bwd(dh, xhat, w, rstd, D)
         if HAS_RES_GRAD:
             dx += tl.load(dres_ptr + offs, mask=ok, other=0.0).to(ACC)
-        tl.store(dx_ptr + offs, cast_for(dx, dx_ptr), mask=ok)
+        dx_total = dx
+        if DX_ACCUMULATE:
+            dx_total += tl.load(dx_ptr + offs, mask=ok, other=0.0).to(ACC)
+        if HAS_DX_ADD:
+            dx_total += tl.load(dx_add_ptr + offs, mask=ok, other=0.0).to(ACC)
+        tl.store(dx_ptr + offs, cast_for(dx_total, dx_ptr), mask=ok)
         if HAS_BRANCH:
             dbranch = dx
             if HAS_DROPOUT:
@@ -200,7 +208,7 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
 
 
 def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=None, site: int = 0, p: float = 0.0,
-                      row0: int = 0, dx=None, dbranch=None):
+                      row0: int = 0, dx=None, dbranch=None, dx_add=None, accumulate_dx: bool = False):
     """Gradients of h = layer_norm(x_new), x_new = x + dropout(branch) (x_new
     = x without a branch), rebuilding x_new from x and branch.
 
@@ -208,9 +216,14 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
     Returns dx (x's dtype), dbranch (branch's dtype, None without a branch),
     dweight, dbias (D,) in the compute dtype; dx and dbranch are written into
     the (N, D) tensors given, if any. row0: as for residual_norm_fwd.
+    Gradients of x's uses outside x_new are added to dx (not to dbranch):
+    dx_add ((N, D), any float dtype), and with accumulate_dx what the given
+    dx holds already.
     """
     N, D = x.shape
     acc = compute_dtype(x.dtype)
+    if accumulate_dx and dx is None:
+        raise ValueError("accumulate_dx needs the dx to add to")
     dx = torch.empty_like(x) if dx is None else dx
     dbranch = (torch.empty_like(branch) if dbranch is None else dbranch) if branch is not None else None
     if N == 0:
@@ -225,9 +238,10 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
     _residual_norm_bwd_kernel[(programs,)](
         dh, dres if dres is not None else dh, x, branch if branch is not None else x, mean, rstd,
         weight.contiguous(), seeds if has_dropout else x,
-        dx, dbranch if dbranch is not None else dx, dw_part, db_part,
+        dx, dbranch if dbranch is not None else dx, dx_add if dx_add is not None else dh, dw_part, db_part,
         N, row0, D, cut, scale_hi, scale_lo,
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=branch is not None, HAS_DROPOUT=has_dropout,
+        HAS_DX_ADD=dx_add is not None, DX_ACCUMULATE=accumulate_dx,
         SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return dx, dbranch, dw_part.sum(0), db_part.sum(0)

@@ -158,6 +158,17 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
     return (x_mid + dropout(f.to(dt), 2)).to(x.dtype)
 
 
+def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                       gate_weight, gate_bias, out_norm_weight, out_norm_bias, eps: float = 1e-5,
+                       out_eps: float = 1e-5, recompute_hidden: bool = False):
+    """The variable block's tail: residual_feed_forward, then the gated
+    residual norm whose gate is a Linear of x (run in gate_weight's dtype)."""
+    update = residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
+                                   fc2_bias, eps, recompute_hidden)
+    logits = torch.nn.functional.linear(x.to(gate_weight.dtype), gate_weight, gate_bias)
+    return gated_residual_norm(x, update, logits, out_norm_weight, out_norm_bias, out_eps)
+
+
 def dropout(x, seeds, p: float):
     """dropout(x) with the kernels' mask: philox.keep_mask of seeds[0] over
     the rows of x's last dim, kept elements times 1/(1-p) (the kernel's

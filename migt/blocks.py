@@ -11,7 +11,9 @@ On the triton backend the work around attention is fused too (DESIGN.md,
 are one node that keeps no normalised copy (``kernels.layer_norm_linear``),
 and the residual add + dropout + norm + FFN (bias, GELU, dropout) + residual
 add are one node whose dropout masks are redrawn from seeds, never stored
-(``kernels.residual_feed_forward``). Parameters are the same modules on every
+(``kernels.residual_feed_forward``); in a variable block that node also
+takes the gate and the gated norm that follow (``kernels.gated_feed_forward``).
+Parameters are the same modules on every
 backend, so a state dict moves between them.
 """
 
@@ -66,20 +68,32 @@ class AxisAttentionBlock(nn.Module):
         self.recompute_ffn_hidden = config.recompute_ffn_hidden
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.forward_and_input(x, mask)[0]
-
-    def forward_and_input(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(block output, x for any further use of the block input). On the
-        fused path the second is the copy the first node hands on, so that
-        the gradients of every use of x are summed inside its norm backward;
-        elsewhere it is x."""
         if kernels.fused_block_backend(self.backend, x) == "triton":
             return self._forward_fused(x, mask)
-        return self._forward_modules(x, mask), x
+        return self._forward_modules(x, mask)
 
-    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, branch = self.fused_attention_half(x, mask)
+        ff = self.ff
+        return kernels.residual_feed_forward(
+            x, branch, self.norm_ff.weight, self.norm_ff.bias,
+            ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
+            dropout_p=self.ffn_dropout_p, eps=self.norm_ff.eps,
+            recompute_hidden=self.recompute_ffn_hidden, backend="triton",
+        )
+
+    @property
+    def ffn_dropout_p(self) -> float:
+        return self.dropout.p if self.training else 0.0
+
+    def fused_attention_half(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused path's first half: (x for the block's other uses, the
+        attention branch out_proj(dropout(attention))) before its residual
+        add. The first is the copy the norm pass hands on (with grad), so
+        the gradients of every later use of x are summed inside its norm
+        backward, not by autograd in a separate (N, D) pass."""
         B, V, T, D = x.shape
-        norm, ff = self.norm_attn, self.ff
+        norm = self.norm_attn
         args = (x, norm.weight, norm.bias, self.qkv.weight, self.qkv.bias, norm.eps)
         if torch.is_grad_enabled():  # the copy pays off only in the backward
             qkv, x = kernels.layer_norm_linear(*args, return_residual=True, backend="triton")
@@ -87,14 +101,7 @@ class AxisAttentionBlock(nn.Module):
             qkv = kernels.layer_norm_linear(*args, backend="triton")
         qkv = qkv.view(B, V, T, 3, self.n_heads, self.head_dim)
         attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, backend=self.backend)  # [B, V, T, H, Dh]
-        branch = self.out_proj(self.attn_dropout(attn).view(B, V, T, D))
-        out = kernels.residual_feed_forward(
-            x, branch, self.norm_ff.weight, self.norm_ff.bias,
-            ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
-            dropout_p=self.dropout.p if self.training else 0.0, eps=self.norm_ff.eps,
-            recompute_hidden=self.recompute_ffn_hidden, backend="triton",
-        )
-        return out, x
+        return x, self.out_proj(self.attn_dropout(attn).view(B, V, T, D))
 
     def _forward_modules(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, V, T, D = x.shape
@@ -112,9 +119,10 @@ class GatedVariableBlock(nn.Module):
     """Variable-axis block followed by the gated residual norm.
 
     x <- x + sigmoid(gate(x)) * (LayerNorm(block(x)) - x), through
-    ``kernels.gated_residual_norm``. The inner block runs through its
-    ``forward_and_input`` (not ``__call__``): hooks on ``self.block`` itself
-    do not fire; hook this module instead.
+    ``kernels.gated_residual_norm``; on the triton backend the block's FFN
+    half, the gate and the norm are one node (``kernels.gated_feed_forward``)
+    after the block's attention half, so ``self.block`` is not called and
+    hooks on it do not fire there: hook this module instead.
     """
 
     def __init__(self, config: MIGTConfig) -> None:
@@ -127,13 +135,22 @@ class GatedVariableBlock(nn.Module):
         self.backend = config.backend
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        update, x = self.block.forward_and_input(x, mask)
         if kernels.fused_block_backend(self.backend, x) == "triton":
-            # x is kept for the backward by the block and the norm anyway: the
-            # gate keeps it too instead of autocast's bf16 copy (D bytes a token)
-            gate_logits = kernels.linear_keep_input(x, self.gate.weight, self.gate.bias)
-        else:
-            gate_logits = self.gate(x)
+            return self._forward_fused(x, mask)
+        update = self.block(x, mask)
         return kernels.gated_residual_norm(
-            x, update, gate_logits, self.norm_weight, self.norm_bias, self.eps, backend=self.backend
+            x, update, self.gate(x), self.norm_weight, self.norm_bias, self.eps, backend=self.backend
+        )
+
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # the block's FFN half and this gated norm are one node, which sums
+        # the gradients of x's three uses in its own passes
+        block, ff = self.block, self.block.ff
+        x, branch = block.fused_attention_half(x, mask)
+        return kernels.gated_feed_forward(
+            x, branch, block.norm_ff.weight, block.norm_ff.bias,
+            ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
+            self.gate.weight, self.gate.bias, self.norm_weight, self.norm_bias,
+            dropout_p=block.ffn_dropout_p, eps=block.norm_ff.eps, out_eps=self.eps,
+            recompute_hidden=block.recompute_ffn_hidden, backend="triton",
         )

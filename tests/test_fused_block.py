@@ -480,19 +480,22 @@ def test_layer_norm_linear_hands_on_the_residual(shape, poisoned_allocations):
 def test_block_input_gradients_join_inside_the_norm_backward():
     # layer_norm_linear hands x on (return_residual): the gradient of the
     # residual use of x is added in its norm backward, not by autograd in a
-    # separate (B, V, T, D) float32 pass. What remains: the variable block's
-    # input has three more uses (FFN residual, gate, gated norm), two sums.
+    # separate (B, V, T, D) float32 pass; in a variable block the block
+    # input's three later uses (FFN residual, gate, gated norm) are one node
+    # (kernels.gated_feed_forward) that sums their gradients in its own
+    # passes. So no float32 stream-sized add runs in the backward at all.
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class StreamAdds(TorchDispatchMode):
         def __init__(self, shape):
             super().__init__()
-            self.shape, self.count = shape, 0
+            self.shape, self.count, self.seen = shape, 0, 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.__name__.split(".")[0] in ("add", "add_") and isinstance(args[0], torch.Tensor) \
-                    and tuple(args[0].shape) == self.shape and args[0].dtype == torch.float32:
-                self.count += 1
+            if isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == self.shape:
+                self.seen += 1  # the mode sees the stream's ops: a count of 0 means something
+                if func.__name__.split(".")[0] in ("add", "add_") and args[0].dtype == torch.float32:
+                    self.count += 1
             return func(*args, **(kwargs or {}))
 
     model, batch = tiny_model(dropout=0.1)
@@ -503,7 +506,8 @@ def test_block_input_gradients_join_inside_the_norm_backward():
     adds = StreamAdds((2, cfg.n_variables, batch["features"].shape[1], cfg.d_model))
     with adds:
         out.sum().backward()
-    assert cfg.n_temporal_layers >= 1 and adds.count == 2 * cfg.n_variable_layers
+    assert cfg.n_temporal_layers >= 1 and cfg.n_variable_layers >= 1
+    assert adds.seen > 0 and adds.count == 0
 
 
 def test_backward_writes_no_zero_gradients_for_the_saved_only_outputs():

@@ -152,7 +152,7 @@ def test_triton_modules_traces_the_blocks_the_h200_measured(tmp_path):
     config = dataclasses.replace(migt.MIGTConfig.from_yaml(tiny_config_path(tmp_path)), backend="triton")
     ops = {c.op for c in roofline.trace_step(config, 2, fused_blocks=False)}
     assert "migt::masked_attention_qkvpacked_fwd" in ops and "aten::native_layer_norm" in ops
-    assert not any(op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear")) for op in ops)
+    assert not any(op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear", "migt::gated_feed_forward")) for op in ops)
     measured = roofline.measured_reference(None)
     assert measured["triton_modules"]["total_ms"] == 117.3 and "triton" not in measured
 
@@ -165,7 +165,8 @@ def test_fused_block_ops_are_costed_kernel_by_kernel(tmp_path, recompute_hidden)
     config = dataclasses.replace(migt.MIGTConfig.from_yaml(tiny_config_path(tmp_path)), backend="triton",
                                  recompute_ffn_hidden=recompute_hidden)
     calls = roofline.trace_step(config, 2)
-    fused = [c for c in calls if c.op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear"))]
+    fused = [c for c in calls if c.op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear",
+                                                  "migt::gated_feed_forward"))]
     assert fused and all(c.registered for c in fused)
     gemms = [c for c in fused if c.group == "GEMM"]
     assert gemms and all(c.flops > 0 and not c.fp32 for c in gemms)

@@ -17,6 +17,7 @@ GATED = "kernels/gated_norm.py"
 TILES = "kernels/_tiles.py"
 NORM_LINEAR = "kernels/norm_linear.py"
 FEED_FORWARD = "kernels/feed_forward.py"
+CHUNKING = "kernels/chunking.py"
 
 ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
 BOUNDARIES = "tests/test_block_boundaries.py"
@@ -410,13 +411,13 @@ MUTANTS = [
     ),
     Mutant(
         "ffn-chunk-norm-bwd-mask-counts-from-zero", FEED_FORWARD, "masking",
-        "site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch)",
-        "site=BRANCH_SITE, p=p, dx=dx, dbranch=dbranch)",
+        "site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch,",
+        "site=BRANCH_SITE, p=p, dx=dx, dbranch=dbranch,",
         (CHUNK_PARITY,),
         "the backward of a later chunk rebuilds x_mid with another branch mask than its forward",
     ),
     Mutant(
-        "ffn-chunk-grads-not-summed", FEED_FORWARD, "reduction",
+        "ffn-chunk-grads-not-summed", CHUNKING, "reduction",
         "                total.add_(grad)",
         "                pass",
         (CHUNK_PARITY,),
@@ -424,15 +425,15 @@ MUTANTS = [
     ),
     Mutant(
         "ffn-chunk-weight-grads-rounded-per-chunk", FEED_FORWARD, "reduction",
-        "weight_grad = _mm_float32 if weight_grads_float32 else torch.mm",
+        "weight_grad = mm_float32 if weight_grads_float32 else torch.mm",
         "weight_grad = torch.mm",
         ("tests/test_ffn_row_chunks.py::test_chunked_bf16_weight_gradients_are_summed_in_float32",),
         "each chunk's bf16 weight gradient is rounded before the sum: errors grow with the chunk count",
     ),
     Mutant(
         "ffn-chunk-weight-grads-left-float32", FEED_FORWARD, "span",
-        "dtypes[2], dtypes[4] = fc1_weight.dtype, fc2_weight.dtype",
-        "pass",
+        "[None, None, fc1_weight.dtype, None, fc2_weight.dtype, None]",
+        "[None] * 6",
         ("tests/test_ffn_row_chunks.py::test_chunked_ops_pass_opcheck",),
         "in several chunks dW1 and dW2 come back float32 where the op declares bf16: a compiled graph reads garbage",
     ),

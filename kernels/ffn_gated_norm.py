@@ -1,0 +1,205 @@
+"""The FFN half of a variable block and the gated residual norm after it, as
+one autograd node (the "triton" backend of kernels.gated_feed_forward):
+
+    update = residual_feed_forward(x, branch, ...)          kernels/feed_forward.py
+    logits = x @ Wg.T + bg                                  cuBLAS GEMM
+    out    = x + sigmoid(logits) * (layer_norm(update) - x)  kernels/gated_norm.py
+
+Why one node: x reaches the output three ways (the FFN's residual, the
+gate, the gated mix). As separate nodes each returns its own (N, D)
+gradient of x and autograd adds them, and casts the gate's bf16 one to the
+float32 stream: per variable block ~4 GB moved at the seed config (B=64)
+for sums. Here the gated norm's backward writes its part of dx into the
+op's dx, the gate's part (dg @ Wg) is added inside the FFN's norm-backward
+pass, which writes dx anyway, and the gate bias's gradient and x's bf16 copy
+for the gate weight's come from the gated norm's backward pass.
+
+What the backward keeps: the FFN op's (x, branch, statistics, hidden,
+seeds), the update and the gate logits (both also kept by the separate
+ops), and the gated norm's statistics. It runs a chunk of rows at a time,
+as the FFN does (kernels/chunking.py).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import feed_forward, gated_norm
+from .chunking import ChunkGradients, mm_float32, row_chunks
+from .reference import compute_dtype
+
+
+def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
+                           fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps,
+                           keep_hidden: bool):
+    """Returns out, and for the backward the update, the FFN's mean, rstd and
+    hidden, the gate logits (N, D) in the gate's dtype, and the gated norm's
+    mean and rstd."""
+    D, C = x.shape[-1], fc1_weight.shape[0]
+    update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
+        x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden)
+    x2 = x.reshape(-1, D)
+    N = x2.shape[0]
+    logits = torch.empty((N, D), dtype=gate_weight.dtype, device=x.device)
+    for start, end in row_chunks(N, C, fc1_weight.element_size()):  # x's cast a chunk at a time
+        torch.addmm(gate_bias, x2[start:end].to(gate_weight.dtype), gate_weight.t(), out=logits[start:end])
+    out, out_mean, out_rstd = gated_norm.gated_norm_fwd(x, update, logits.view(x.shape), out_norm_weight,
+                                                        out_norm_bias, out_eps)
+    return out, update, mean, rstd, hidden, logits, out_mean, out_rstd
+
+
+def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
+                           fc1_weight, fc1_bias, fc2_weight, update, logits, gate_weight, out_norm_weight,
+                           out_norm_bias, out_mean, out_rstd):
+    """Gradients of gated_feed_forward_fwd: dx, dbranch, then the FFN's
+    parameters' (dnorm_w, dnorm_b, dW1, db1, dW2, db2), the gate's (dWg,
+    dbg) and the output norm's (dw, db). A chunk of rows at a time; with
+    several chunks the parameter gradients are summed in the compute dtype
+    and rounded once (chunking.ChunkGradients)."""
+    D, C = x.shape[-1], fc1_weight.shape[0]
+    x2, branch2, update2 = x.reshape(-1, D), branch.reshape(-1, D), update.reshape(-1, D)
+    dout2 = dout.reshape(-1, D).contiguous()
+    dx, dbranch = torch.empty_like(x2), torch.empty_like(branch2)
+    keep_hidden = hidden.dim() == 2  # else the (0,) placeholder of selective recompute
+    chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
+    several = len(chunks) > 1
+    weight_grad = mm_float32 if several else torch.mm
+    gate_dtype = gate_weight.dtype
+    grads = ChunkGradients(len(chunks), mean.dtype,
+                           [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None, gate_dtype, None, None, None])
+    for start, end in chunks:
+        rows = slice(start, end)
+        # the gated mix: its own part of dx straight into dx, the update's
+        # gradient (the FFN's output gradient), the logits' and x in the
+        # gate's dtype for the gate weight's gradient
+        _, dupdate, dlogits, dnorm_w, dnorm_b, dgate_b, x_low = gated_norm.gated_norm_bwd(
+            dout2[rows], x2[rows], update2[rows], logits[rows], out_norm_weight, out_norm_bias,
+            out_mean[rows], out_rstd[rows], dx=dx[rows], gate_dtype=gate_dtype)
+        dgate_w = weight_grad(dlogits.t(), x_low)
+        del x_low
+        dx_gate = dlogits @ gate_weight  # the gate's part of dx, as nn.Linear makes it
+        del dlogits
+        ffn_grads = feed_forward.feed_forward_bwd_rows(
+            start, dupdate, x2[rows], branch2[rows], mean[rows], rstd[rows],
+            hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
+            norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, several,
+            dx_add=dx_gate, accumulate_dx=True,
+        )
+        grads.add((*ffn_grads, dgate_w, dgate_b, dnorm_w, dnorm_b))
+    return (dx.view(x.shape), dbranch.view(branch.shape), *grads.result())
+
+
+# ------------------------------------------------------ custom-op registration
+
+
+@torch.library.custom_op("migt::gated_feed_forward", mutates_args=())
+def _gated_feed_forward_op(
+    x: torch.Tensor, branch: torch.Tensor, seeds: torch.Tensor, p: float,
+    norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
+    fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
+    gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor, out_norm_bias: torch.Tensor,
+    out_eps: float, keep_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    return gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias,
+                                  fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
+                                  out_eps, keep_hidden)
+
+
+@_gated_feed_forward_op.register_fake
+def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+      gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps, keep_hidden):
+    D = x.shape[-1]
+    N = x.numel() // D
+    acc = compute_dtype(x.dtype)
+    hidden_shape = (N, fc1_weight.shape[0]) if keep_hidden else (0,)
+    stats = [x.new_empty((N,), dtype=acc) for _ in range(4)]
+    return (x.new_empty(x.shape), x.new_empty(x.shape), stats[0], stats[1],
+            x.new_empty(hidden_shape, dtype=fc1_weight.dtype), x.new_empty((N, D), dtype=gate_weight.dtype),
+            stats[2], stats[3])
+
+
+@torch.library.custom_op("migt::gated_feed_forward_backward", mutates_args=())
+def _gated_feed_forward_backward_op(
+    dout: torch.Tensor, x: torch.Tensor, branch: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    hidden: torch.Tensor, seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+    eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+    update: torch.Tensor, logits: torch.Tensor, gate_weight: torch.Tensor, out_norm_weight: torch.Tensor,
+    out_norm_bias: torch.Tensor, out_mean: torch.Tensor, out_rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
+                                  fc1_weight, fc1_bias, fc2_weight, update, logits, gate_weight, out_norm_weight,
+                                  out_norm_bias, out_mean, out_rstd)
+
+
+@_gated_feed_forward_backward_op.register_fake
+def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
+      update, logits, gate_weight, out_norm_weight, out_norm_bias, out_mean, out_rstd):
+    D, C = x.shape[-1], fc1_weight.shape[0]
+    acc = mean.dtype
+    return (x.new_empty(x.shape), branch.new_empty(branch.shape),
+            mean.new_empty((D,)), mean.new_empty((D,)),
+            # the bias gradients of the GEMMs are reduced in their compute dtype
+            fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,), dtype=compute_dtype(fc1_weight.dtype)),
+            fc2_weight.new_empty(fc2_weight.shape), mean.new_empty((D,)),
+            gate_weight.new_empty(gate_weight.shape), mean.new_empty((D,), dtype=acc),
+            mean.new_empty((D,)), mean.new_empty((D,)))
+
+
+def _setup_context(ctx, inputs, output):
+    (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _,
+     gate_weight, gate_bias, out_norm_weight, out_norm_bias, _, _) = inputs
+    _, update, mean, rstd, hidden, logits, out_mean, out_rstd = output
+    ctx.set_materialize_grads(False)  # the outputs kept for the backward get no zero-filled gradients
+    ctx.p, ctx.eps = p, eps
+    ctx.dtypes = (norm_weight.dtype, norm_bias.dtype, fc1_bias.dtype, gate_bias.dtype,
+                  out_norm_weight.dtype, out_norm_bias.dtype)
+    ctx.save_for_backward(x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias,
+                          fc2_weight, update, logits, gate_weight, out_norm_weight, out_norm_bias, out_mean, out_rstd)
+
+
+def _backward(ctx, dout, *_saved_only):
+    (x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
+     update, logits, gate_weight, out_norm_weight, out_norm_bias, out_mean, out_rstd) = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(x)
+    dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dgw, dgb, donw, donb = _gated_feed_forward_backward_op(
+        dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
+        fc1_weight, fc1_bias, fc2_weight, update, logits, gate_weight, out_norm_weight, out_norm_bias,
+        out_mean, out_rstd,
+    )
+    nw_dt, nb_dt, b1_dt, gb_dt, onw_dt, onb_dt = ctx.dtypes
+    return (dx, dbranch, None, None, dnw.to(nw_dt), dnb.to(nb_dt), None,
+            dw1, db1.to(b1_dt), dw2, db2.to(fc2_weight.dtype),
+            dgw, dgb.to(gb_dt), donw.to(onw_dt), donb.to(onb_dt), None, None)
+
+
+_gated_feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------ public function
+
+
+def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                       gate_weight, gate_bias, out_norm_weight, out_norm_bias, eps: float = 1e-5,
+                       out_eps: float = 1e-5, recompute_hidden: bool = False):
+    """update = residual_feed_forward(x, branch, ...);
+    out = x + sigmoid(x @ gate_weight.T + gate_bias) * (layer_norm(update; out_norm_weight, out_norm_bias) - x).
+
+    x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
+    p == 0); the GEMMs' weights and biases (FFN and gate) already in the
+    GEMMs' dtype. Returns out in x's dtype.
+    """
+    keep_hidden = not recompute_hidden and torch.is_grad_enabled()
+    out, *_ = _gated_feed_forward_op(
+        x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
+        fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
+        float(out_eps), keep_hidden,
+    )
+    return out
+
+
+def unsupported_reason(x: torch.Tensor) -> Optional[str]:
+    return feed_forward.unsupported_reason(x) or gated_norm.unsupported_reason(x, x, x, None, None)
