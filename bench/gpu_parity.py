@@ -12,9 +12,9 @@ build is reported as "missing". Exit status: 1 on any mismatch, 2 when
 nothing failed but a kernel is missing, 0 when all pass.
 `--backend` checks another backend the same way (the tests use it on CPU).
 The fused transformer-block ops are checked as a block chains them (the
-norm + QKV GEMM handing x on to the FFN half), with dropout on, and the
-fused model's ops around the blocks (the input embedding, the final norm,
-the gate's Linear) together.
+norm + QKV GEMM handing x on to the FFN half, or in a variable block to the
+FFN half + gate + gated norm), with dropout on, and the fused model's ops
+around the blocks (the input embedding, the final norm) together.
 A triton run also checks the sdpa fallback with its SDPA calls split into
 chunks of rows (kernels/sdpa.py), which only a GPU shows runs in cuDNN.
 """
@@ -175,15 +175,19 @@ def check_gated(device, dtype: str, s: dict, backend: str = "triton") -> Check:
 FUSED_TOL = {"fp64": 1e-10, "fp32": 2e-3, "fp16": 1e-2, "bf16": 4e-2}
 
 
-def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1) -> Check:
+def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1,
+                      gated: bool = False) -> Check:
     """layer_norm_linear (the QKV GEMM, handing x on) feeding
     residual_feed_forward (add + dropout + norm, FFN with GELU + dropout,
-    add), as a block runs them: a
-    float32 residual stream (float64 for fp64), weights and GEMMs in `dtype`,
-    dropout p at every site with one set of seeds for kernel and reference."""
+    add), as a temporal block runs them, or with `gated` gated_feed_forward
+    (the same FFN, then the gate Linear of x and the gated norm), as a
+    variable block does: a float32 residual stream (float64 for fp64),
+    weights and GEMMs in `dtype`, dropout p at every site with one set of
+    seeds for kernel and reference."""
     import kernels
 
-    name = f"fused block {dtype} residual {'fp64' if dtype == 'fp64' else 'fp32'} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
+    kind = "fused variable block" if gated else "fused block"
+    name = f"{kind} {dtype} residual {'fp64' if dtype == 'fp64' else 'fp32'} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
     reason = _missing("residual_feed_forward", backend, device)
     if reason:
         return Check(name, "missing", detail=reason)
@@ -195,7 +199,11 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
             "qkv_weight": torch.randn(3 * D, D, **g) / D ** 0.5, "qkv_bias": 0.1 * torch.randn(3 * D, **g),
             "fc1_weight": torch.randn(F, D, **g) / D ** 0.5, "fc1_bias": 0.1 * torch.randn(F, **g),
             "fc2_weight": torch.randn(D, F, **g) / F ** 0.5, "fc2_bias": 0.1 * torch.randn(D, **g)}
-    gemm = ("branch", "qkv_weight", "qkv_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    if gated:
+        base.update(gate_weight=torch.randn(D, D, **g) / D ** 0.5, gate_bias=0.1 * torch.randn(D, **g),
+                    out_norm_weight=1 + 0.1 * torch.randn(D, **g), out_norm_bias=0.1 * torch.randn(D, **g))
+    gemm = ("branch", "qkv_weight", "qkv_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
+            "gate_weight", "gate_bias")
     low_dtype = NORM_DTYPES[dtype]
     stream = torch.float64 if dtype == "fp64" else torch.float32
     low = {k: v.to(low_dtype if k in gemm else stream).requires_grad_() for k, v in base.items()}
@@ -208,9 +216,13 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
         # as a block chains them: the norm + QKV GEMM hands x on to the FFN half
         qkv, x = kernels.layer_norm_linear(t["x"], t["norm_weight"], t["norm_bias"], t["qkv_weight"],
                                            t["qkv_bias"], return_residual=True, backend=be)
-        out = kernels.residual_feed_forward(
-            x, t["branch"], t["norm_weight"], t["norm_bias"], t["fc1_weight"], t["fc1_bias"],
-            t["fc2_weight"], t["fc2_bias"], dropout_p=p, seeds=seeds, backend=be)
+        ffn = (x, t["branch"], t["norm_weight"], t["norm_bias"], t["fc1_weight"], t["fc1_bias"],
+               t["fc2_weight"], t["fc2_bias"])
+        if gated:
+            out = kernels.gated_feed_forward(*ffn, t["gate_weight"], t["gate_bias"], t["out_norm_weight"],
+                                             t["out_norm_bias"], dropout_p=p, seeds=seeds, backend=be)
+        else:
+            out = kernels.residual_feed_forward(*ffn, dropout_p=p, seeds=seeds, backend=be)
         torch.autograd.backward([out, qkv], [grad_out.to(out.dtype), grad_qkv.to(qkv.dtype)])
         results[label] = {"out": out, "qkv": qkv, **{f"d{k}": v.grad for k, v in t.items()}}
     return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
@@ -218,12 +230,12 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
 
 def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1) -> Check:
     """The fused model's ops around the blocks, at full shapes: the input
-    embedding (value_embedding, dropout p, the stream written in `dtype`),
-    the final norm (layer_norm, written in `dtype`) and the gate's Linear
-    (linear_keep_input: a float32 stream, weights in `dtype`); float64 for fp64."""
+    embedding (value_embedding, dropout p, the stream written in `dtype`)
+    and the final norm (layer_norm, written in `dtype`); float64 for fp64.
+    (The variable blocks' gate runs inside gated_feed_forward: check_fused_block.)"""
     import kernels
 
-    name = f"embedding + final norm + gate {dtype} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
+    name = f"embedding + final norm {dtype} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
     reason = _missing("value_embedding", backend, device)
     if reason:
         return Check(name, "missing", detail=reason)
@@ -233,12 +245,11 @@ def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: f
     stream = torch.float64 if dtype == "fp64" else torch.float32
     base = {"y": torch.randn(B, V, T, **g), "emb_weight": torch.randn(V, D, **g), "emb_bias": torch.randn(V, D, **g),
             "pos": torch.randn(B, T, D, **g), "x": 3 + torch.randn(B, V, T, D, **g),
-            "norm_weight": 1 + 0.1 * torch.randn(D, **g), "norm_bias": 0.1 * torch.randn(D, **g),
-            "gate_weight": torch.randn(D, D, **g) / D ** 0.5, "gate_bias": 0.1 * torch.randn(D, **g)}
-    low = {k: v.to(low_dtype if k.startswith("gate") else stream).requires_grad_() for k, v in base.items()}
+            "norm_weight": 1 + 0.1 * torch.randn(D, **g), "norm_bias": 0.1 * torch.randn(D, **g)}
+    low = {k: v.to(stream).requires_grad_() for k, v in base.items()}
     high = {k: v.detach().double().requires_grad_() for k, v in low.items()}  # the same rounded values
     seeds = kernels.dropout_seeds(device, 1)
-    upstream = [torch.randn(B, V, T, D, **g) for _ in range(3)]
+    upstream = [torch.randn(B, V, T, D, **g) for _ in range(2)]
     half = low_dtype in (torch.bfloat16, torch.float16)
     results = {}
     for label, t, be in (("kernel", low, backend), ("ref", high, "reference")):
@@ -248,10 +259,9 @@ def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: f
         # under autocast the norm writes autocast's dtype, as in the model
         with torch.autocast(torch.device(device).type, dtype=low_dtype, enabled=kernel and half):
             h = kernels.layer_norm(t["x"], t["norm_weight"], t["norm_bias"], backend=be)
-        gate = kernels.linear_keep_input(t["x"], t["gate_weight"], t["gate_bias"])
-        outs = (emb, h, gate)
+        outs = (emb, h)
         torch.autograd.backward(outs, [u.to(o.dtype) for u, o in zip(upstream, outs)])
-        results[label] = {"embedding": emb, "norm": h, "gate": gate, **{f"d{k}": v.grad for k, v in t.items()}}
+        results[label] = {"embedding": emb, "norm": h, **{f"d{k}": v.grad for k, v in t.items()}}
     return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
 
 
@@ -272,11 +282,11 @@ def check_sdpa_chunks(device, dtype: str, axis: str, s: dict, chunks: int = 4) -
     return dataclasses.replace(check, name=check.name.replace("attention", f"sdpa in {chunks} chunks", 1))
 
 
-def check_ffn_chunks(device, dtype: str, s: dict, chunks: int = 3) -> Check:
-    """The fused block with its FFN run in about `chunks` chunks of rows
-    (kernels/chunking.py, one chunk at B=64 by default, seven
-    at B=512): the dropout bits count rows across chunks, and the weight
-    gradients are summed over them."""
+def check_ffn_chunks(device, dtype: str, s: dict, chunks: int = 3, gated: bool = False) -> Check:
+    """The fused block (with `gated`, the variable block) with its FFN run in
+    about `chunks` chunks of rows (kernels/chunking.py, one chunk at B=64 by
+    default, seven at B=512): the dropout bits count rows across chunks, and
+    the weight gradients are summed over them."""
     from kernels import chunking
 
     rows = s["B"] * s["V"] * s["T"]
@@ -287,10 +297,10 @@ def check_ffn_chunks(device, dtype: str, s: dict, chunks: int = 3) -> Check:
     chunking.HIDDEN_CHUNK_BYTES = chunk_rows * 4 * s["D"] * itemsize
     try:
         made = len(chunking.row_chunks(rows, 4 * s["D"], itemsize))
-        check = check_fused_block(device, dtype, s)
+        check = check_fused_block(device, dtype, s, gated=gated)
     finally:
         chunking.HIDDEN_CHUNK_BYTES = budget
-    return dataclasses.replace(check, name=check.name.replace("fused block", f"fused block, FFN in {made} chunks", 1))
+    return dataclasses.replace(check, name=check.name.replace("block", f"block, FFN in {made} chunks", 1))
 
 
 def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
@@ -306,10 +316,11 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
     for dtype in (*dtypes, "fp64"):
         checks.append(check_gated(device, dtype, shapes, backend))
     for dtype in (*dtypes, "fp64"):
-        checks.append(check_fused_block(device, dtype, shapes, backend))
+        for gated in (False, True):
+            checks.append(check_fused_block(device, dtype, shapes, backend, gated=gated))
     if backend == "triton":  # in half precision if run at all: the chunks' float32 weight GEMMs
-        checks.append(check_ffn_chunks(device, next((d for d in dtypes if d in ("bf16", "fp16")), dtypes[0]),
-                                       shapes))
+        half = next((d for d in dtypes if d in ("bf16", "fp16")), dtypes[0])
+        checks += [check_ffn_chunks(device, half, shapes, gated=gated) for gated in (False, True)]
     for dtype in (*dtypes, "fp64"):
         checks.append(check_model_edges(device, dtype, shapes, backend))
     return checks

@@ -33,7 +33,7 @@ Attention, per backend:
              along time (a T x T matrix per (b, v, h)) and 4HV along variables.
 Gated residual norm after each variable block (+ the gate Linear's input:
 with the plain modules autocast's copy of x unless the stream is already
-in a; the fused block's gate, kernels.linear_keep_input, keeps x itself):
+in a; the fused block's gate, inside kernels.gated_feed_forward, keeps x itself):
   triton:    update rD + gate logits aD + stats 8 (x is the block input, kept anyway);
   reference: update 4D + stats 8 + sigmoid output 4D + (LayerNorm(update) - x) 4D.
 Embedding: RevIN's and the value embedding's 12 + the dropout mask mD (none

@@ -311,7 +311,7 @@ def _dropout(inputs, outputs) -> list:
     return [_pass("dropout", "dropout", tensor_bytes(inputs[0]) + tensor_bytes(outputs))]  # read x, write y
 
 
-# --- the final norm and the gate's Linear (kernels/norm_linear.py, kernels/linear.py)
+# --- the final norm (kernels/norm_linear.py)
 
 @register_cost("migt::layer_norm")
 def _layer_norm(inputs, outputs) -> list:
@@ -323,17 +323,6 @@ def _layer_norm_backward(inputs, outputs) -> list:
     dh, x = inputs[0], inputs[1]
     # reads dh, x and the statistics, writes dx; then the (D,) partial sums are summed
     return [_pass("norm backward", "norm", tensor_bytes(dh, x, inputs[2], inputs[3]) + tensor_bytes(x), launches=3)]
-
-
-@register_cost("migt::linear_keep_input")
-def _linear_keep_input(inputs, outputs) -> list:
-    x, weight = inputs[0], inputs[1]
-    D_out, D = weight.shape
-    N = x.numel() // D
-    parts = [_gemm("gemm", N, D_out, D, weight.dtype)]
-    if x.dtype != weight.dtype:  # autocast's cast of x, made inside the op
-        parts.insert(0, _pass("cast", "casts", tensor_bytes(x) + _nbytes(N * D, weight)))
-    return parts
 
 
 # --- the input embedding in one pass (kernels/embedding.py) -------------------

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from . import _dispatch, _validate, linear, philox, reference, sdpa
+from . import _dispatch, _validate, philox, reference, sdpa
 from ._dispatch import BACKENDS
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "gated_residual_norm",
     "layer_norm",
     "layer_norm_linear",
-    "linear_keep_input",
     "residual_feed_forward",
     "gated_feed_forward",
     "dropout_seeds",
@@ -251,23 +250,6 @@ def layer_norm(x, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
     out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     impl = _triton_module("layer_norm") if choice == "triton" else reference
     return impl.layer_norm(x, weight, bias, eps, out_dtype)
-
-
-def linear_keep_input(x, weight, bias):
-    """x @ weight.T + bias (nn.Linear's product) whose backward keeps x
-    itself rather than autocast's low-precision copy of it.
-
-    x: (..., D) float; weight: (D_out, D); bias: (D_out,). Returns (...,
-    D_out) in the GEMM's dtype (autocast's when it is on, else weight's);
-    the gradient of x comes back in x's dtype. Use it where x is kept for
-    the backward anyway (a float32 residual stream that other nodes save):
-    the copy nn.Linear would keep under autocast is then D bytes per token
-    saved for nothing; the backward casts x again instead. The same plain
-    GEMM on every device.
-    """
-    _validate.linear_inputs(x, weight, bias)
-    weight, bias = _in_gemm_dtype(_gemm_dtype(x, weight), weight, bias)
-    return linear.linear_keep_input(x, weight, bias)
 
 
 def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,

@@ -206,14 +206,6 @@ def dropout_inputs(x, p, seeds) -> None:
     same_device(x=x, seeds=seeds)
 
 
-def linear_inputs(x, weight, bias) -> None:
-    d = _residual_rows(x)
-    tensor("weight", weight, ndim=2, dims="(D_out, D)")  # before reading D_out off its shape
-    _matrix("weight", weight, weight.shape[0], d, "(D_out, D)")
-    _vector("bias", bias, weight.shape[0], "(D_out,)")
-    same_device(x=x, weight=weight, bias=bias)
-
-
 def layer_norm_inputs(x, weight, bias) -> None:
     d = _residual_rows(x)
     _vector("weight", weight, d, "(D,)")

@@ -89,13 +89,13 @@ def test_low_precision_gemms_with_float32_stream(dtype, tol, poisoned_allocation
 
 def test_equals_the_separate_triton_ops():
     # the same values as the ops it replaces in the block (FFN op, gate
-    # Linear keeping x, gated norm op), the gradients summed by autograd
+    # Linear, gated norm op), the gradients summed by autograd
     x, branch, params = low_precision_case((2, 5, 7), 32, 64, torch.float32)
     seeds = kernels.dropout_seeds("cpu")
     out, grads = run_tail("triton", x, branch, params, 0.3, seeds)
     ffn = {k: v for k, v in params.items() if not k.startswith(("gate", "out_norm"))}
     update = kernels.residual_feed_forward(x, branch, **ffn, dropout_p=0.3, seeds=seeds, backend="triton")
-    logits = kernels.linear_keep_input(x, params["gate_weight"], params["gate_bias"])
+    logits = torch.nn.functional.linear(x, params["gate_weight"], params["gate_bias"])
     ref = kernels.gated_residual_norm(x, update, logits, params["out_norm_weight"], params["out_norm_bias"],
                                       backend="triton")
     upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).float()

@@ -95,14 +95,16 @@ def test_chunks_bound_the_working_set(recompute, monkeypatch):
     assert whole[1] - chunked[1] >= (3 if recompute else 2) * saved_rows, (whole, chunked)
 
 
-def test_gpu_parity_checks_the_fused_block_in_chunks():
+@pytest.mark.parametrize("gated", [False, True], ids=["temporal", "variable"])
+def test_gpu_parity_checks_the_fused_blocks_in_chunks(gated):
     # what the GPU run checks at full shapes, here at the small ones: the
     # chunk budget is lowered for the check only
     from bench import gpu_parity
 
     budget = chunking.HIDDEN_CHUNK_BYTES
-    check = gpu_parity.check_ffn_chunks("cpu", "fp32", dict(gpu_parity.SMALL))
+    check = gpu_parity.check_ffn_chunks("cpu", "fp32", dict(gpu_parity.SMALL), gated=gated)
     assert check.status == "ok" and "FFN in 3 chunks" in check.name, check
+    assert ("variable" in check.name) == gated
     assert chunking.HIDDEN_CHUNK_BYTES == budget
 
 

@@ -152,7 +152,8 @@ def test_triton_modules_traces_the_blocks_the_h200_measured(tmp_path):
     config = dataclasses.replace(migt.MIGTConfig.from_yaml(tiny_config_path(tmp_path)), backend="triton")
     ops = {c.op for c in roofline.trace_step(config, 2, fused_blocks=False)}
     assert "migt::masked_attention_qkvpacked_fwd" in ops and "aten::native_layer_norm" in ops
-    assert not any(op.startswith(("migt::residual_feed_forward", "migt::layer_norm_linear", "migt::gated_feed_forward")) for op in ops)
+    fused_ops = ("migt::residual_feed_forward", "migt::layer_norm_linear", "migt::gated_feed_forward")
+    assert not any(op.startswith(fused_ops) for op in ops)
     measured = roofline.measured_reference(None)
     assert measured["triton_modules"]["total_ms"] == 117.3 and "triton" not in measured
 

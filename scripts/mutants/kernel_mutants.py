@@ -25,6 +25,7 @@ REVIN_PARITY = "tests/test_norms_triton.py::test_revin_matches_float64_reference
 GATED_PARITY = "tests/test_norms_triton.py::test_gated_norm_matches_float64_reference"
 FUSED_PARITY = "tests/test_fused_block.py::test_feed_forward_matches_float64_reference"
 CHUNK_PARITY = "tests/test_ffn_row_chunks.py::test_chunked_feed_forward_matches_float64_reference"
+TAIL_PARITY = "tests/test_ffn_gated_norm.py::test_matches_float64_reference"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
@@ -437,10 +438,54 @@ MUTANTS = [
         ("tests/test_ffn_row_chunks.py::test_chunked_ops_pass_opcheck",),
         "in several chunks dW1 and dW2 come back float32 where the op declares bf16: a compiled graph reads garbage",
     ),
+    # ------------------------------------------------------------ a variable block's FFN + gate + gated norm
+    # as one node (kernels/ffn_gated_norm.py): x's three gradients summed inside its kernels
+    Mutant(
+        "tail-dx-drops-gated-part", NORM_LINEAR, "reduction",
+        "            dx_total += tl.load(dx_ptr + offs, mask=ok, other=0.0).to(ACC)",
+        "            dx_total += 0.0",
+        (TAIL_PARITY,),
+        "the FFN's norm backward overwrites the gated norm's part of dx instead of adding to it",
+    ),
+    Mutant(
+        "tail-dx-drops-gate-part", NORM_LINEAR, "reduction",
+        "            dx_total += tl.load(dx_add_ptr + offs, mask=ok, other=0.0).to(ACC)",
+        "            dx_total += 0.0",
+        (TAIL_PARITY,),
+        "the gate Linear's dg @ Wg never reaches dx",
+    ),
+    Mutant(
+        "tail-dbranch-takes-x-only-gradients", NORM_LINEAR, "span",
+        "        if HAS_BRANCH:\n            dbranch = dx\n",
+        "        if HAS_BRANCH:\n            dbranch = dx_total\n",
+        (TAIL_PARITY,),
+        "the branch gets the gradients of x's direct uses, which do not pass through x_mid",
+    ),
+    Mutant(
+        "tail-gate-bias-grad-not-summed", GATED, "reduction",
+        "            dgb_acc += tl.sum(dg, 0)",
+        "            dgb_acc += 0.0",
+        (TAIL_PARITY,),
+        "the gate bias gets a zero gradient",
+    ),
+    Mutant(
+        "tail-gate-weight-grad-from-stale-x", GATED, "span",
+        "tl.store(x_low_ptr + dense, cast_for(x, x_low_ptr), mask=ok)",
+        "tl.store(x_low_ptr + dense, cast_for(dx, x_low_ptr), mask=ok)",
+        (TAIL_PARITY,),
+        "the gate weight's gradient is taken against the wrong matrix",
+    ),
+    Mutant(
+        "tail-chunk-gate-weight-grad-left-float32", "kernels/ffn_gated_norm.py", "span",
+        "fc2_weight.dtype, None, gate_dtype, None, None, None]",
+        "fc2_weight.dtype, None, None, None, None, None]",
+        ("tests/test_ffn_gated_norm.py::test_ops_pass_opcheck",),
+        "in several chunks the gate weight's gradient comes back float32 where the op declares bf16",
+    ),
     Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
-        "dropout_p=self.dropout.p if self.training else 0.0",
-        "dropout_p=self.dropout.p",
+        "return self.dropout.p if self.training else 0.0",
+        "return self.dropout.p",
         ("tests/test_fused_block.py::test_block_state_dict_moves_between_backends",),
         "the fused block drops activations in eval mode too",
     ),
