@@ -34,7 +34,8 @@ Attention, per backend:
 Gated residual norm after each variable block (+ the gate Linear's input:
 with the plain modules autocast's copy of x unless the stream is already
 in a; the fused block's gate, inside kernels.gated_feed_forward, keeps x itself):
-  triton:    update rD + gate logits aD + stats 8 (x is the block input, kept anyway);
+  triton:    update rD + stats 8 (x is the block input, kept anyway; the gate
+             logits are made again in the backward);
   reference: update 4D + stats 8 + sigmoid output 4D + (LayerNorm(update) - x) 4D.
 Embedding: RevIN's and the value embedding's 12 + the dropout mask mD (none
   on triton: kernels.value_embedding redraws it).
@@ -116,8 +117,8 @@ def _block_bytes(backend, axis, a, m, D, H, F, T, V, r=4, keep_hidden=True) -> i
 
 
 def _gated_norm_bytes(backend, a, D, r=4) -> int:
-    if backend == "triton":
-        return r * D + a * D + 8
+    if backend == "triton":  # the gate logits are made again in the backward (kernels/ffn_gated_norm.py)
+        return r * D + 8
     gate_input = 0 if a == r else a * D  # autocast's bf16 copy of x for the gate Linear
     return gate_input + r * D + 8 + 4 * D + 4 * D
 
@@ -180,10 +181,18 @@ def estimate(
         # The fused FFN backward (kernels/feed_forward.py): the block's dx and
         # dbranch for every row, and per chunk of rows (kernels/chunking.py) dhidden
         # and g again, and the hidden itself under selective recompute.
-        # At the seed config in bf16 (one chunk) that is 5.6 and 7.7 KB/token;
-        # bench.saved_bytes measures the step peak 1.1-1.5% above the model's
-        # (bench/results/cpu-saved-bytes/).
-        transient = (r + a) * D * N + (2 if keep_hidden else 3) * a * F * hidden_rows
+        def ffn_transient(rows, chunk_rows):
+            return (r + a) * D * rows + (2 if keep_hidden else 3) * a * F * chunk_rows
+
+        transient = ffn_transient(N, hidden_rows) if config.n_temporal_layers else 0
+        if config.n_variable_layers:
+            # A variable block's tail is one node (kernels/ffn_gated_norm.py),
+            # which holds its incoming gradient to the end, and per chunk the
+            # update's gradient and the gate's part of dx.
+            v_rows = chunking.row_chunks(Nv, F, a)[0][1]
+            transient = max(transient, ffn_transient(Nv, v_rows) + r * D * Nv + (r + a) * D * v_rows)
+        # At the seed config in bf16 (one chunk) bench.saved_bytes measures
+        # the step peak within a few % of the model's (bench/results/cpu-saved-bytes/).
     else:
         # one block's FFN gradients in float32
         transient = (2 * F + 4 * D) * 4 * N + reference_scores

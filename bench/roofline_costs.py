@@ -288,7 +288,7 @@ def _gated_feed_forward(inputs, outputs) -> list:
 
 @register_cost("migt::gated_feed_forward_backward")
 def _gated_feed_forward_backward(inputs, outputs) -> list:
-    x, gate_weight = inputs[1], inputs[16]
+    x, gate_weight = inputs[1], inputs[15]
     D = x.shape[-1]
     N = x.numel() // D
     low = _nbytes(N * D, gate_weight)
@@ -297,9 +297,11 @@ def _gated_feed_forward_backward(inputs, outputs) -> list:
     # to) and the gate's dx
     ffn[-1] = _pass("norm backward", "norm", ffn[-1].bytes + tensor_bytes(x) + low, launches=2)
     return [
+        # the logits made again (they are not kept)
+        _pass("gate cast", "casts", tensor_bytes(x) + low), _gemm("gemm gate", N, D, D, gate_weight.dtype),
         # reads dout, x, the update, the logits and the statistics; writes
-        # dx, the update's gradient, the logits' and x in the gate's dtype
-        _pass("gated norm backward", "norm", 5 * tensor_bytes(x) + 3 * low + 8.0 * N, launches=2),
+        # dx, the update's gradient and the logits'
+        _pass("gated norm backward", "norm", 5 * tensor_bytes(x) + 2 * low + 8.0 * N, launches=2),
         _gemm("gemm dW gate", D, D, N, gate_weight.dtype), _gemm("gemm dx gate", N, D, D, gate_weight.dtype),
     ] + ffn
 

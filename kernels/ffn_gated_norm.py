@@ -8,16 +8,20 @@ one autograd node (the "triton" backend of kernels.gated_feed_forward):
 Why one node: x reaches the output three ways (the FFN's residual, the
 gate, the gated mix). As separate nodes each returns its own (N, D)
 gradient of x and autograd adds them, and casts the gate's bf16 one to the
-float32 stream: per variable block ~4 GB moved at the seed config (B=64)
+float32 stream: per variable block ~3.4 GB moved at the seed config (B=64)
 for sums. Here the gated norm's backward writes its part of dx into the
 op's dx, the gate's part (dg @ Wg) is added inside the FFN's norm-backward
-pass, which writes dx anyway, and the gate bias's gradient and x's bf16 copy
-for the gate weight's come from the gated norm's backward pass.
+pass, which writes dx anyway, and the gate bias's gradient is summed in the
+gated norm's backward pass.
 
 What the backward keeps: the FFN op's (x, branch, statistics, hidden,
-seeds), the update and the gate logits (both also kept by the separate
-ops), and the gated norm's statistics. It runs a chunk of rows at a time,
-as the FFN does (kernels/chunking.py).
+seeds), the update and the gated norm's statistics. Not the gate logits:
+the node's backward holds everything it keeps until it ends, through the
+FFN half too, where the separate gated-norm node had freed its logits; the
+logits are made again a chunk at a time (a cast of x, which the gate
+weight's gradient needs anyway, and one GEMM), which also keeps 2 bytes
+per element of the stream off what the step saves. Forward and backward
+run a chunk of rows at a time, as the FFN does (kernels/chunking.py).
 """
 from __future__ import annotations
 
@@ -30,27 +34,34 @@ from .chunking import ChunkGradients, mm_float32, row_chunks
 from .reference import compute_dtype
 
 
+def _gate_logits(x_low, gate_weight, gate_bias):
+    return torch.addmm(gate_bias, x_low, gate_weight.t())  # [rows, D], as nn.Linear in the gate's dtype
+
+
 def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
                            fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps,
                            keep_hidden: bool):
     """Returns out, and for the backward the update, the FFN's mean, rstd and
-    hidden, the gate logits (N, D) in the gate's dtype, and the gated norm's
-    mean and rstd."""
+    hidden, and the gated norm's mean and rstd."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
         x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden)
-    x2 = x.reshape(-1, D)
+    x2, update2 = x.reshape(-1, D), update.view(-1, D)
     N = x2.shape[0]
-    logits = torch.empty((N, D), dtype=gate_weight.dtype, device=x.device)
-    for start, end in row_chunks(N, C, fc1_weight.element_size()):  # x's cast a chunk at a time
-        torch.addmm(gate_bias, x2[start:end].to(gate_weight.dtype), gate_weight.t(), out=logits[start:end])
-    out, out_mean, out_rstd = gated_norm.gated_norm_fwd(x, update, logits.view(x.shape), out_norm_weight,
-                                                        out_norm_bias, out_eps)
-    return out, update, mean, rstd, hidden, logits, out_mean, out_rstd
+    acc = compute_dtype(x.dtype)
+    out = torch.empty_like(x2)
+    out_mean = torch.empty((N,), dtype=acc, device=x.device)
+    out_rstd = torch.empty((N,), dtype=acc, device=x.device)
+    for start, end in row_chunks(N, C, fc1_weight.element_size()):
+        rows = slice(start, end)
+        logits = _gate_logits(x2[rows].to(gate_weight.dtype), gate_weight, gate_bias)
+        gated_norm.gated_norm_fwd(x2[rows], update2[rows], logits, out_norm_weight, out_norm_bias, out_eps,
+                                  out=out[rows], stats=(out_mean[rows], out_rstd[rows]))
+    return out.view(x.shape), update, mean, rstd, hidden, out_mean, out_rstd
 
 
 def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                           fc1_weight, fc1_bias, fc2_weight, update, logits, gate_weight, out_norm_weight,
+                           fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias, out_norm_weight,
                            out_norm_bias, out_mean, out_rstd):
     """Gradients of gated_feed_forward_fwd: dx, dbranch, then the FFN's
     parameters' (dnorm_w, dnorm_b, dW1, db1, dW2, db2), the gate's (dWg,
@@ -65,17 +76,18 @@ def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_w
     chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
     several = len(chunks) > 1
     weight_grad = mm_float32 if several else torch.mm
-    gate_dtype = gate_weight.dtype
-    grads = ChunkGradients(len(chunks), mean.dtype,
-                           [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None, gate_dtype, None, None, None])
+    grads = ChunkGradients(len(chunks), mean.dtype, [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None,
+                                                     gate_weight.dtype, None, None, None])
     for start, end in chunks:
         rows = slice(start, end)
+        x_low = x2[rows].to(gate_weight.dtype)  # for the logits again and the gate weight's gradient
+        logits = _gate_logits(x_low, gate_weight, gate_bias)
         # the gated mix: its own part of dx straight into dx, the update's
-        # gradient (the FFN's output gradient), the logits' and x in the
-        # gate's dtype for the gate weight's gradient
-        _, dupdate, dlogits, dnorm_w, dnorm_b, dgate_b, x_low = gated_norm.gated_norm_bwd(
-            dout2[rows], x2[rows], update2[rows], logits[rows], out_norm_weight, out_norm_bias,
-            out_mean[rows], out_rstd[rows], dx=dx[rows], gate_dtype=gate_dtype)
+        # gradient (the FFN's output gradient), the logits' and the gate bias's
+        _, dupdate, dlogits, dnorm_w, dnorm_b, dgate_b = gated_norm.gated_norm_bwd(
+            dout2[rows], x2[rows], update2[rows], logits, out_norm_weight, out_norm_bias,
+            out_mean[rows], out_rstd[rows], dx=dx[rows], gate_bias_grad=True)
+        del logits
         dgate_w = weight_grad(dlogits.t(), x_low)
         del x_low
         dx_gate = dlogits @ gate_weight  # the gate's part of dx, as nn.Linear makes it
@@ -100,8 +112,7 @@ def _gated_feed_forward_op(
     fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
     gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor, out_norm_bias: torch.Tensor,
     out_eps: float, keep_hidden: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias,
                                   fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
                                   out_eps, keep_hidden)
@@ -116,8 +127,7 @@ def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc
     hidden_shape = (N, fc1_weight.shape[0]) if keep_hidden else (0,)
     stats = [x.new_empty((N,), dtype=acc) for _ in range(4)]
     return (x.new_empty(x.shape), x.new_empty(x.shape), stats[0], stats[1],
-            x.new_empty(hidden_shape, dtype=fc1_weight.dtype), x.new_empty((N, D), dtype=gate_weight.dtype),
-            stats[2], stats[3])
+            x.new_empty(hidden_shape, dtype=fc1_weight.dtype), stats[2], stats[3])
 
 
 @torch.library.custom_op("migt::gated_feed_forward_backward", mutates_args=())
@@ -125,18 +135,18 @@ def _gated_feed_forward_backward_op(
     dout: torch.Tensor, x: torch.Tensor, branch: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     hidden: torch.Tensor, seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
     eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
-    update: torch.Tensor, logits: torch.Tensor, gate_weight: torch.Tensor, out_norm_weight: torch.Tensor,
+    update: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor,
     out_norm_bias: torch.Tensor, out_mean: torch.Tensor, out_rstd: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                                  fc1_weight, fc1_bias, fc2_weight, update, logits, gate_weight, out_norm_weight,
-                                  out_norm_bias, out_mean, out_rstd)
+                                  fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias,
+                                  out_norm_weight, out_norm_bias, out_mean, out_rstd)
 
 
 @_gated_feed_forward_backward_op.register_fake
 def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
-      update, logits, gate_weight, out_norm_weight, out_norm_bias, out_mean, out_rstd):
+      update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd):
     D, C = x.shape[-1], fc1_weight.shape[0]
     acc = mean.dtype
     return (x.new_empty(x.shape), branch.new_empty(branch.shape),
@@ -151,23 +161,23 @@ def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps
 def _setup_context(ctx, inputs, output):
     (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _,
      gate_weight, gate_bias, out_norm_weight, out_norm_bias, _, _) = inputs
-    _, update, mean, rstd, hidden, logits, out_mean, out_rstd = output
+    _, update, mean, rstd, hidden, out_mean, out_rstd = output
     ctx.set_materialize_grads(False)  # the outputs kept for the backward get no zero-filled gradients
     ctx.p, ctx.eps = p, eps
     ctx.dtypes = (norm_weight.dtype, norm_bias.dtype, fc1_bias.dtype, gate_bias.dtype,
                   out_norm_weight.dtype, out_norm_bias.dtype)
     ctx.save_for_backward(x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias,
-                          fc2_weight, update, logits, gate_weight, out_norm_weight, out_norm_bias, out_mean, out_rstd)
+                          fc2_weight, update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd)
 
 
 def _backward(ctx, dout, *_saved_only):
     (x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
-     update, logits, gate_weight, out_norm_weight, out_norm_bias, out_mean, out_rstd) = ctx.saved_tensors
+     update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd) = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
     dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dgw, dgb, donw, donb = _gated_feed_forward_backward_op(
         dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
-        fc1_weight, fc1_bias, fc2_weight, update, logits, gate_weight, out_norm_weight, out_norm_bias,
+        fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
         out_mean, out_rstd,
     )
     nw_dt, nb_dt, b1_dt, gb_dt, onw_dt, onb_dt = ctx.dtypes

@@ -71,19 +71,18 @@ def _gated_norm_fwd_kernel(
 @triton.jit
 def _gated_norm_bwd_kernel(
     dout_ptr, x_ptr, u_ptr, g_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr,
-    dx_ptr, du_ptr, dg_ptr, dw_part_ptr, db_part_ptr, dgb_part_ptr, x_low_ptr,
+    dx_ptr, du_ptr, dg_ptr, dw_part_ptr, db_part_ptr, dgb_part_ptr,
     N, D,
     stride_or, stride_oc, stride_xr, stride_xc, stride_ur, stride_uc, stride_gr, stride_gc,
-    GATE_BIAS_GRAD: tl.constexpr, STORE_X_LOW: tl.constexpr,
+    GATE_BIAS_GRAD: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # With uhat = (u - mean) * rstd, n = uhat * w + b, s = sigmoid(g):
     #   dx = dout * (1 - s);  dg = dout * (n - x) * s * (1 - s)
     #   dn = dout * s;  dw += dn * uhat;  db += dn
     #   du = rstd * (dn*w - mean(dn*w) - uhat * mean(dn*w * uhat))
-    # When the logits come from a Linear of x (gated_feed_forward), this pass
-    # also sums dg over rows (the gate bias's gradient) and writes x in the
-    # gate GEMM's dtype for its weight gradient: x is read here anyway.
+    # When the logits come from a Linear (gated_feed_forward), this pass also
+    # sums dg over rows: the gate bias's gradient.
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
@@ -118,8 +117,6 @@ def _gated_norm_bwd_kernel(
         tl.store(dg_ptr + dense, cast_for(dg, dg_ptr), mask=ok)
         if GATE_BIAS_GRAD:
             dgb_acc += tl.sum(dg, 0)
-        if STORE_X_LOW:
-            tl.store(x_low_ptr + dense, cast_for(x, x_low_ptr), mask=ok)
     tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
     if GATE_BIAS_GRAD:
@@ -201,43 +198,39 @@ def gated_norm_fwd(x, update, gate_logits, weight, bias, eps: float, *, out=None
     return out, mean, rstd
 
 
-def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd, *, dx=None, gate_dtype=None):
+def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd, *, dx=None,
+                   gate_bias_grad: bool = False):
     """Returns dx, du, dg (contiguous, each in its input's dtype; dx written
     into the given contiguous tensor, if any) and dweight, dbias (D,) in the
-    compute dtype.
-
-    gate_dtype: when the logits are a Linear of x in that dtype, two more
-    come back from the same pass: the gate bias's gradient (D,) in the
-    compute dtype, and x in gate_dtype (N, D) for the gate weight's."""
+    compute dtype; with gate_bias_grad (the logits come from a Linear) also
+    dg's column sums (D,) in the compute dtype, from the same pass."""
     D = x.shape[-1]
     o2, x2, u2, g2 = int32_indexable(_rows(grad_out)), _rows(x), _rows(update), _rows(gate_logits)
     N = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if dx is None else dx
     du = torch.empty(update.shape, dtype=update.dtype, device=x.device)
     dg = torch.empty(gate_logits.shape, dtype=gate_logits.dtype, device=x.device)
-    gate = gate_dtype is not None
-    x_low = torch.empty((N, D), dtype=gate_dtype, device=x.device) if gate else None
     if N == 0:
         zeros = torch.zeros((D,), dtype=mean.dtype, device=x.device)
         grads = (dx, du, dg, zeros, zeros.clone())
-        return grads + (zeros.clone(), x_low) if gate else grads
+        return grads + (zeros.clone(),) if gate_bias_grad else grads
     block_m, block_d, num_warps = _launch_shape(D, backward=True)
     programs = backward_programs(x.device, cdiv(N, block_m))
     dw_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
     db_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device)
-    dgb_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device) if gate else db_part
+    dgb_part = torch.empty((programs, D), dtype=mean.dtype, device=x.device) if gate_bias_grad else db_part
     weight, bias = weight.contiguous(), bias.contiguous()  # read at unit stride
     _gated_norm_bwd_kernel[(programs,)](
         o2, x2, u2, g2, weight, bias, mean, rstd,
-        dx, du, dg, dw_part, db_part, dgb_part, x_low if gate else dx,
+        dx, du, dg, dw_part, db_part, dgb_part,
         N, D,
         o2.stride(0), o2.stride(1), x2.stride(0), x2.stride(1),
         u2.stride(0), u2.stride(1), g2.stride(0), g2.stride(1),
-        GATE_BIAS_GRAD=gate, STORE_X_LOW=gate,
+        GATE_BIAS_GRAD=gate_bias_grad,
         ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )
     grads = (dx, du, dg, dw_part.sum(0), db_part.sum(0))
-    return grads + (dgb_part.sum(0), x_low) if gate else grads
+    return grads + (dgb_part.sum(0),) if gate_bias_grad else grads
 
 
 # ------------------------------------------------------ custom-op registration

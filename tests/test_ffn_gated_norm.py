@@ -124,11 +124,11 @@ def test_ops_pass_opcheck(chunks, monkeypatch):
     seeds = torch.tensor([5, 6, 7])
     args = op_args(x, branch, params, seeds, 0.3, True)
     torch.library.opcheck(ffn_gated_norm._gated_feed_forward_op, args)
-    out, update, mean, rstd, hidden, logits, out_mean, out_rstd = ffn_gated_norm._gated_feed_forward_op(*args)
-    (x0, b0, _, p, nw, nb, eps, w1, b1, w2, _, gw, _, onw, onb, _, _) = args
+    out, update, mean, rstd, hidden, out_mean, out_rstd = ffn_gated_norm._gated_feed_forward_op(*args)
+    (x0, b0, _, p, nw, nb, eps, w1, b1, w2, _, gw, gb, onw, onb, _, _) = args
     torch.library.opcheck(ffn_gated_norm._gated_feed_forward_backward_op,
                           (torch.randn_like(out), x0, b0, mean, rstd, hidden, seeds, p, nw, nb, eps, w1, b1, w2,
-                           update, logits, gw, onw, onb, out_mean, out_rstd))
+                           update, gw, gb, onw, onb, out_mean, out_rstd))
 
 
 def test_without_grad_keeps_no_hidden():
