@@ -81,7 +81,7 @@ def _gelu_dropout_bwd_kernel(
     pid = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     col_ok = cols < C
-    db_acc = tl.zeros([BLOCK_C], ACC)
+    db_acc = tl.zeros([BLOCK_M, BLOCK_C], ACC)  # reduced over its rows once, after the loop
     for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         ok = (rows < N)[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_C]
@@ -99,9 +99,9 @@ def _gelu_dropout_bwd_kernel(
         cdf = 0.5 * (1.0 + erf)
         pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
         df = dg * (cdf + f * pdf)
-        db_acc += tl.sum(df, 0)
+        db_acc += df
         tl.store(dhidden_ptr + offs, cast_for(df, dhidden_ptr), mask=ok)
-    tl.store(db_part_ptr + pid * C + cols, db_acc, mask=col_ok)
+    tl.store(db_part_ptr + pid * C + cols, tl.sum(db_acc, 0), mask=col_ok)
 
 
 @triton.jit

@@ -88,9 +88,12 @@ def _gated_norm_bwd_kernel(
     col_ok = cols < D
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    dw_acc = tl.zeros([BLOCK_D], ACC)
-    db_acc = tl.zeros([BLOCK_D], ACC)
-    dgb_acc = tl.zeros([BLOCK_D], ACC)
+    # partial sums kept per (row slot, column) and reduced over the rows once
+    # at the end: a reduction across rows inside the loop would make the
+    # program's warps meet at a barrier on every row block
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    dgb_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         row_ok = rows < N
@@ -107,8 +110,8 @@ def _gated_norm_bwd_kernel(
         dx = dout * (1.0 - gate)
         dg = dout * (normed - x) * gate * (1.0 - gate)
         dn = dout * gate  # 0 outside the tile: dout was loaded with other=0
-        dw_acc += tl.sum(dn * uhat, 0)
-        db_acc += tl.sum(dn, 0)
+        dw_acc += dn * uhat
+        db_acc += dn
         du = layer_norm_rows_bwd(dn, uhat, w, rstd, D)
 
         dense = rows[:, None] * D + cols[None, :]  # gradients are written contiguous (N, D)
@@ -116,11 +119,11 @@ def _gated_norm_bwd_kernel(
         tl.store(du_ptr + dense, cast_for(du, du_ptr), mask=ok)
         tl.store(dg_ptr + dense, cast_for(dg, dg_ptr), mask=ok)
         if GATE_BIAS_GRAD:
-            dgb_acc += tl.sum(dg, 0)
-    tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
-    tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
+            dgb_acc += dg
+    tl.store(dw_part_ptr + pid * D + cols, tl.sum(dw_acc, 0), mask=col_ok)
+    tl.store(db_part_ptr + pid * D + cols, tl.sum(db_acc, 0), mask=col_ok)
     if GATE_BIAS_GRAD:
-        tl.store(dgb_part_ptr + pid * D + cols, dgb_acc, mask=col_ok)
+        tl.store(dgb_part_ptr + pid * D + cols, tl.sum(dgb_acc, 0), mask=col_ok)
 
 
 # --------------------------------------------------------------- host side

@@ -95,8 +95,10 @@ def _residual_norm_bwd_kernel(
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    dw_acc = tl.zeros([BLOCK_D], ACC)
-    db_acc = tl.zeros([BLOCK_D], ACC)
+    # partial sums per (row slot, column), reduced over the rows once at the
+    # end (not per row block: that would put a barrier in every iteration)
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         row_ok = rows < N
@@ -115,8 +117,8 @@ def _residual_norm_bwd_kernel(
         x = x.to(ACC)
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
         dh = tl.load(dh_ptr + offs, mask=ok, other=0.0).to(ACC)
-        dw_acc += tl.sum(dh * xhat, 0)
-        db_acc += tl.sum(dh, 0)
+        dw_acc += dh * xhat
+        db_acc += dh
         dx = layer_norm_rows_bwd(dh, xhat, w, rstd, D)
         if HAS_RES_GRAD:
             dx += tl.load(dres_ptr + offs, mask=ok, other=0.0).to(ACC)
@@ -131,8 +133,8 @@ def _residual_norm_bwd_kernel(
             if HAS_DROPOUT:
                 dbranch = tl.where(keep, dx * scale, 0.0)
             tl.store(dbranch_ptr + offs, cast_for(dbranch, dbranch_ptr), mask=ok)
-    tl.store(dw_part_ptr + pid * D + cols, dw_acc, mask=col_ok)
-    tl.store(db_part_ptr + pid * D + cols, db_acc, mask=col_ok)
+    tl.store(dw_part_ptr + pid * D + cols, tl.sum(dw_acc, 0), mask=col_ok)
+    tl.store(db_part_ptr + pid * D + cols, tl.sum(db_acc, 0), mask=col_ok)
 
 
 # --------------------------------------------------------------- host side

@@ -1,0 +1,147 @@
+"""`python -m bench.kernel_times`: each of the fused block's memory-bound
+kernels alone, at the seed config's full shapes, against the copy bandwidth.
+
+    python3 -m bench.kernel_times [--batch 64] [--sweep] [--out DIR]
+
+The training step's profile groups kernels by name; this times each kernel
+variant the step runs (the fused FFN's norm, GELU + dropout and output
+passes, forward and backward; the gated norm; the pre-norm of
+layer_norm_linear) on its own: B*V*T rows of D=256 (the hidden: d_ff=1024),
+a float32 residual stream, bf16 GEMM operands, dropout p=0.1. Per kernel:
+the median of 10 timed calls (CUDA events, after 2 warm-ups), the bytes it
+must move (each tensor read or written once), and that as a share of the
+device copy bandwidth measured on the H200 (bench/h200_measured.py).
+--sweep also times the persistent backward kernels with other launch
+settings (programs per SM, the GELU backward's rows per tile), the knobs a
+tuning run turns. Needs CUDA; installs nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import h200_measured
+
+
+def _time_ms(fn, reps: int = 10) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def cases(batch: int, device="cuda", rows=None):
+    """(name, thunk, bytes) of every kernel variant, inputs at full shapes
+    (``rows`` rows instead of B*V*T: the tests' small run)."""
+    from kernels import feed_forward, gated_norm, norm_linear
+
+    N, D, F = rows or batch * 24 * 288, 256, 1024
+    p, f32, bf16 = 0.1, torch.float32, torch.bfloat16
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape, dtype=f32):
+        return torch.randn(*shape, generator=g, device=device, dtype=f32).to(dtype)
+
+    seeds = torch.tensor([11, 12, 13], device=device)
+    x, branch, w, b = rand(N, D), rand(N, D, dtype=bf16), 1 + 0.1 * rand(D), 0.1 * rand(D)
+    hidden, dg = rand(N, F, dtype=bf16), rand(N, F, dtype=bf16)
+    f, dh, dout = rand(N, D, dtype=bf16), rand(N, D, dtype=bf16), rand(N, D)
+    _, _, mean, rstd = norm_linear.residual_norm_fwd(x, branch, seeds, 0, p, w, b, 1e-5, bf16)
+    logits, update = rand(N, D, dtype=bf16), rand(N, D)
+    _, g_mean, g_rstd = gated_norm.gated_norm_fwd(x, update, logits, w, b, 1e-5)
+    dx, dbranch = torch.empty_like(x), torch.empty_like(branch)
+    nd, nf = N * D, N * F
+    return [
+        ("residual_norm_fwd (FFN: x + drop(a), norm)",
+         lambda: norm_linear.residual_norm_fwd(x, branch, seeds, 0, p, w, b, 1e-5, bf16), 8 * nd + 8 * N),
+        ("residual_norm_fwd (pre-norm, hands x on)",
+         lambda: norm_linear.residual_norm_fwd(x, None, None, 0, 0.0, w, b, 1e-5, bf16, store_x=True),
+         10 * nd + 8 * N),
+        ("gelu_dropout_fwd", lambda: feed_forward.gelu_dropout_fwd(hidden, seeds, p), 4 * nf),
+        ("dropout_add (block output)", lambda: feed_forward.residual_out(x, branch, f, seeds, p), 12 * nd),
+        ("dropout_grad", lambda: feed_forward.dropout_grad(dout, seeds, p, bf16), 6 * nd),
+        # writes dhidden over dg: the values drift from call to call, the time does not
+        ("gelu_dropout_bwd", lambda: feed_forward.gelu_dropout_bwd(dg, hidden, seeds, p), 8 * nf),
+        ("residual_norm_bwd (FFN)",
+         lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, branch=branch, seeds=seeds, p=p,
+                                               dx=dx, dbranch=dbranch), 18 * nd + 8 * N),
+        ("residual_norm_bwd (variable tail: + dx, + gate dx)",
+         lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, branch=branch, seeds=seeds, p=p,
+                                               dx=dx, dbranch=dbranch, dx_add=f, accumulate_dx=True),
+         24 * nd + 8 * N),
+        ("residual_norm_bwd (pre-norm + handed-on x)",
+         lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, dx=dx), 14 * nd + 8 * N),
+        ("gated_norm_fwd", lambda: gated_norm.gated_norm_fwd(x, update, logits, w, b, 1e-5), 14 * nd + 8 * N),
+        ("gated_norm_bwd (+ gate bias grad)",
+         lambda: gated_norm.gated_norm_bwd(dout, x, update, logits, w, b, g_mean, g_rstd, dx=dx,
+                                           gate_bias_grad=True), 24 * nd + 8 * N),
+    ]
+
+
+def sweep(batch: int):
+    """The persistent backward kernels under other launch settings: (label, name, ms, bytes)."""
+    from kernels import _launch, feed_forward
+
+    chosen = ("gelu_dropout_bwd", "residual_norm_bwd (FFN)", "gated_norm_bwd (+ gate bias grad)")
+    default_programs, default_rows = _launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M
+    rows = []
+    try:
+        for programs in (2, 8, 16):
+            _launch.BWD_PROGRAMS_PER_SM = programs
+            for name, fn, nbytes in cases(batch):
+                if name in chosen:
+                    rows.append((f"{programs} programs/SM", name, _time_ms(fn), nbytes))
+        _launch.BWD_PROGRAMS_PER_SM = default_programs
+        for block_m in (4, 16):
+            feed_forward.HIDDEN_BWD_BLOCK_M = block_m
+            for name, fn, nbytes in cases(batch):
+                if name == "gelu_dropout_bwd":
+                    rows.append((f"{block_m} rows/tile", name, _time_ms(fn), nbytes))
+    finally:
+        _launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M = default_programs, default_rows
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kernel_times", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--sweep", action="store_true", help="also other launch settings of the backward kernels")
+    parser.add_argument("--out", type=Path, help="write kernel-times.json there")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench.kernel_times needs a CUDA device", file=sys.stderr)
+        return 2
+    copy = h200_measured.COPY_GBS
+    name_gpu = torch.cuda.get_device_name()
+    print(f"{name_gpu}, B={args.batch} (N={args.batch * 24 * 288} rows, D=256, d_ff=1024), "
+          f"fp32 stream, bf16 operands, p=0.1; copy bandwidth {copy:.0f} GB/s (H200, measured)\n")
+    print("| kernel | setting | ms | GB | GB/s | of copy |\n|---|---|---|---|---|---|")
+    rows = [("default", name, _time_ms(fn), nbytes) for name, fn, nbytes in cases(args.batch)]
+    if args.sweep:
+        rows += sweep(args.batch)
+    records = []
+    for setting, name, ms, nbytes in rows:
+        gbs = nbytes / ms / 1e6
+        print(f"| {name} | {setting} | {ms:.3f} | {nbytes / 1e9:.2f} | {gbs:.0f} | {gbs / copy:.0%} |")
+        records.append(dict(kernel=name, setting=setting, ms=ms, bytes=nbytes, gbs=gbs, device=name_gpu,
+                            batch=args.batch))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "kernel-times.json").write_text(json.dumps(records, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
