@@ -95,22 +95,23 @@ def sweep(batch: int):
     from kernels import _launch, feed_forward
 
     chosen = ("gelu_dropout_bwd", "residual_norm_bwd (FFN)", "gated_norm_bwd (+ gate bias grad)")
-    default_programs, default_rows = _launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M
+    defaults = (_launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M)
     rows = []
     try:
-        for programs in (2, 8, 16):
-            _launch.BWD_PROGRAMS_PER_SM = programs
+        for programs in (2, 4, 8, 16):
+            _launch.BWD_PROGRAMS_PER_SM = feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM = programs
             for name, fn, nbytes in cases(batch):
                 if name in chosen:
                     rows.append((f"{programs} programs/SM", name, _time_ms(fn), nbytes))
-        _launch.BWD_PROGRAMS_PER_SM = default_programs
-        for block_m in (4, 16):
+        _launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, _ = defaults
+        for block_m in (8, 16, 32):
             feed_forward.HIDDEN_BWD_BLOCK_M = block_m
             for name, fn, nbytes in cases(batch):
                 if name == "gelu_dropout_bwd":
                     rows.append((f"{block_m} rows/tile", name, _time_ms(fn), nbytes))
     finally:
-        _launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M = default_programs, default_rows
+        (_launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM,
+         feed_forward.HIDDEN_BWD_BLOCK_M) = defaults
     return rows
 
 

@@ -195,8 +195,9 @@ def _in_gemm_dtype(dtype: torch.dtype, *tensors):
 
 def fused_block_backend(backend: str, x) -> str:
     """The backend the fused transformer-block ops (layer_norm_linear,
-    residual_feed_forward) resolve to for residual stream x: "triton", or
-    "sdpa"/"reference", whose models keep the plain modules."""
+    residual_feed_forward, gated_feed_forward) resolve to for residual
+    stream x: "triton", or "sdpa"/"reference", whose models keep the plain
+    modules."""
     return _dispatch.choose("residual_feed_forward", backend, x.device,
                             lambda: _triton_reason("residual_feed_forward", x))
 

@@ -30,8 +30,18 @@ from typing import Optional
 import torch
 
 from . import feed_forward, gated_norm
+from ._launch import INT32_LIMIT
 from .chunking import ChunkGradients, mm_float32, row_chunks
 from .reference import compute_dtype
+
+
+def _chunks(N: int, D: int, C: int, itemsize: int) -> list[tuple[int, int]]:
+    """The FFN's chunks of rows (kernels/chunking.py), split again where a
+    chunk's (rows, D) tensors would pass int32 offsets: the gated norm's
+    kernels index with int32 (only a very wide D with a narrow d_ff gets there)."""
+    step = max(1, INT32_LIMIT // max(D, 1))
+    return [(s, min(end, s + step)) for start, end in row_chunks(N, C, itemsize)
+            for s in range(start, max(end, start + 1), step)]
 
 
 def _gate_logits(x_low, gate_weight, gate_bias):
@@ -52,7 +62,7 @@ def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1
     out = torch.empty_like(x2)
     out_mean = torch.empty((N,), dtype=acc, device=x.device)
     out_rstd = torch.empty((N,), dtype=acc, device=x.device)
-    for start, end in row_chunks(N, C, fc1_weight.element_size()):
+    for start, end in _chunks(N, D, C, fc1_weight.element_size()):
         rows = slice(start, end)
         logits = _gate_logits(x2[rows].to(gate_weight.dtype), gate_weight, gate_bias)
         gated_norm.gated_norm_fwd(x2[rows], update2[rows], logits, out_norm_weight, out_norm_bias, out_eps,
@@ -73,7 +83,7 @@ def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_w
     dout2 = dout.reshape(-1, D).contiguous()
     dx, dbranch = torch.empty_like(x2), torch.empty_like(branch2)
     keep_hidden = hidden.dim() == 2  # else the (0,) placeholder of selective recompute
-    chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
+    chunks = _chunks(x2.shape[0], D, C, fc1_weight.element_size())
     several = len(chunks) > 1
     weight_grad = mm_float32 if several else torch.mm
     grads = ChunkGradients(len(chunks), mean.dtype, [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None,
@@ -212,4 +222,5 @@ def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, 
 
 
 def unsupported_reason(x: torch.Tensor) -> Optional[str]:
-    return feed_forward.unsupported_reason(x) or gated_norm.unsupported_reason(x, x, x, None, None)
+    # the FFN's limits (D); the gated norm's int32 offsets hold a chunk at a time (_chunks)
+    return feed_forward.unsupported_reason(x)

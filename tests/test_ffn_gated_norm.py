@@ -2,14 +2,14 @@
 residual norm after it (gate = a Linear of x) as one Triton-backed autograd
 node (kernels/ffn_gated_norm.py), under the interpreter. Parity with the
 reference (the FFN, the gate Linear and the gated norm in plain PyTorch) on
-the output and all fourteen gradients, whole and in chunks of rows; the
+the output and all twelve gradients, whole and in chunks of rows; the
 dtypes the op declares; what it keeps; argument errors."""
 import pytest
 import torch
 
 import kernels
 from helpers import assert_close
-from kernels import chunking, ffn_gated_norm
+from kernels import chunking, feed_forward, ffn_gated_norm
 from test_fused_block import F64, ffn_params, residual_and_branch
 
 NAMES = ["x", "branch", "norm_weight", "norm_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
@@ -112,8 +112,8 @@ def op_args(x, branch, params, seeds, p, keep_hidden):
             t["gate_weight"], t["gate_bias"], t["out_norm_weight"], t["out_norm_bias"], 1e-5, keep_hidden)
 
 
-@pytest.mark.parametrize("chunks", [1, 3])
-def test_ops_pass_opcheck(chunks, monkeypatch):
+@pytest.mark.parametrize("chunks,keep_hidden", [(1, True), (3, True), (3, False)], ids=str)
+def test_ops_pass_opcheck(chunks, keep_hidden, monkeypatch):
     # the backward returns the dtypes its fake declares (bf16 weight
     # gradients from float32 chunk sums included), or a compiled graph reads garbage
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_ops_pass_opcheck(chunks, monkeypatch):
         monkeypatch.setattr(chunking, "HIDDEN_CHUNK_BYTES", chunking.CHUNK_ROW_MULTIPLE * 32 * 2)
     assert len(chunking.row_chunks(320, 32, 2)) == chunks
     seeds = torch.tensor([5, 6, 7])
-    args = op_args(x, branch, params, seeds, 0.3, True)
+    args = op_args(x, branch, params, seeds, 0.3, keep_hidden)
     torch.library.opcheck(ffn_gated_norm._gated_feed_forward_op, args)
     out, update, mean, rstd, hidden, out_mean, out_rstd = ffn_gated_norm._gated_feed_forward_op(*args)
     (x0, b0, _, p, nw, nb, eps, w1, b1, w2, _, gw, gb, onw, onb, _, _) = args
@@ -131,13 +131,35 @@ def test_ops_pass_opcheck(chunks, monkeypatch):
                            update, gw, gb, onw, onb, out_mean, out_rstd))
 
 
-def test_without_grad_keeps_no_hidden():
+def test_without_grad_keeps_no_hidden(monkeypatch):
     x, branch, params = low_precision_case((4, 9), 32, 64, torch.float32)
     seeds = kernels.dropout_seeds("cpu")
+    kept = []
+    forward = feed_forward.feed_forward_fwd
+    monkeypatch.setattr(feed_forward, "feed_forward_fwd", lambda *args: kept.append(args[-1]) or forward(*args))
     with torch.no_grad():
         out = kernels.gated_feed_forward(x, branch, **params, dropout_p=0.1, seeds=seeds, backend="triton")
         ref = kernels.gated_feed_forward(x, branch, **params, dropout_p=0.1, seeds=seeds, backend="reference")
+    assert kept == [False]  # inference makes the hidden a chunk at a time and keeps none
     assert_close(out, ref, atol=1e-5, rtol=1e-5, name="out")
+
+
+def test_chunked_bf16_gate_weight_gradient_is_summed_in_float32(monkeypatch):
+    # as the FFN's weights (tests/test_ffn_row_chunks.py): the chunks' gate
+    # weight gradients are made and added in float32 and rounded once, so
+    # they match the whole-batch GEMM's but for summation order
+    torch.manual_seed(0)
+    x, branch, params = low_precision_case((4, 96), 32, 64, torch.bfloat16)
+    seeds = kernels.dropout_seeds("cpu")
+    _, whole = run_tail("triton", x, branch, params, 0.2, seeds)
+    monkeypatch.setattr(chunking, "HIDDEN_CHUNK_BYTES", chunking.CHUNK_ROW_MULTIPLE * 64 * 2)
+    assert len(chunking.row_chunks(384, 64, 2)) == 3
+    _, chunked = run_tail("triton", x, branch, params, 0.2, seeds)
+    for name, a, w in zip(NAMES, chunked, whole):
+        assert a.dtype == w.dtype, name
+        if name.endswith("weight") and not name.endswith("norm_weight"):
+            differing = (a != w).double().mean().item()
+            assert differing <= 0.01, (name, differing)
 
 
 @pytest.mark.parametrize("name,shape,expected", [

@@ -314,8 +314,8 @@ MUTANTS = [
     ),
     Mutant(
         "fused-norm-bwd-dweight-unscaled", NORM_LINEAR, "reduction",
-        "dw_acc += tl.sum(dh * xhat, 0)",
-        "dw_acc += tl.sum(dh, 0)",
+        "dw_acc += dh * xhat",
+        "dw_acc += dh",
         (FUSED_PARITY,),
         "the norm weight's gradient forgets the normalised input",
     ),
@@ -342,8 +342,8 @@ MUTANTS = [
     ),
     Mutant(
         "fused-gelu-bwd-bias-grad-before-derivative", FEED_FORWARD, "reduction",
-        "db_acc += tl.sum(df, 0)",
-        "db_acc += tl.sum(dg, 0)",
+        "db_acc += df",
+        "db_acc += dg",
         (FUSED_PARITY,),
         "fc1's bias gradient sums the gradient before GELU's derivative",
     ),
@@ -463,7 +463,7 @@ MUTANTS = [
     ),
     Mutant(
         "tail-gate-bias-grad-not-summed", GATED, "reduction",
-        "            dgb_acc += tl.sum(dg, 0)",
+        "            dgb_acc += dg",
         "            dgb_acc += 0.0",
         (TAIL_PARITY,),
         "the gate bias gets a zero gradient",
@@ -481,6 +481,20 @@ MUTANTS = [
         "                                                     None, None, None, None])",
         ("tests/test_ffn_gated_norm.py::test_ops_pass_opcheck",),
         "in several chunks the gate weight's gradient comes back float32 where the op declares bf16",
+    ),
+    Mutant(
+        "tail-chunk-gate-weight-grad-rounded-per-chunk", "kernels/ffn_gated_norm.py", "reduction",
+        "weight_grad = mm_float32 if several else torch.mm",
+        "weight_grad = torch.mm",
+        ("tests/test_ffn_gated_norm.py::test_chunked_bf16_gate_weight_gradient_is_summed_in_float32",),
+        "each chunk's bf16 gate weight gradient is rounded before the sum",
+    ),
+    Mutant(
+        "tail-inference-keeps-hidden", "kernels/ffn_gated_norm.py", "span",
+        "keep_hidden = not recompute_hidden and torch.is_grad_enabled()",
+        "keep_hidden = not recompute_hidden",
+        ("tests/test_ffn_gated_norm.py::test_without_grad_keeps_no_hidden",),
+        "inference makes and holds the (N, d_ff) hidden for the whole batch",
     ),
     Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
