@@ -271,13 +271,18 @@ def _feed_forward_backward(inputs, outputs) -> list:
     ]
 
 
+def _gate_sizes(x, gate_weight) -> tuple[int, int, float]:
+    """D, N and the bytes of an (N, D) tensor in the gate's dtype."""
+    D = x.shape[-1]
+    N = x.numel() // D
+    return D, N, _nbytes(N * D, gate_weight)
+
+
 @register_cost("migt::gated_feed_forward")
 def _gated_feed_forward(inputs, outputs) -> list:
     # the FFN's passes (same leading arguments), then the gate and the gated norm
     x, gate_weight = inputs[0], inputs[11]
-    D = x.shape[-1]
-    N = x.numel() // D
-    low = _nbytes(N * D, gate_weight)
+    D, N, low = _gate_sizes(x, gate_weight)
     return _feed_forward(inputs, outputs) + [
         _pass("gate cast", "casts", tensor_bytes(x) + low),
         _gemm("gemm gate", N, D, D, gate_weight.dtype),
@@ -289,9 +294,7 @@ def _gated_feed_forward(inputs, outputs) -> list:
 @register_cost("migt::gated_feed_forward_backward")
 def _gated_feed_forward_backward(inputs, outputs) -> list:
     x, gate_weight = inputs[1], inputs[15]
-    D = x.shape[-1]
-    N = x.numel() // D
-    low = _nbytes(N * D, gate_weight)
+    D, N, low = _gate_sizes(x, gate_weight)
     ffn = _feed_forward_backward(inputs, outputs)
     # the FFN's norm backward also reads the gated norm's dx (which it adds
     # to) and the gate's dx

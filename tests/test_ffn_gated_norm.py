@@ -10,7 +10,7 @@ import torch
 import kernels
 from helpers import assert_close
 from kernels import chunking, feed_forward, ffn_gated_norm
-from test_fused_block import F64, ffn_params, residual_and_branch
+from test_fused_block import assert_matches_float64_reference, ffn_params, residual_and_branch
 
 NAMES = ["x", "branch", "norm_weight", "norm_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
          "gate_weight", "gate_bias", "out_norm_weight", "out_norm_bias"]
@@ -35,12 +35,7 @@ def run_tail(backend, x, branch, params, p, seeds, recompute=False):
 
 
 def assert_tail_matches_float64_reference(x, branch, params, p, recompute):
-    seeds = kernels.dropout_seeds("cpu")
-    out, grads = run_tail("triton", x, branch, params, p, seeds, recompute)
-    ref_out, ref_grads = run_tail("reference", x, branch, params, p, seeds)
-    assert_close(out, ref_out, **F64, name="out")
-    for name, a, b in zip(NAMES, grads, ref_grads):
-        assert_close(a, b, **F64, name=f"d{name}")
+    assert_matches_float64_reference(x, branch, params, p, recompute, run=run_tail, names=NAMES)
 
 
 @pytest.mark.parametrize("shape,D,C", [((2, 3, 7), 48, 80), ((1, 1, 1), 40, 300)], ids=str)

@@ -58,13 +58,16 @@ def test_feed_forward_matches_float64_reference(shape, D, C, p, recompute, poiso
     assert_matches_float64_reference(x, branch, ffn_params(D, C, torch.float64), p, recompute)
 
 
-def assert_matches_float64_reference(x, branch, params, p, recompute):
-    """The triton op's output and every gradient against the reference's, in float64."""
+def assert_matches_float64_reference(x, branch, params, p, recompute, run=None, names=None):
+    """The triton op's output and every gradient against the reference's, in
+    float64; run(backend, x, branch, params, p, seeds[, recompute]) gives
+    (out, gradients named by `names`), by default the FFN op's."""
+    run, names = run or run_ffn, names or NAMES
     seeds = kernels.dropout_seeds("cpu")
-    out, grads = run_ffn("triton", x, branch, params, p, seeds, recompute)
-    ref_out, ref_grads = run_ffn("reference", x, branch, params, p, seeds)
+    out, grads = run("triton", x, branch, params, p, seeds, recompute)
+    ref_out, ref_grads = run("reference", x, branch, params, p, seeds)
     assert_close(out, ref_out, **F64, name="out")
-    for name, a, b in zip(NAMES, grads, ref_grads):
+    for name, a, b in zip(names, grads, ref_grads):
         assert_close(a, b, **F64, name=f"d{name}")
 
 
