@@ -9,7 +9,9 @@
 #    shapes, after compilation (bench/gpu_parity.py), said loudly on a mismatch;
 # 3. the configurations users run: training step (and the pooled variable mode)
 #    of eager triton, eager sdpa and torch.compile of each, B=64 (OUT_DIR/configs/);
-# 4. one training step under torch.profiler, kernels grouped (bench/profile.py);
+# 4. one training step under torch.profiler, kernels grouped (bench/profile.py),
+#    and each fused-block kernel alone against the copy bandwidth, with a sweep
+#    of the backward kernels' launch settings (bench/kernel_times.py);
 # 5. the largest batch whose training step runs, triton, default and selective
 #    recompute (--max-batch);
 # 6. the ceilings and the model, attention and norms suites, within what is left;
@@ -74,6 +76,10 @@ echo "=== profile of one training step ($(elapsed) s)"
 timeout "$(allow 75 150)" "$PY" -m bench.profile --backends triton sdpa --out "$OUT_DIR" 2>&1 \
     | tee "$OUT_DIR/profile.log" | tail -n 40
 step_failed "profile" "${PIPESTATUS[0]}"
+
+echo "=== the fused block's kernels alone ($(elapsed) s)"
+timeout "$(allow 45 130)" "$PY" -m bench.kernel_times --sweep --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/kernel-times.md"
+step_failed "kernel times" "${PIPESTATUS[0]}"
 
 # triton only (sdpa's, 192, comes from the first H200 run and its code has
 # not changed): the default step and selective recompute, from 384 up
