@@ -8,7 +8,8 @@ variant the step runs (the fused FFN's norm, GELU + dropout and output
 passes, forward and backward; the gated norm; the pre-norm of
 layer_norm_linear) on its own: B*V*T rows of D=256 (the hidden: d_ff=1024),
 a float32 residual stream, bf16 GEMM operands, dropout p=0.1. Per kernel:
-the median of 10 timed calls (CUDA events, after 2 warm-ups), the bytes it
+the median over 7 repeats of 5 back-to-back calls (CUDA events, after 2
+warm-ups; the host-side sums of a backward's partials included), the bytes it
 must move (each tensor read or written once), and that as a share of the
 device copy bandwidth measured on the H200 (bench/h200_measured.py).
 --sweep also times the persistent backward kernels with other launch
@@ -26,19 +27,24 @@ from pathlib import Path
 import torch
 
 from bench import h200_measured
+from bench.harness import git_commit
 
 
-def _time_ms(fn, reps: int = 10) -> float:
+def _time_ms(fn, repeats: int = 7, calls: int = 5) -> float:
+    """Median over `repeats` of the mean time of `calls` back-to-back calls:
+    the GPU stays busy between them, so host launch latency is not counted
+    (the host-side partial sums of the backward kernels are)."""
     for _ in range(2):
         fn()
     times = []
-    for _ in range(reps):
+    for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
 
 
@@ -92,26 +98,32 @@ def cases(batch: int, device="cuda", rows=None):
 
 def sweep(batch: int):
     """The persistent backward kernels under other launch settings: (label, name, ms, bytes)."""
-    from kernels import _launch, feed_forward
+    from kernels import _launch, feed_forward, norm_linear
 
     chosen = ("gelu_dropout_bwd", "residual_norm_bwd (FFN)", "gated_norm_bwd (+ gate bias grad)")
-    defaults = (_launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M)
+    defaults = (_launch.BWD_PROGRAMS_PER_SM, norm_linear.NORM_BWD_PROGRAMS_PER_SM,
+                feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M)
+
+    def restore():
+        (_launch.BWD_PROGRAMS_PER_SM, norm_linear.NORM_BWD_PROGRAMS_PER_SM,
+         feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M) = defaults
+
     rows = []
     try:
-        for programs in (2, 4, 8, 16):
-            _launch.BWD_PROGRAMS_PER_SM = feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM = programs
+        for programs in (1, 2, 4, 8, 16):  # each kernel's own count (the gated norm's is the default's)
+            _launch.BWD_PROGRAMS_PER_SM = norm_linear.NORM_BWD_PROGRAMS_PER_SM = programs
+            feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM = programs
             for name, fn, nbytes in cases(batch):
                 if name in chosen:
                     rows.append((f"{programs} programs/SM", name, _time_ms(fn), nbytes))
-        _launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, _ = defaults
+        restore()
         for block_m in (8, 16, 32):
             feed_forward.HIDDEN_BWD_BLOCK_M = block_m
             for name, fn, nbytes in cases(batch):
                 if name == "gelu_dropout_bwd":
                     rows.append((f"{block_m} rows/tile", name, _time_ms(fn), nbytes))
     finally:
-        (_launch.BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM,
-         feed_forward.HIDDEN_BWD_BLOCK_M) = defaults
+        restore()
     return rows
 
 
@@ -126,7 +138,9 @@ def main(argv=None) -> int:
         return 2
     copy = h200_measured.COPY_GBS
     name_gpu = torch.cuda.get_device_name()
-    print(f"{name_gpu}, B={args.batch} (N={args.batch * 24 * 288} rows, D=256, d_ff=1024), "
+    command = "python -m bench.kernel_times " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"Made by `{command.strip()}`, git {git_commit()}.\n\n"
+          f"{name_gpu}, B={args.batch} (N={args.batch * 24 * 288} rows, D=256, d_ff=1024), "
           f"fp32 stream, bf16 operands, p=0.1; copy bandwidth {copy:.0f} GB/s (H200, measured)\n")
     print("| kernel | setting | ms | GB | GB/s | of copy |\n|---|---|---|---|---|---|")
     rows = [("default", name, _time_ms(fn), nbytes) for name, fn, nbytes in cases(args.batch)]

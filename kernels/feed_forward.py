@@ -227,11 +227,11 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                     keep_hidden: bool):
+                     keep_hidden: bool, chunks=None):
     """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
     not kept). x_mid is never stored: the output pass and the backward
     rebuild it from x and the branch. Runs a chunk of rows at a time
-    (row_chunks), so g never exists for the whole batch."""
+    (``chunks``, default row_chunks), so g never exists for the whole batch."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     N = x2.shape[0]
@@ -241,7 +241,7 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
     rstd = torch.empty((N,), dtype=acc, device=x.device)
     hidden = (torch.empty((N, C), dtype=fc1_weight.dtype, device=x.device) if keep_hidden
               else x.new_empty((0,), dtype=fc1_weight.dtype))
-    for start, end in row_chunks(N, C, fc1_weight.element_size()):
+    for start, end in chunks or row_chunks(N, C, fc1_weight.element_size()):
         rows = slice(start, end)
         _, h, _, _ = residual_norm_fwd(x2[rows], branch2[rows], seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
                                        fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]))

@@ -31,15 +31,18 @@ import torch
 
 from . import feed_forward, gated_norm
 from ._launch import INT32_LIMIT
-from .chunking import ChunkGradients, mm_float32, row_chunks
+from .chunking import CHUNK_ROW_MULTIPLE, ChunkGradients, mm_float32, row_chunks
 from .reference import compute_dtype
 
 
 def _chunks(N: int, D: int, C: int, itemsize: int) -> list[tuple[int, int]]:
     """The FFN's chunks of rows (kernels/chunking.py), split again where a
     chunk's (rows, D) tensors would pass int32 offsets: the gated norm's
-    kernels index with int32 (only a very wide D with a narrow d_ff gets there)."""
-    step = max(1, INT32_LIMIT // max(D, 1))
+    kernels index with int32 (only a very wide D with a narrow d_ff gets
+    there). The pieces start at multiples of CHUNK_ROW_MULTIPLE and leave a
+    row tile of margin, so even a masked lane's offset stays in int32."""
+    rows = (INT32_LIMIT // max(D, 1) - gated_norm.MAX_BLOCK_M) // CHUNK_ROW_MULTIPLE * CHUNK_ROW_MULTIPLE
+    step = max(CHUNK_ROW_MULTIPLE, rows)
     return [(s, min(end, s + step)) for start, end in row_chunks(N, C, itemsize)
             for s in range(start, max(end, start + 1), step)]
 
@@ -54,15 +57,19 @@ def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1
     """Returns out, and for the backward the update, the FFN's mean, rstd and
     hidden, and the gated norm's mean and rstd."""
     D, C = x.shape[-1], fc1_weight.shape[0]
-    update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
-        x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden)
-    x2, update2 = x.reshape(-1, D), update.view(-1, D)
+    x2 = x.reshape(-1, D)
     N = x2.shape[0]
+    # the backward's chunks: a recomputed hidden is then the same GEMM's
+    chunks = _chunks(N, D, C, fc1_weight.element_size())
+    update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
+        x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
+        chunks=chunks)
+    update2 = update.view(-1, D)
     acc = compute_dtype(x.dtype)
     out = torch.empty_like(x2)
     out_mean = torch.empty((N,), dtype=acc, device=x.device)
     out_rstd = torch.empty((N,), dtype=acc, device=x.device)
-    for start, end in _chunks(N, D, C, fc1_weight.element_size()):
+    for start, end in chunks:
         rows = slice(start, end)
         logits = _gate_logits(x2[rows].to(gate_weight.dtype), gate_weight, gate_bias)
         gated_norm.gated_norm_fwd(x2[rows], update2[rows], logits, out_norm_weight, out_norm_bias, out_eps,

@@ -58,6 +58,17 @@ def test_in_chunks_matches_float64_reference(recompute, monkeypatch, poisoned_al
     assert_tail_matches_float64_reference(x, branch, tail_params(48, 64, torch.float64), 0.3, recompute)
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep_hidden", "recompute_hidden"])
+def test_chunks_split_for_int32_offsets_match_float64_reference(recompute, monkeypatch, poisoned_allocations):
+    # a very wide D splits the FFN's chunks again so the gated norm's int32
+    # offsets hold: here forced with a small limit (300 rows in 128-row pieces)
+    torch.manual_seed(0)
+    x, branch = residual_and_branch((3, 100, 48), torch.float64)
+    monkeypatch.setattr(ffn_gated_norm, "INT32_LIMIT", 48 * 160)
+    assert ffn_gated_norm._chunks(300, 48, 64, 8) == [(0, 128), (128, 256), (256, 300)]
+    assert_tail_matches_float64_reference(x, branch, tail_params(48, 64, torch.float64), 0.3, recompute)
+
+
 def low_precision_case(shape, D, C, dtype):
     """The model's case under autocast: a float32 stream, the branch and the
     GEMMs' weights in `dtype`, the norms' weights in float32."""
@@ -131,7 +142,8 @@ def test_without_grad_keeps_no_hidden(monkeypatch):
     seeds = kernels.dropout_seeds("cpu")
     kept = []
     forward = feed_forward.feed_forward_fwd
-    monkeypatch.setattr(feed_forward, "feed_forward_fwd", lambda *args: kept.append(args[-1]) or forward(*args))
+    monkeypatch.setattr(feed_forward, "feed_forward_fwd",
+                        lambda *args, **kwargs: kept.append(args[-1]) or forward(*args, **kwargs))
     with torch.no_grad():
         out = kernels.gated_feed_forward(x, branch, **params, dropout_p=0.1, seeds=seeds, backend="triton")
         ref = kernels.gated_feed_forward(x, branch, **params, dropout_p=0.1, seeds=seeds, backend="reference")
