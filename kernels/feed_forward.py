@@ -288,6 +288,13 @@ def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranc
     return dnw, dnb, dw1, db1, dw2, db2
 
 
+def grad_dtypes(fc1_weight, fc2_weight) -> list:
+    """The dtypes feed_forward_bwd_rows' gradients are declared in, for
+    chunking.ChunkGradients: dW1 and dW2 in the weights' (their chunks' GEMMs
+    write float32 when there are several), the rest as they come."""
+    return [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None]
+
+
 def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
                      fc1_weight, fc1_bias, fc2_weight):
     """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1, dW2, db2.
@@ -303,8 +310,7 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
     dx, dbranch = torch.empty_like(x2), torch.empty_like(branch2)
     keep_hidden = hidden.dim() == 2  # else the (0,) placeholder of selective recompute
     chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
-    # dW1 and dW2 come in float32 from the chunks' GEMMs when there are several
-    grads = ChunkGradients(len(chunks), mean.dtype, [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None])
+    grads = ChunkGradients(len(chunks), mean.dtype, grad_dtypes(fc1_weight, fc2_weight))
     for start, end in chunks:
         rows = slice(start, end)
         grads.add(feed_forward_bwd_rows(

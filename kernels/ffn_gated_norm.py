@@ -93,8 +93,9 @@ def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_w
     chunks = _chunks(x2.shape[0], D, C, fc1_weight.element_size())
     several = len(chunks) > 1
     weight_grad = mm_float32 if several else torch.mm
-    grads = ChunkGradients(len(chunks), mean.dtype, [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None,
-                                                     gate_weight.dtype, None, None, None])
+    # the FFN's, then dWg (float32 from several chunks' GEMMs), dbg, the norm's dw, db
+    grads = ChunkGradients(len(chunks), mean.dtype,
+                           feed_forward.grad_dtypes(fc1_weight, fc2_weight) + [gate_weight.dtype, None, None, None])
     for start, end in chunks:
         rows = slice(start, end)
         x_low = x2[rows].to(gate_weight.dtype)  # for the logits again and the gate weight's gradient

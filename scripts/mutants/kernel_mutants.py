@@ -433,8 +433,8 @@ MUTANTS = [
     ),
     Mutant(
         "ffn-chunk-weight-grads-left-float32", FEED_FORWARD, "span",
-        "[None, None, fc1_weight.dtype, None, fc2_weight.dtype, None]",
-        "[None] * 6",
+        "return [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None]",
+        "return [None] * 6",
         ("tests/test_ffn_row_chunks.py::test_chunked_ops_pass_opcheck",),
         "in several chunks dW1 and dW2 come back float32 where the op declares bf16: a compiled graph reads garbage",
     ),
@@ -477,8 +477,8 @@ MUTANTS = [
     ),
     Mutant(
         "tail-chunk-gate-weight-grad-left-float32", "kernels/ffn_gated_norm.py", "span",
-        "                                                     gate_weight.dtype, None, None, None])",
-        "                                                     None, None, None, None])",
+        "+ [gate_weight.dtype, None, None, None])",
+        "+ [None, None, None, None])",
         ("tests/test_ffn_gated_norm.py::test_ops_pass_opcheck",),
         "in several chunks the gate weight's gradient comes back float32 where the op declares bf16",
     ),
