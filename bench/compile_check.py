@@ -1,6 +1,6 @@
 """Compile every Triton kernel variant for a GPU, without a GPU.
 
-    python -m bench.compile_check [--arch 90] [--quick] [--only MODULE ...]
+    python -m bench.compile_check [--arch 90] [--quick] [--only MODULE ...] [--sass]
 
 The interpreter (TRITON_INTERPRET=1) proves that the kernels compute the
 right function, not that they compile: code it accepts can still fail in
@@ -13,6 +13,12 @@ binary with triton's cuobjdump) and fails when one does not compile or
 needs more shared memory than the target has (the driver would refuse it at
 launch). Spills are reported, not failed: whether they cost time is for a
 GPU run to show.
+
+--sass adds each variant's SASS instruction count, and the instructions of
+each loop body: the issue floor of a kernel that the instruction stream
+bounds, not its bytes (the GELU + dropout passes on an H200): warp
+instructions = instructions per tile x warps x tiles, issued at 4 per SM per
+clock (docs/kernel-tuning.md, "Instruction counts").
 
 It must run in its own process: TRITON_INTERPRET has to be 0 before triton
 is imported, which a test session (interpreter on) cannot undo.
@@ -72,6 +78,36 @@ def resource_usage(kernel) -> str:
         out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+)", out)
     return f"regs {found[1]:>3} stack {found[2]:>4} B" if found else ""
+
+
+def _sass_lines(kernel) -> list:
+    """(address, instruction) pairs of a compiled kernel's SASS (cuobjdump -sass)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
+    return [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;/]+?)\s*;", out)]
+
+
+def sass_counts(lines) -> tuple:
+    """(instructions, [instructions of each loop body]) of (address,
+    instruction) pairs: a loop is a branch back to a lower address, its body
+    what lies from that address to the branch."""
+    addresses = [a for a, _ in lines]
+    bodies = []
+    for address, ins in lines:
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", ins)
+        if target and int(target[1], 16) < address:
+            bodies.append(sum(1 for a in addresses if int(target[1], 16) <= a <= address))
+    return len(lines), bodies
+
+
+def sass_summary(kernel) -> str:
+    """'sass N loop L' of a compiled kernel (L: loop bodies, + between), or ''."""
+    if not os.path.exists(CUOBJDUMP):
+        return ""
+    total, bodies = sass_counts(_sass_lines(kernel))
+    return f"sass {total:5d} loop {'+'.join(map(str, bodies)) or '-'}"
 
 
 class LaunchRecorder:
@@ -248,6 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="Dh=32 and D=256 only")
     parser.add_argument("--only", nargs="+", choices=sorted(KERNEL_MODULES), metavar="MODULE",
                         help=f"check these kernel modules only (of {', '.join(KERNEL_MODULES)})")
+    parser.add_argument("--sass", action="store_true",
+                        help="add each variant's SASS instruction count and loop body sizes")
     args = parser.parse_args(argv)
     modules = args.only or list(KERNEL_MODULES)
     limit = SHARED_LIMIT.get(args.arch)
@@ -268,7 +306,8 @@ def main(argv=None) -> int:
         failures += too_big
         flag = f"  OVER THE {limit} B LIMIT" if too_big else ""
         print(f"{'FAILED' if too_big else 'ok':7s} {label:36s} {name:26s} warps {kernel.metadata.num_warps:2d} "
-              f"stages {kernel.metadata.num_stages} shared {shared:6d} B {resource_usage(kernel)}{flag}")
+              f"stages {kernel.metadata.num_stages} shared {shared:6d} B {resource_usage(kernel)}"
+              f"{' ' + sass_summary(kernel) if args.sass else ''}{flag}")
     print(f"{len(recorder.compiled)} kernel variants compiled for sm_{args.arch} in "
           f"{time.perf_counter() - start:.0f} s, {failures} failure(s)")
     return 1 if failures or not recorder.compiled else 0
