@@ -10,10 +10,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .philox import THRESHOLD_BITS
+from .philox import DRAWS_PER_CALL
 
 # Kernels can read module globals only as constexprs.
-_DRAW_SHIFT = tl.constexpr(32 - THRESHOLD_BITS)
+_DRAWS_PER_CALL = tl.constexpr(DRAWS_PER_CALL)
 
 
 @triton.jit
@@ -28,16 +28,17 @@ def keep_tile(seed_ptr, SITE: tl.constexpr, rows, col_start, n_cols, cut, BLOCK_
     """[BLOCK_M, BLOCK_N] dropout keep mask of rows ``rows`` (int [BLOCK_M])
     and columns col_start + arange(BLOCK_N) of an (N, n_cols) tensor, for the
     seed of dropout site SITE: the bits of kernels.philox.keep_mask, forward
-    and backward. col_start is a multiple of 4 and BLOCK_N >= 4: one Philox
-    call gives the words of four neighbouring columns."""
+    and backward. col_start is a multiple of 8 and BLOCK_N >= 8: one Philox
+    call gives the draws of eight neighbouring columns."""
     seed = tl.load(seed_ptr + SITE)
-    groups_per_row = (n_cols + 3) // 4
-    group_cols = col_start // 4 + tl.arange(0, BLOCK_N // 4)  # [BLOCK_N // 4]
+    groups_per_row = tl.cdiv(n_cols, _DRAWS_PER_CALL)
+    group_cols = col_start // _DRAWS_PER_CALL + tl.arange(0, BLOCK_N // _DRAWS_PER_CALL)  # [BLOCK_N // 8]
     groups = rows.to(tl.int64)[:, None] * groups_per_row + group_cols[None, :]
     w0, w1, w2, w3 = tl.randint4x(seed, groups)
-    # column 4j + w takes word w of group j
-    words = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))  # [BLOCK_M, BLOCK_N]
-    return (words >> _DRAW_SHIFT).to(tl.int32) >= cut
+    words = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))  # [BLOCK_M, BLOCK_N // 2]: word 4j + w
+    # column 8j + 2w + h takes half h (low half first) of word w of group j
+    draws = tl.interleave((words & 0xFFFF).to(tl.int32), (words >> 16).to(tl.int32))
+    return draws >= cut
 
 
 @triton.jit

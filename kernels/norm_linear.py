@@ -155,8 +155,8 @@ def dropout_args(seeds: Optional[torch.Tensor], p: float) -> tuple[bool, int, fl
 
 
 def block_d(D: int) -> int:
-    """Columns of a whole-row tile: a power of two >= 4 (dropout draws four columns per call)."""
-    return max(4, next_power_of_2(D))
+    """Columns of a whole-row tile: a power of two >= 8 (dropout draws eight columns per call)."""
+    return max(8, next_power_of_2(D))
 
 
 def block_m(block_d: int, tile: int) -> int:

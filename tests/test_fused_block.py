@@ -124,7 +124,7 @@ def test_layer_norm_linear_under_autocast_runs_the_gemm_in_bfloat16():
 @pytest.mark.parametrize("N,D", [(37, 48), (5, 257), (3, 1)], ids=str)
 def test_kernel_masks_are_the_philox_reference_masks(N, D):
     # out = (0 + dropout(1)) + dropout(2): each term reads its site's mask
-    # times 1/(1-p); D off a multiple of 4 puts a partial Philox group at
+    # times 1/(1-p); D off a multiple of 8 puts a partial Philox group at
     # every row's end
     p = 0.25
     seeds = kernels.dropout_seeds("cpu")
@@ -186,6 +186,20 @@ def test_hidden_masks_are_the_philox_reference_masks():
     assert torch.equal(g == 0, ~keep)
 
 
+def test_draws_are_the_documented_halves_of_philox_words():
+    # element (row, col) of a row of n_cols takes half col % 2 of word
+    # (col % 8) // 2 of Philox counter row * ceil(n_cols / 8) + col // 8
+    # (kernels/philox.py); 13 columns leave a partial group at each row's end
+    rows, n_cols, p, seed = 3, 13, 0.3, 123456789
+    words = philox.philox4x32(seed, torch.arange(rows * 2))
+    expected = torch.empty(rows, n_cols, dtype=torch.bool)
+    for row in range(rows):
+        for col in range(n_cols):
+            word = words[(col % 8) // 2][row * 2 + col // 8]
+            expected[row, col] = (word >> (16 * (col % 2))) & 0xFFFF >= round(p * 2**16)
+    assert torch.equal(philox.keep_mask(torch.tensor(seed), (rows, n_cols), p), expected)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_keep_rate_and_scaling(p):
     # n = 2**20 draws: the kept fraction is binomial, its sd sqrt(p(1-p)/n) < 5e-4
@@ -200,6 +214,10 @@ def test_dropout_keep_rate_and_scaling(p):
     # neighbours are independent (no stripes from the counter layout)
     both = (keep[:-1] & keep[1:]).double().mean().item()
     assert abs(both - (1 - p) ** 2) < 10 * sd
+    # each of a Philox call's eight draws keeps at the rate (a half of a word
+    # reused, or a draw narrower than 16 bits, would shift one of them)
+    per_draw = keep.view(-1, 8).double().mean(0)
+    assert ((per_draw - (1 - p)).abs() < 5 * sd * 8**0.5).all(), per_draw
 
 
 def test_sites_and_seeds_draw_different_masks():

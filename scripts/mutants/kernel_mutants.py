@@ -327,6 +327,13 @@ MUTANTS = [
         "the kernels' masks stop being the reference's (kernels/philox.py): parity with p > 0 breaks",
     ),
     Mutant(
+        "fused-philox-halves-swapped", TILES, "masking",
+        "draws = tl.interleave((words & 0xFFFF).to(tl.int32), (words >> 16).to(tl.int32))",
+        "draws = tl.interleave((words >> 16).to(tl.int32), (words & 0xFFFF).to(tl.int32))",
+        FUSED_MASKS,
+        "each column takes its neighbour's 16-bit draw: the masks stop being the reference's",
+    ),
+    Mutant(
         "fused-philox-counter-per-row-overlap", TILES, "span",
         "groups = rows.to(tl.int64)[:, None] * groups_per_row + group_cols[None, :]",
         "groups = rows.to(tl.int64)[:, None] * (groups_per_row - 1) + group_cols[None, :]",
