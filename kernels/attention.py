@@ -59,14 +59,17 @@ def _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION: tl.conste
     q [M, D], k/v [N, D] (padded keys loaded as 0), key_ok [N];
     m_i, l_i [M] running max (base 2) and sum, acc [M, D] fp32.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N]
+    # Scores stay unscaled: the max is taken before scaling (qk_scale > 0, and
+    # rounding is monotonic, so it is the max of the scaled scores), and
+    # scale and shift are one FMA per score (a multiply and an add, before).
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [M, N]
     s = tl.where(key_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))  # [M]
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # [M], base 2
     # a row that has seen no valid key yet stays at -inf: shift by 0 instead
     # of -inf so that exp2 gives 0, not exp2(-inf + inf) = NaN
     m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_shift)  # [M]
-    p = tl.exp2(s - m_shift[:, None])  # [M, N]
+    p = tl.exp2(tl.fma(s, qk_scale, -m_shift[:, None]))  # [M, N]
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
@@ -90,9 +93,9 @@ def _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECIS
 
     q/do [M, D], k/v [N, D], lse/delta [M] (0 on invalid rows), row_ok [M], key_ok [N].
     """
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N]
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [M, N], unscaled
     pair_ok = row_ok[:, None] & key_ok[None, :]
-    p = tl.where(pair_ok, tl.exp2(s - lse[:, None]), 0.0)
+    p = tl.where(pair_ok, tl.exp2(tl.fma(s, qk_scale, -lse[:, None])), 0.0)  # as _softmax_step: one FMA
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # [M, N]
     ds = p * (dp - delta[:, None])
     return p, ds
