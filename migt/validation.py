@@ -93,20 +93,25 @@ def validate_inputs(
 
     if torch.compiler.is_compiling():
         return
-    for key, (low, high) in _CALENDAR_RANGES.items():
-        value = temporal_info[key]
-        bad = (value < low) | (value > high)
-        if bool(bad.any()):
-            idx = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"temporal_info[{key!r}] must lie in [{low}, {high}]; got {int(value[idx])} at sample {idx}"
-            )
+    # Every range check reduces on the device and all are read back together:
+    # one host sync per forward (each read is one), the messages built only
+    # on failure.
     bar = temporal_info["bar_in_day"]
     # Padded positions may hold anything: only valid steps are checked.
-    bad = attention_mask & ((bar < 0) | (bar >= config.bars_per_day))
-    if bool(bad.any()):
-        b, t = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"temporal_info['bar_in_day'] must lie in [0, {config.bars_per_day - 1}] "
-            f"(bars_per_day={config.bars_per_day}) at valid steps; got {int(bar[b, t])} at (sample {b}, step {t})"
-        )
+    bad_bar = attention_mask & ((bar < 0) | (bar >= config.bars_per_day))
+    bad = {key: (temporal_info[key] < low) | (temporal_info[key] > high)
+           for key, (low, high) in _CALENDAR_RANGES.items()}
+    if not any(torch.stack([b.any() for b in (*bad.values(), bad_bar)]).tolist()):
+        return
+    for key, (low, high) in _CALENDAR_RANGES.items():
+        if bool(bad[key].any()):
+            idx = int(bad[key].nonzero()[0, 0])
+            raise ValueError(
+                f"temporal_info[{key!r}] must lie in [{low}, {high}]; got {int(temporal_info[key][idx])} "
+                f"at sample {idx}"
+            )
+    b, t = (int(i) for i in bad_bar.nonzero()[0])
+    raise ValueError(
+        f"temporal_info['bar_in_day'] must lie in [0, {config.bars_per_day - 1}] "
+        f"(bars_per_day={config.bars_per_day}) at valid steps; got {int(bar[b, t])} at (sample {b}, step {t})"
+    )

@@ -1,0 +1,65 @@
+"""A training step reads the device from the host once: the input range
+checks, all read together. Each read of a GPU tensor's value (item, bool,
+tolist, nonzero, a copy to the host, a blocking copy from pageable host
+memory) waits for every kernel queued before it, and the GPU then idles
+while the host launches the next ones. The CPU cannot time that, but it can
+count the reads: a TorchFunctionMode sees every tensor method call."""
+from __future__ import annotations
+
+import collections
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from migt import pinball_loss
+from migt.data import synthetic_batch
+from migt.loss import _checked_levels
+from test_model import make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST_READS = {
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+    torch.Tensor.__index__, torch.Tensor.nonzero, torch.Tensor.numpy, torch.Tensor.cpu,
+}
+
+
+class HostReads(TorchFunctionMode):
+    """Counts reads of tensor values by the project file and line that asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(str(ROOT))
+                    and "/tests/" not in f.filename]
+            self.sites[f"{Path(ours[-1].filename).relative_to(ROOT)}" if ours else "outside the project"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_training_step_reads_the_device_once(backend):
+    model = make_model(backend=backend, n_heads=2).train()  # Dh=16: the Triton kernels take it
+    batch = synthetic_batch(3, model.config, seed=0, seq_len=16)
+    reads = HostReads()
+    with reads:
+        out = model(batch["features"], batch["attention_mask"], batch["temporal_info"])
+        pinball_loss(out["quantiles"], batch["targets"], model.config.quantiles).backward()
+    assert dict(reads.sites) == {"migt/validation.py": 1}
+
+
+def test_python_levels_reach_a_device_once():
+    # the "meta" device stands in for a GPU: a second call with the same
+    # levels must not copy them again
+    meta = torch.device("meta")
+    first = _checked_levels([0.1, 0.5, 0.9], 3, torch.float32, meta)
+    assert first.device == meta and first.dtype == torch.float32 and first.shape == (3,)
+    assert _checked_levels((0.1, 0.5, 0.9), 3, torch.float32, meta) is first
+    assert _checked_levels([0.1, 0.5, 0.9], 3, torch.bfloat16, meta) is not first
+    assert _checked_levels([0.1, 0.5, 0.8], 3, torch.float32, meta) is not first
+    with pytest.raises(ValueError, match=r"strictly inside \(0, 1\)"):
+        _checked_levels([0.1, 1.0, 0.9], 3, torch.float32, meta)
