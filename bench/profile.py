@@ -8,6 +8,11 @@ elementwise, casts, reductions, optimizer, other). Writes, under --out:
   <slug>-profile.md    the table per backend (groups, then the top kernels);
   <slug>-profile.png   a bar chart of the groups, one bar per backend;
   <slug>-profile.json  the groups in ms (bench/roofline.py compares with them).
+On CUDA the table also says how long the GPU sat idle between the step's
+first and last kernel, and where the longest idle gaps were (the kernels
+before and after each): a step slower than its kernels is waiting for the
+host (a sync, or launches slower than the kernels they start). The
+profiler's own host overhead makes these gaps an upper bound.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -31,6 +37,7 @@ class StepProfile:
     time_kind: str  # "CUDA kernel time" or "CPU self time"
     kernels: list  # (name, ms, calls, group), largest first
     skipped: str = ""
+    timeline: Optional["Timeline"] = None  # CUDA only: the kernels' busy time and idle gaps
 
     @property
     def total_ms(self) -> float:
@@ -41,6 +48,37 @@ class StepProfile:
         for _, ms, _, group in self.kernels:
             out[group] += ms
         return out
+
+
+@dataclasses.dataclass
+class Timeline:
+    span_ms: float  # first kernel's start to last kernel's end
+    busy_ms: float  # time with at least one kernel running
+    gaps: list  # (ms, kernel before, kernel after) of the longest idle gaps, longest first
+
+    @property
+    def idle_ms(self) -> float:
+        return self.span_ms - self.busy_ms
+
+
+def timeline(kernels, top: int = 10) -> Timeline:
+    """Busy time and the `top` longest idle gaps of (start_us, end_us, name)
+    kernel intervals (overlapping kernels, on other streams, count once)."""
+    ordered = sorted(kernels)
+    if not ordered:
+        return Timeline(0.0, 0.0, [])
+    busy, gaps = 0.0, []
+    start, end, last = ordered[0][0], ordered[0][1], ordered[0][2]
+    for k_start, k_end, name in ordered[1:]:
+        if k_start > end:
+            busy += end - start
+            gaps.append(((k_start - end) / 1e3, last, name))
+            start = k_start
+        if k_end >= end:
+            end, last = k_end, name
+    busy += end - start
+    gaps.sort(key=lambda g: -g[0])
+    return Timeline((end - ordered[0][0]) / 1e3, busy / 1e3, gaps[:top])
 
 
 def profile_step(settings: RunSettings, backend: str, batch: int, dtype: str, warmup: int = 2) -> StepProfile:
@@ -67,7 +105,11 @@ def profile_step(settings: RunSettings, backend: str, batch: int, dtype: str, wa
                 torch.cuda.synchronize(settings.device)
         kernels = _cuda_kernels(prof) if cuda else _cpu_ops(prof)
         kernels.sort(key=lambda k: -k[1])
-        return StepProfile(backend, kind, kernels)
+        spans = None
+        if cuda:
+            spans = timeline([(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                              if e.device_type == torch.autograd.DeviceType.CUDA])
+        return StepProfile(backend, kind, kernels, timeline=spans)
     finally:
         del timed
         reset_state(settings.device)
@@ -112,6 +154,12 @@ def table(profile: StepProfile, top: int = 25) -> str:
     for group, ms in sorted(profile.groups().items(), key=lambda kv: -kv[1]):
         if ms > 0:
             lines.append(f"| {group} | {ms:.2f} | {100 * ms / total:.1f}% | {calls[group]} |")
+    if profile.timeline is not None:
+        tl = profile.timeline
+        lines += ["", f"GPU timeline: {tl.span_ms:.2f} ms from the first kernel's start to the last's end, "
+                      f"{tl.busy_ms:.2f} ms busy, {tl.idle_ms:.2f} ms idle; longest idle gaps:",
+                  "", "| idle ms | after kernel | before kernel |", "|---|---|---|"]
+        lines += [f"| {ms:.3f} | `{before[:60]}` | `{after[:60]}` |" for ms, before, after in tl.gaps]
     lines += ["", f"top {top}:", "", "| ms | calls | group | kernel |", "|---|---|---|---|"]
     for name, ms, n, group in profile.kernels[:top]:
         lines.append(f"| {ms:.2f} | {n} | {group} | `{name[:110]}` |")
@@ -180,7 +228,9 @@ def main(argv=None) -> int:
     (args.out / f"{slug}-profile.json").write_text(json.dumps({
         "device": device_name(device), "batch": batch, "seq_len": T, "dtype": dtype,
         "profiles": {p.backend: {"time_kind": p.time_kind, "total_ms": p.total_ms, "groups_ms": p.groups(),
-                                 "skipped": p.skipped} for p in profiles},
+                                 "skipped": p.skipped,
+                                 **({"timeline": dataclasses.asdict(p.timeline)} if p.timeline else {})}
+                     for p in profiles},
     }, indent=1), encoding="utf-8")
     if any(not p.skipped for p in profiles):
         bar_chart(profiles, args.out / f"{slug}-profile.png",

@@ -57,3 +57,24 @@ def test_profile_runs_on_the_cpu(tmp_path, capsys):
     for group in ("attention", "GEMM", "norm", "dropout", "elementwise", "optimizer"):
         assert groups[group] > 0, group
     assert "| group | ms | share | calls |" in md.read_text() and "sdpa: CPU self time" in capsys.readouterr().out
+
+
+def test_timeline_counts_overlaps_once_and_finds_the_longest_gaps():
+    # (start_us, end_us, name): b overlaps a (another stream); idle 50 us
+    # before c and 200 us before d; e lies inside d
+    kernels = [(0, 100, "a"), (40, 120, "b"), (170, 200, "c"), (400, 500, "d"), (410, 450, "e")]
+    tl = profile.timeline(kernels, top=1)
+    assert tl.span_ms == pytest.approx(0.5)
+    assert tl.busy_ms == pytest.approx(0.25)
+    assert tl.idle_ms == pytest.approx(0.25)
+    assert tl.gaps == [(pytest.approx(0.2), "c", "d")]
+    assert profile.timeline(kernels).gaps[1] == (pytest.approx(0.05), "b", "c")
+    assert profile.timeline([]).span_ms == 0.0
+
+
+def test_the_table_reports_the_timeline():
+    step = profile.StepProfile("triton", "CUDA kernel time", [("k", 1.0, 1, "other")],
+                               timeline=profile.timeline([(0, 1000, "k"), (3000, 3500, "k2")]))
+    text = profile.table(step)
+    assert "3.50 ms from the first kernel's start" in text and "1.50 ms busy, 2.00 ms idle" in text
+    assert "| 2.000 | `k` | `k2` |" in text
