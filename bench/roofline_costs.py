@@ -256,7 +256,8 @@ def _feed_forward_backward(inputs, outputs) -> list:
     N = x.numel() // D
     h, hid = _nbytes(N * D, w1), _nbytes(N * C, w1)
     x_mid = tensor_bytes(x) + tensor_bytes(branch)  # x_mid rebuilt from x and the branch where it is read
-    parts = [_pass("dropout grad", "dropout", tensor_bytes(dout) + h),
+    # the dropout grad pass also sums its df for fc2's bias (no pass of its own)
+    parts = [_pass("dropout grad + bias grad fc2", "dropout", tensor_bytes(dout) + h),
              _pass("norm recompute", "norm", x_mid + h)]
     if hidden.numel() == 0:  # selective recompute of the hidden
         parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
@@ -264,7 +265,7 @@ def _feed_forward_backward(inputs, outputs) -> list:
         _gemm("gemm d hidden", N, C, D, w1.dtype),
         # reads d hidden and the hidden; writes dhidden and g again (for dW2)
         _pass("gelu+dropout backward", "dropout", 4 * hid, launches=2),
-        _gemm("gemm dW2", D, C, N, w1.dtype), _pass("bias grad fc2", "reductions", h),
+        _gemm("gemm dW2", D, C, N, w1.dtype),
         _gemm("gemm dh", N, D, C, w1.dtype), _gemm("gemm dW1", C, D, N, w1.dtype),
         # reads dh, dout, x, branch; writes dx, dbranch
         _pass("norm backward", "norm", h + x_mid + 2 * tensor_bytes(x) + tensor_bytes(branch), launches=2),

@@ -14,8 +14,8 @@ first GEMM), and one int64 seed per dropout site. x_mid is never stored:
 the output pass and the backward rebuild it from x and the branch. h and g
 are recomputed (g by the GELU backward, which reads the hidden anyway); the
 dropout bits are redrawn from the seeds (kernels/philox.py); no mask is
-stored. The first bias's gradient is reduced inside the GELU backward (two
-stages, deterministic). A large batch runs a chunk of rows at a time
+stored. The first bias's gradient is reduced inside the GELU backward, the
+second's inside the dropout-gradient pass (two stages each, deterministic). A large batch runs a chunk of rows at a time
 (kernels/chunking.py), so no (rows, d_ff) tensor but the kept hidden is ever
 made for the whole batch.
 """
@@ -136,6 +136,36 @@ def _dropout_add_kernel(
     tl.store(out_ptr + offs, cast_for(out, out_ptr), mask=ok)
 
 
+@triton.jit
+def _dropout_grad_kernel(
+    dout_ptr, seed_ptr, df_ptr, db_part_ptr, N, row0, D, cut, scale_hi, scale_lo,
+    HAS_DROPOUT: tl.constexpr, WRITE_DF: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # df = dropout's gradient of dout (the same mask) in df's dtype, and the
+    # column sums of that df: the second GEMM's bias gradient. Persistent:
+    # program pid walks row blocks pid, pid + P, ... keeping (rows, columns)
+    # partials, reduced once after the loop (docs/kernel-tuning.md, 6).
+    # Without WRITE_DF, dout is df already and only the sums are made.
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    col_ok = cols < D
+    db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        ok = (rows < N)[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
+        offs = tile_offsets(rows, cols, D)
+        df = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
+        if HAS_DROPOUT:
+            scale = split_scalar(scale_hi, scale_lo, ACC)
+            df = tl.where(keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D), df * scale, 0.0)
+        df = cast_for(df, df_ptr)
+        if WRITE_DF:
+            tl.store(df_ptr + offs, df, mask=ok)
+        db_acc += df.to(ACC)  # the bias gradient sums the rounded df, as the GEMMs read it
+    tl.store(db_part_ptr + pid * D + cols, tl.sum(db_acc, 0), mask=col_ok)
+
+
 # --------------------------------------------------------------- host side
 
 
@@ -212,14 +242,27 @@ def residual_out(x, branch, f, seeds, p: float, row0: int = 0, out=None):
                          mid=branch, mid_site=BRANCH_SITE, has_dropout=has_dropout, row0=row0)
 
 
-def dropout_grad(dout, seeds, p: float, dtype, row0: int = 0):
-    """Gradient of dropout (site 2) for contiguous (N, D) dout, in ``dtype``.
-    row0: as for gelu_dropout_fwd."""
+def dropout_grad(dout, seeds, p: float, dtype, acc: torch.dtype, row0: int = 0):
+    """Gradient of dropout (site 2) for contiguous (N, D) dout, in ``dtype``,
+    and its column sums (D,) in ``acc``: (df, dbias) of the second GEMM, from
+    one pass over dout. row0: as for gelu_dropout_fwd."""
+    N, D = dout.shape
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
-    if not has_dropout:
-        return dout.to(dtype)
-    dbranch = torch.empty(dout.shape, dtype=dtype, device=dout.device)
-    return _dropout_rows(None, dout, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo, dbranch, row0=row0)
+    write_df = has_dropout or dout.dtype != dtype
+    df = torch.empty(dout.shape, dtype=dtype, device=dout.device) if write_df else dout
+    if dout.numel() == 0:
+        return df, torch.zeros((D,), dtype=acc, device=dout.device)
+    bd = block_d(D)
+    bm = block_m(bd, TILE_ELEMENTS)
+    programs = backward_programs(dout.device, cdiv(N, bm))
+    kernel_acc = compute_dtype(torch.promote_types(torch.promote_types(dout.dtype, dtype), acc))
+    db_part = torch.empty((programs, D), dtype=kernel_acc, device=dout.device)
+    _dropout_grad_kernel[(programs,)](
+        dout, seeds if has_dropout else dout, df, db_part, N, row0, D, cut, scale_hi, scale_lo,
+        HAS_DROPOUT=has_dropout, WRITE_DF=write_df, SITE=OUTPUT_SITE, ACC=acc_dtype(kernel_acc),
+        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+    )
+    return df, db_part.sum(0).to(acc)
 
 
 def unsupported_reason(x: torch.Tensor) -> Optional[str]:
@@ -268,7 +311,7 @@ def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranc
     selective recompute. dx_add and accumulate_dx: gradients of x's other
     uses, added to dx alone (norm_linear.residual_norm_bwd)."""
     weight_grad = mm_float32 if weight_grads_float32 else torch.mm
-    df = dropout_grad(dout, seeds, p, fc2_weight.dtype, row0=start)  # [rows, D]
+    df, db2 = dropout_grad(dout, seeds, p, fc2_weight.dtype, mean.dtype, row0=start)  # [rows, D], [D]
     _, h, _, _ = residual_norm_fwd(x, branch, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
                                    fc1_weight.dtype, store_stats=False, row0=start)
     if hidden is None:
@@ -277,7 +320,7 @@ def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranc
     # dhidden (over dg's buffer), db1, and g again (for dW2) in one pass over the hidden
     dhidden, db1, g = gelu_dropout_bwd(dg, hidden, seeds, p, row0=start)
     del dg, hidden
-    dw2, db2 = weight_grad(df.t(), g), df.sum(0, dtype=mean.dtype)
+    dw2 = weight_grad(df.t(), g)
     del g, df
     dh = dhidden @ fc1_weight
     dw1 = weight_grad(dhidden.t(), h)

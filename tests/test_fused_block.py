@@ -186,6 +186,27 @@ def test_hidden_masks_are_the_philox_reference_masks():
     assert torch.equal(g == 0, ~keep)
 
 
+@pytest.mark.parametrize("p,dtype", [(0.3, torch.bfloat16), (0.0, torch.bfloat16), (0.0, torch.float32),
+                                     (0.3, torch.float64)], ids=str)
+def test_dropout_grad_sums_its_own_df_for_the_bias(p, dtype, poisoned_allocations):
+    # df = dropout's gradient of dout in the GEMM's dtype, and the second
+    # bias's gradient: the column sums of that rounded df, from one pass.
+    # 20 blocks of 16 rows over the CPU's 4 persistent programs, a partial last one
+    N, D = 317, 200
+    stream = torch.float64 if dtype == torch.float64 else torch.float32
+    dout = torch.randn(N, D, generator=torch.Generator().manual_seed(8), dtype=stream)
+    seeds = kernels.dropout_seeds("cpu")
+    df, db = feed_forward.dropout_grad(dout, seeds, p, dtype, stream)
+    keep = philox.keep_mask(seeds[feed_forward.OUTPUT_SITE], (N, D), p)
+    expected = torch.where(keep, dout / (1.0 - p), 0.0).to(dtype)
+    assert df.dtype == dtype and db.dtype == stream and db.shape == (D,)
+    # bf16: one unit in the last place (the interpreter's casts truncate, a GPU's round to nearest)
+    assert_close(df, expected, atol=0, rtol=1e-6 if dtype != torch.bfloat16 else 2**-7, name="df")
+    assert_close(db, df.to(stream).sum(0), atol=1e-12 if stream == torch.float64 else 1e-4, rtol=1e-6, name="db")
+    if p == 0.0 and dtype == stream:
+        assert df.data_ptr() == dout.data_ptr()  # nothing to write: only the sums
+
+
 def test_draws_are_the_documented_halves_of_philox_words():
     # element (row, col) of a row of n_cols takes half col % 2 of word
     # (col % 8) // 2 of Philox counter row * ceil(n_cols / 8) + col // 8

@@ -355,6 +355,20 @@ MUTANTS = [
         "fc1's bias gradient sums the gradient before GELU's derivative",
     ),
     Mutant(
+        "fused-fc2-bias-grad-last-block-only", FEED_FORWARD, "reduction",
+        "db_acc += df.to(ACC)  # the bias gradient sums the rounded df, as the GEMMs read it",
+        "db_acc = df.to(ACC)",
+        (FUSED_PARITY, "tests/test_fused_block.py::test_dropout_grad_sums_its_own_df_for_the_bias"),
+        "fc2's bias gradient keeps only each program's last row block",
+    ),
+    Mutant(
+        "fused-fc2-bias-grad-skips-df-write", FEED_FORWARD, "masking",
+        "    write_df = has_dropout or dout.dtype != dtype",
+        "    write_df = has_dropout",
+        (FUSED_PARITY, "tests/test_fused_block.py::test_dropout_grad_sums_its_own_df_for_the_bias"),
+        "without dropout, fc2's gradient in another dtype is never written (read uninitialised)",
+    ),
+    Mutant(
         "fused-gelu-bwd-rewritten-g-unscaled", FEED_FORWARD, "scaling",
         "g = tl.where(keep, g * scale, 0.0)",
         "g = tl.where(keep, g, 0.0)",
