@@ -2,6 +2,7 @@
 shared memory, checked without a GPU (bench/compile_check.py): the
 interpreter the other kernel tests use accepts code the compiler rejects."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_all_kernel_variants_compile_for_sm90():
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.compile_check", "--arch", "90"],
+        [sys.executable, "-m", "bench.compile_check", "--arch", "90", "--sass"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
     assert " 0 failure(s)" in report, report[-6000:]
+    # --sass: every variant's instruction count, and the persistent kernels' loop bodies
+    counts = re.findall(r"(\w+kernel)\s.* sass\s+(\d+) loop (\S+)", report)
+    assert counts and all(int(n) > 0 for _, n, _ in counts), report[-6000:]
+    loops = {name: body for name, _, body in counts}
+    assert loops["_gelu_dropout_bwd_kernel"] != "-" and loops["_gelu_dropout_fwd_kernel"] == "-"
+
+
+def test_sass_counts_find_loop_bodies():
+    from bench.compile_check import sass_counts
+
+    lines = [(0x00, "MOV R1, c[0x0][0x28]"), (0x10, "IADD3 R2, R2, 0x1, RZ"), (0x20, "ISETP.GE.AND P0, PT, R2, R3, PT"),
+             (0x30, "@!P0 BRA 0x10"), (0x40, "EXIT"), (0x50, "BRA 0x50")]
+    assert sass_counts(lines) == (6, [3])
