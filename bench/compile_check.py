@@ -1,6 +1,6 @@
 """Compile every Triton kernel variant for a GPU, without a GPU.
 
-    python -m bench.compile_check [--arch 90] [--quick] [--only MODULE ...] [--sass]
+    python -m bench.compile_check [--arch 90] [--quick] [--only MODULE ...] [--sass] [--loop-stages N]
 
 The interpreter (TRITON_INTERPRET=1) proves that the kernels compute the
 right function, not that they compile: code it accepts can still fail in
@@ -18,7 +18,9 @@ GPU run to show.
 each loop body: the issue floor of a kernel that the instruction stream
 bounds, not its bytes (the GELU + dropout passes on an H200): warp
 instructions = instructions per tile x warps x tiles, issued at 4 per SM per
-clock (docs/kernel-tuning.md, "Instruction counts").
+clock (docs/kernel-tuning.md, "Instruction counts"). --loop-stages N
+compiles the persistent backward loops software-pipelined N deep
+(kernels._launch.BWD_LOOP_STAGES), as bench.kernel_times --sweep runs them.
 
 It must run in its own process: TRITON_INTERPRET has to be 0 before triton
 is imported, which a test session (interpreter on) cannot undo.
@@ -286,7 +288,12 @@ def main(argv=None) -> int:
                         help=f"check these kernel modules only (of {', '.join(KERNEL_MODULES)})")
     parser.add_argument("--sass", action="store_true",
                         help="add each variant's SASS instruction count and loop body sizes")
+    parser.add_argument("--loop-stages", type=int, help="pipeline the persistent backward loops this deep")
     args = parser.parse_args(argv)
+    if args.loop_stages:
+        from kernels import _launch
+
+        _launch.BWD_LOOP_STAGES = args.loop_stages
     modules = args.only or list(KERNEL_MODULES)
     limit = SHARED_LIMIT.get(args.arch)
     driver.set_active(CompileOnlyDriver(args.arch))

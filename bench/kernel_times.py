@@ -13,8 +13,8 @@ warm-ups; the host-side sums of a backward's partials included), the bytes it
 must move (each tensor read or written once), and that as a share of the
 device copy bandwidth measured on the H200 (bench/h200_measured.py).
 --sweep also times the persistent backward kernels with other launch
-settings (programs per SM, the GELU backward's rows per tile), the knobs a
-tuning run turns. Needs CUDA; installs nothing.
+settings (programs per SM, the GELU backward's rows per tile, software
+pipelining of their loops over row blocks), the knobs a tuning run turns. Needs CUDA; installs nothing.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def cases(batch: int, device="cuda", rows=None):
          10 * nd + 8 * N),
         ("gelu_dropout_fwd", lambda: feed_forward.gelu_dropout_fwd(hidden, seeds, p), 4 * nf),
         ("dropout_add (block output)", lambda: feed_forward.residual_out(x, branch, f, seeds, p), 12 * nd),
-        ("dropout_grad", lambda: feed_forward.dropout_grad(dout, seeds, p, bf16), 6 * nd),
+        ("dropout_grad (+ fc2 bias grad)", lambda: feed_forward.dropout_grad(dout, seeds, p, bf16, f32), 6 * nd),
         # writes dhidden over dg: the values drift from call to call, the time does not
         ("gelu_dropout_bwd", lambda: feed_forward.gelu_dropout_bwd(dg, hidden, seeds, p), 8 * nf),
         ("residual_norm_bwd (FFN)",
@@ -102,11 +102,11 @@ def sweep(batch: int):
 
     chosen = ("gelu_dropout_bwd", "residual_norm_bwd (FFN)", "gated_norm_bwd (+ gate bias grad)")
     defaults = (_launch.BWD_PROGRAMS_PER_SM, norm_linear.NORM_BWD_PROGRAMS_PER_SM,
-                feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M)
+                feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M, _launch.BWD_LOOP_STAGES)
 
     def restore():
         (_launch.BWD_PROGRAMS_PER_SM, norm_linear.NORM_BWD_PROGRAMS_PER_SM,
-         feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M) = defaults
+         feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M, _launch.BWD_LOOP_STAGES) = defaults
 
     rows = []
     try:
@@ -122,6 +122,12 @@ def sweep(batch: int):
             for name, fn, nbytes in cases(batch):
                 if name == "gelu_dropout_bwd":
                     rows.append((f"{block_m} rows/tile", name, _time_ms(fn), nbytes))
+        restore()
+        for stages in (2, 3):  # each kernel at its own programs per SM
+            _launch.BWD_LOOP_STAGES = stages
+            for name, fn, nbytes in cases(batch):
+                if name in chosen or name.startswith("dropout_grad") or name.startswith("residual_norm_bwd"):
+                    rows.append((f"loop stages {stages}", name, _time_ms(fn), nbytes))
     finally:
         restore()
     return rows

@@ -49,6 +49,23 @@ def int32_indexable(t: torch.Tensor) -> torch.Tensor:
 # count passes its own (norm_linear, feed_forward).
 BWD_PROGRAMS_PER_SM = 4
 BWD_PROGRAMS_CPU = 4
+# Software pipelining of those loops (tl.range's num_stages; the next row
+# block's loads staged through shared memory while this one computes): 1, as
+# measured on the H200; bench.kernel_times --sweep times 2 and 3. With 2, the
+# FFN's norm backward compiles to 124 registers instead of 147 (4 programs
+# resident per SM instead of 3) and 29 KB of shared memory.
+BWD_LOOP_STAGES = 1
+# Stages are only taken while the staged tiles fit this much shared memory;
+# a wide or float64 tile stays unpipelined (compile_check's limit).
+LOOP_STAGE_BYTES = 96 * 1024
+
+
+def loop_stages(tile_elements: int, *loaded: torch.Tensor) -> int:
+    """num_stages of a persistent loop that loads, per row block, a tile of
+    tile_elements from each of ``loaded``: BWD_LOOP_STAGES when that many
+    copies of those tiles fit LOOP_STAGE_BYTES, else 1."""
+    stage_bytes = tile_elements * sum(t.element_size() for t in loaded)
+    return BWD_LOOP_STAGES if BWD_LOOP_STAGES * stage_bytes <= LOOP_STAGE_BYTES else 1
 
 
 def backward_programs(device: torch.device, n_blocks: int, per_sm: int | None = None) -> int:

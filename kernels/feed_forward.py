@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
 from ._launch import backward_programs, cdiv
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
 from .chunking import ChunkGradients, mm_float32, row_chunks
@@ -73,7 +74,7 @@ def _gelu_dropout_fwd_kernel(
 def _gelu_dropout_bwd_kernel(
     dg_ptr, hidden_ptr, seed_ptr, dhidden_ptr, g_ptr, db_part_ptr, N, row0, C, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     # Program (pid, column block) walks row blocks pid, pid + P, ... and keeps
     # its partial column sums of dhidden (the first bias's gradient). It also
@@ -84,7 +85,7 @@ def _gelu_dropout_bwd_kernel(
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     col_ok = cols < C
     db_acc = tl.zeros([BLOCK_M, BLOCK_C], ACC)  # reduced over its rows once, after the loop
-    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+    for block in tl.range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         ok = (rows < N)[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_C]
         offs = tile_offsets(rows, cols, C)
@@ -140,7 +141,7 @@ def _dropout_add_kernel(
 def _dropout_grad_kernel(
     dout_ptr, seed_ptr, df_ptr, db_part_ptr, N, row0, D, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, WRITE_DF: tl.constexpr, SITE: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     # df = dropout's gradient of dout (the same mask) in df's dtype, and the
     # column sums of that df: the second GEMM's bias gradient. Persistent:
@@ -151,7 +152,7 @@ def _dropout_grad_kernel(
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
     db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+    for block in tl.range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         ok = (rows < N)[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
         offs = tile_offsets(rows, cols, D)
@@ -208,7 +209,8 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float, row0: int = 0):
     _gelu_dropout_bwd_kernel[(programs, col_blocks)](
         dg, hidden, seeds if has_dropout else hidden, dhidden, g, db_part, N, row0, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
-        BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C, num_warps=8,
+        BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C,
+        LOOP_STAGES=_launch.loop_stages(HIDDEN_BWD_BLOCK_M * HIDDEN_BLOCK_C, dg, hidden), num_warps=8,
     )
     return dhidden, db_part.sum(0), g
 
@@ -260,7 +262,7 @@ def dropout_grad(dout, seeds, p: float, dtype, acc: torch.dtype, row0: int = 0):
     _dropout_grad_kernel[(programs,)](
         dout, seeds if has_dropout else dout, df, db_part, N, row0, D, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, WRITE_DF=write_df, SITE=OUTPUT_SITE, ACC=acc_dtype(kernel_acc),
-        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+        BLOCK_M=bm, BLOCK_D=bd, LOOP_STAGES=_launch.loop_stages(bm * bd, dout), num_warps=warps(bm, bd),
     )
     return df, db_part.sum(0).to(acc)
 

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
 from ._launch import INT32_LIMIT, backward_programs, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
 from ._tiles import cast_for, layer_norm_rows, layer_norm_rows_bwd
 from .reference import compute_dtype
@@ -74,7 +75,7 @@ def _gated_norm_bwd_kernel(
     dx_ptr, du_ptr, dg_ptr, dw_part_ptr, db_part_ptr, dgb_part_ptr,
     N, D,
     stride_or, stride_oc, stride_xr, stride_xc, stride_ur, stride_uc, stride_gr, stride_gc,
-    GATE_BIAS_GRAD: tl.constexpr,
+    GATE_BIAS_GRAD: tl.constexpr, LOOP_STAGES: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # With uhat = (u - mean) * rstd, n = uhat * w + b, s = sigmoid(g):
@@ -94,7 +95,7 @@ def _gated_norm_bwd_kernel(
     dw_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     dgb_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+    for block in tl.range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         row_ok = rows < N
         ok = row_ok[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
@@ -229,7 +230,7 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd, *
         N, D,
         o2.stride(0), o2.stride(1), x2.stride(0), x2.stride(1),
         u2.stride(0), u2.stride(1), g2.stride(0), g2.stride(1),
-        GATE_BIAS_GRAD=gate_bias_grad,
+        GATE_BIAS_GRAD=gate_bias_grad, LOOP_STAGES=_launch.loop_stages(block_m * block_d, o2, x2, u2, g2),
         ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )
     grads = (dx, du, dg, dw_part.sum(0), db_part.sum(0))

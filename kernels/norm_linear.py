@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import philox
+from . import _launch, philox
 from ._launch import backward_programs, cdiv, next_power_of_2, split_float32
 from ._tiles import cast_for, keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
 from .linear import linear_backward
@@ -88,6 +88,7 @@ def _residual_norm_bwd_kernel(
     HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     HAS_DX_ADD: tl.constexpr, DX_ACCUMULATE: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,
 ):
     # The norm's input is x, or with a branch x_new = x + dropout(branch),
     # rebuilt here from x and the branch (never stored), so
@@ -102,7 +103,7 @@ def _residual_norm_bwd_kernel(
     # end (not per row block: that would put a barrier in every iteration)
     dw_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-    for block in range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0)):
+    for block in tl.range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         row_ok = rows < N
         ok = row_ok[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
@@ -247,7 +248,10 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
         N, row0, D, cut, scale_hi, scale_lo,
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=branch is not None, HAS_DROPOUT=has_dropout,
         HAS_DX_ADD=dx_add is not None, DX_ACCUMULATE=accumulate_dx,
-        SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
+        SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd,
+        LOOP_STAGES=_launch.loop_stages(bm * bd, *(t for t in (dh, dres, x, branch, dx_add) if t is not None),
+                                        *((dx,) if accumulate_dx else ())),
+        num_warps=warps(bm, bd),
     )
     return dx, dbranch, dw_part.sum(0), db_part.sum(0)
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,3 +34,15 @@ def test_sass_counts_find_loop_bodies():
     lines = [(0x00, "MOV R1, c[0x0][0x28]"), (0x10, "IADD3 R2, R2, 0x1, RZ"), (0x20, "ISETP.GE.AND P0, PT, R2, R3, PT"),
              (0x30, "@!P0 BRA 0x10"), (0x40, "EXIT"), (0x50, "BRA 0x50")]
     assert sass_counts(lines) == (6, [3])
+
+
+def test_loop_stages_only_where_the_staged_tiles_fit(monkeypatch):
+    from kernels import _launch
+
+    bf16 = torch.empty(0, dtype=torch.bfloat16)
+    f32 = torch.empty(0, dtype=torch.float32)
+    assert _launch.loop_stages(8 * 256, bf16, f32) == _launch.BWD_LOOP_STAGES
+    monkeypatch.setattr(_launch, "BWD_LOOP_STAGES", 3)
+    assert _launch.loop_stages(8 * 256, bf16, f32, f32, bf16) == 3  # the FFN's norm backward: 74 KB
+    assert _launch.loop_stages(8 * 256, bf16, f32, f32, bf16, bf16, f32) == 1  # + dx_add, dx: 111 KB
+    assert _launch.loop_stages(16 * 8192, f32) == 1
