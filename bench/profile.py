@@ -107,8 +107,11 @@ def profile_step(settings: RunSettings, backend: str, batch: int, dtype: str, wa
         kernels.sort(key=lambda k: -k[1])
         spans = None
         if cuda:
+            # record_function ranges (e.g. Optimizer.step) also come as device
+            # events: they are not kernels, and would hide the gaps they span
             spans = timeline([(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                              if e.device_type == torch.autograd.DeviceType.CUDA])
+                              if e.device_type == torch.autograd.DeviceType.CUDA
+                              and not getattr(e, "is_user_annotation", False)])
         return StepProfile(backend, kind, kernels, timeline=spans)
     finally:
         del timed
@@ -120,7 +123,8 @@ def _cuda_kernels(prof) -> list:
     optimizer's foreach / fused kernels are named as such)."""
     return [(e.key, e.self_device_time_total / 1e3, e.count, group_of(e.key))
             for e in prof.key_averages()
-            if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+            and not getattr(e, "is_user_annotation", False)]
 
 
 def _cpu_ops(prof) -> list:

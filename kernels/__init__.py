@@ -121,7 +121,7 @@ def _attention(q, k, v, mask, axis, scale, backend, run_triton):
     _validate.attention_inputs(q, k, v, mask, axis)
     choice = _dispatch.choose(
         "masked_attention", backend, q.device,
-        lambda: _triton_reason("masked_attention", q, k, v, mask, axis),
+        lambda: _triton_reason("masked_attention", q, k, v, mask, axis, scale),
     )
     if choice == "triton":
         return run_triton(_triton_module("masked_attention"))

@@ -30,6 +30,7 @@ def keep_tile(seed_ptr, SITE: tl.constexpr, rows, col_start, n_cols, cut, BLOCK_
     seed of dropout site SITE: the bits of kernels.philox.keep_mask, forward
     and backward. col_start is a multiple of 8 and BLOCK_N >= 8: one Philox
     call gives the draws of eight neighbouring columns."""
+    tl.static_assert(BLOCK_N % 8 == 0)  # eight draws per call (_DRAWS_PER_CALL)
     seed = tl.load(seed_ptr + SITE)
     groups_per_row = tl.cdiv(n_cols, _DRAWS_PER_CALL)
     group_cols = col_start // _DRAWS_PER_CALL + tl.arange(0, BLOCK_N // _DRAWS_PER_CALL)  # [BLOCK_N // 8]

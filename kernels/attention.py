@@ -382,8 +382,11 @@ MAX_VARS = 128
 LOG2E = 1.4426950408889634
 
 
-def unsupported_reason(q, k, v, mask, axis) -> Optional[str]:
+def unsupported_reason(q, k, v, mask, axis, scale: Optional[float] = None) -> Optional[str]:
     """Why the Triton kernel cannot take this case, or None when it can."""
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        # the online softmax takes each row's max before scaling (_softmax_step)
+        return f"softmax scale {scale} is not a positive finite number"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     head_dim = q.shape[-1]

@@ -29,8 +29,9 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _MASK32 = 0xFFFFFFFF
 N_ROUNDS = 10
 # Keep bits compare a 16-bit draw against round(p * 2**16): p is resolved to
-# 2**-16 (1.5e-5; p=0.1 keeps 0.999939x of the expected 0.9), far below the
-# noise of a keep rate over any tensor the model drops from.
+# 2**-16 (1.5e-5; p=0.1 keeps 0.999993x of the expected 0.9), far below the
+# noise of a keep rate over any tensor the model drops from. A p that rounds
+# to no drop at all, or to no keep, is refused (threshold).
 THRESHOLD_BITS = 16
 DRAWS_PER_CALL = 4 * 32 // THRESHOLD_BITS
 
@@ -46,7 +47,11 @@ def threshold(p: float) -> int:
     16-bit draw is >= threshold(p)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    return round(p * 2**THRESHOLD_BITS)
+    cut = round(p * 2**THRESHOLD_BITS)
+    if (p > 0.0 and cut == 0) or cut == 2**THRESHOLD_BITS:
+        raise ValueError(f"dropout probability p={p} is within 2**-{THRESHOLD_BITS + 1} of 0 or 1, below the "
+                         f"resolution of the {THRESHOLD_BITS}-bit draws: it would drop {'nothing' if cut == 0 else 'everything'}")
+    return cut
 
 
 def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:

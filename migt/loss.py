@@ -25,42 +25,57 @@ def pinball_loss(
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (B, H):
         shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
         raise ValueError(f"targets must have shape (B, H) = {(B, H)} to match quantiles; got {shape}")
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # the shape alone: a value check would need a host read
         levels_t = torch.as_tensor(levels, dtype=quantiles.dtype, device=quantiles.device)
+        _check_count(levels_t, Q)
     else:
         levels_t = _checked_levels(levels, Q, quantiles.dtype, quantiles.device)
     error = targets.to(quantiles.dtype).unsqueeze(-1) - quantiles  # [B, H, Q]
     return torch.maximum(levels_t * error, (levels_t - 1.0) * error).mean()
 
 
-# (levels, dtype, device) -> Python levels as a tensor on that device. A
-# training loop passes the same levels every step, and copying them to a GPU
-# each time is a blocking copy from pageable memory: it would wait for the
-# whole forward, then idle the GPU while the backward's first small kernels
-# are launched.
+# (levels, dtype, device) -> Python levels as a tensor on that device,
+# checked. A training loop passes the same levels every step; copying them to
+# a GPU each time is a blocking copy from pageable memory: it would wait for
+# the whole forward, then idle the GPU while the backward's first small
+# kernels are launched. A handful of entries: emptied when it grows past that.
 _LEVELS_ON_DEVICE: dict = {}
+_LEVELS_KEPT = 16
+
+
+def _check_count(levels: torch.Tensor, Q: int) -> None:
+    if levels.dim() != 1 or levels.numel() != Q:
+        raise ValueError(
+            f"levels must be a sequence of Q={Q} quantile levels (last dim of quantiles); "
+            f"got shape {tuple(levels.shape)}"
+        )
+
+
+def _check_inside(levels: torch.Tensor) -> None:
+    if bool(((levels <= 0) | (levels >= 1)).any()):
+        raise ValueError(f"levels must lie strictly inside (0, 1); got {levels.tolist()}")
 
 
 def _checked_levels(levels, Q: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """levels as a (Q,) tensor on device, after checking them: a Python
-    sequence on the host, without reading any tensor; a tensor where it lies
-    (on a GPU, a host sync: the caller's choice)."""
-    given = levels if isinstance(levels, torch.Tensor) else torch.as_tensor(levels, dtype=torch.float64)
-    if given.dim() != 1 or given.numel() != Q:
-        raise ValueError(
-            f"levels must be a sequence of Q={Q} quantile levels (last dim of quantiles); "
-            f"got shape {tuple(given.shape)}"
-        )
+    """levels as a (Q,) tensor of ``dtype`` on ``device``, checked in that
+    dtype (0.999 is 1 in bfloat16): a tensor where it lies (on a GPU, a host
+    sync: the caller's choice), a Python sequence on the host, once."""
     if isinstance(levels, torch.Tensor):
-        outside = bool(((levels <= 0) | (levels >= 1)).any())
-    else:
-        levels = tuple(float(level) for level in levels)
-        outside = any(not 0.0 < level < 1.0 for level in levels)
-    if outside:
-        raise ValueError(f"levels must lie strictly inside (0, 1); got {given.tolist()}")
-    if isinstance(levels, torch.Tensor) or device.type == "cpu":
-        return given.to(dtype=dtype, device=device)
-    key = (levels, dtype, device)
-    if key not in _LEVELS_ON_DEVICE:
-        _LEVELS_ON_DEVICE[key] = given.to(dtype=dtype, device=device)
-    return _LEVELS_ON_DEVICE[key]
+        levels = levels.to(dtype=dtype, device=device)
+        _check_count(levels, Q)
+        _check_inside(levels)
+        return levels
+    try:  # the key reads no tensor: a cache hit costs no host read at all
+        key = (tuple(float(level) for level in levels), getattr(levels, "shape", None), dtype, device)
+    except (TypeError, ValueError):  # not a flat sequence of numbers: the checks below say why
+        key = None
+    if key is None or key not in _LEVELS_ON_DEVICE:
+        host = torch.as_tensor(levels, dtype=dtype)
+        _check_count(host, Q)
+        _check_inside(host)
+        if len(_LEVELS_ON_DEVICE) >= _LEVELS_KEPT:
+            _LEVELS_ON_DEVICE.clear()
+        _LEVELS_ON_DEVICE[key] = host.to(device)
+    levels = _LEVELS_ON_DEVICE[key]
+    _check_count(levels, Q)  # the same levels may come with quantiles of another Q
+    return levels

@@ -221,6 +221,16 @@ def test_draws_are_the_documented_halves_of_philox_words():
     assert torch.equal(philox.keep_mask(torch.tensor(seed), (rows, n_cols), p), expected)
 
 
+def test_threshold_resolution_and_refusals():
+    assert philox.threshold(0.0) == 0 and philox.threshold(0.1) == 6554 and philox.threshold(0.5) == 2**15
+    assert philox.threshold(2**-16) == 1
+    for p, what in ((1e-6, "nothing"), (1 - 1e-6, "everything")):
+        with pytest.raises(ValueError, match=f"p={p} .* would drop {what}"):
+            philox.threshold(p)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        philox.threshold(1.0)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_keep_rate_and_scaling(p):
     # n = 2**20 draws: the kept fraction is binomial, its sd sqrt(p(1-p)/n) < 5e-4

@@ -45,21 +45,31 @@ class HostReads(TorchFunctionMode):
 def test_a_training_step_reads_the_device_once(backend):
     model = make_model(backend=backend, n_heads=2).train()  # Dh=16: the Triton kernels take it
     batch = synthetic_batch(3, model.config, seed=0, seq_len=16)
-    reads = HostReads()
-    with reads:
+
+    def step():
         out = model(batch["features"], batch["attention_mask"], batch["temporal_info"])
         pinball_loss(out["quantiles"], batch["targets"], model.config.quantiles).backward()
+
+    step()  # the first step checks the levels once (on the host) and keeps them
+    reads = HostReads()
+    with reads:
+        step()
     assert dict(reads.sites) == {"migt/validation.py": 1}
 
 
 def test_python_levels_reach_a_device_once():
     # the "meta" device stands in for a GPU: a second call with the same
-    # levels must not copy them again
+    # levels must not check or copy them again
     meta = torch.device("meta")
     first = _checked_levels([0.1, 0.5, 0.9], 3, torch.float32, meta)
     assert first.device == meta and first.dtype == torch.float32 and first.shape == (3,)
-    assert _checked_levels((0.1, 0.5, 0.9), 3, torch.float32, meta) is first
+    reads = HostReads()
+    with reads:
+        assert _checked_levels((0.1, 0.5, 0.9), 3, torch.float32, meta) is first
+    assert not reads.sites
     assert _checked_levels([0.1, 0.5, 0.9], 3, torch.bfloat16, meta) is not first
     assert _checked_levels([0.1, 0.5, 0.8], 3, torch.float32, meta) is not first
     with pytest.raises(ValueError, match=r"strictly inside \(0, 1\)"):
         _checked_levels([0.1, 1.0, 0.9], 3, torch.float32, meta)
+    with pytest.raises(ValueError, match="Q=2 quantile levels"):  # kept levels, another Q
+        _checked_levels([0.1, 0.5, 0.9], 2, torch.float32, meta)

@@ -111,6 +111,32 @@ def test_attention_custom_scale():
     assert_close(a, b, atol=1e-12, rtol=1e-10, name="scaled")
 
 
+
+@pytest.mark.parametrize("scale", [-0.25, 0.0, float("nan")])
+def test_attention_scale_the_kernels_cannot_take(scale):
+    # the Triton kernels take each row's max before scaling, which needs a
+    # positive scale: an explicit triton call is refused, naming it; the
+    # reference takes any scale (a negative one favours the smallest scores)
+    _, q, k, v = fused_qkv(2, 3, 16, 2, 16, torch.float32, requires_grad=False)
+    mask = random_mask(2, 16, seed=5)
+    with pytest.raises(ValueError, match="softmax scale .* is not a positive finite number"):
+        kernels.masked_attention(q, k, v, mask, "time", scale=scale, backend="triton")
+    if scale == -0.25:
+        a = kernels.masked_attention(q, k, v, mask, "time", scale=scale, backend="reference")
+        b = kernels.masked_attention(-q * (0.25 * 4.0), k, v, mask, "time", backend="sdpa")
+        assert_close(a, b, atol=1e-5, rtol=1e-5, name="negative scale")
+
+
+@pytest.mark.parametrize("axis", AXES)
+def test_triton_attention_with_a_positive_custom_scale(axis):
+    _, q, k, v = fused_qkv(2, 3, 16, 2, 16, torch.float64, requires_grad=False)
+    q, k, v = q.float(), k.float(), v.float()
+    mask = random_mask(2, 16, seed=6)
+    a = kernels.masked_attention(q, k, v, mask, axis, scale=0.3, backend="triton")
+    b = kernels.masked_attention(q, k, v, mask, axis, scale=0.3, backend="reference")
+    assert_close(a, b, atol=2e-5, rtol=2e-5, name="scale 0.3")
+
+
 # ---------------------------------------------------------------- RevIN
 
 

@@ -51,3 +51,19 @@ def test_gradient_pushes_towards_target():
 def test_shape_errors(q_shape, y_shape, levels, match):
     with pytest.raises(ValueError, match=match):
         pinball_loss(torch.zeros(q_shape), torch.zeros(y_shape), levels)
+
+
+def test_levels_are_checked_in_the_quantiles_dtype():
+    # 0.999 is 1.0 in bfloat16: a level the loss would use as 1
+    q = torch.zeros(1, 2, 3, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"strictly inside \(0, 1\)"):
+        pinball_loss(q, torch.zeros(1, 2), [0.001, 0.5, 0.999])
+    pinball_loss(q.float(), torch.zeros(1, 2), [0.001, 0.5, 0.999])
+
+
+@pytest.mark.parametrize("levels", [[[0.1, 0.5, 0.9]], [0.5]], ids=["nested", "short"])
+def test_levels_of_the_wrong_shape_under_compile(levels):
+    # torch.compile skips the value check (a host read), not the shape check
+    compiled = torch.compile(pinball_loss, backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match="Q=3 quantile levels"):
+        compiled(torch.zeros(1, 2, 3), torch.zeros(1, 2), levels)
