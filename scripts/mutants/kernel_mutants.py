@@ -284,8 +284,8 @@ MUTANTS = [
     # ------------------------------------------------------------ gated residual norm
     Mutant(
         "gated-bwd-rows-revisited", GATED, "span",
-        "range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0))",
-        "range(pid, tl.cdiv(N, BLOCK_M), 1)",
+        "range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES)",
+        "range(pid, tl.cdiv(N, BLOCK_M), 1, num_stages=LOOP_STAGES)",
         (GATED_PARITY,),
         "every backward program walks all later row blocks: dweight and dbias count rows several times",
     ),
@@ -349,8 +349,8 @@ MUTANTS = [
     ),
     Mutant(
         "fused-gelu-bwd-bias-grad-before-derivative", FEED_FORWARD, "reduction",
-        "db_acc += df",
-        "db_acc += dg",
+        "db_acc += df\n",
+        "db_acc += dg\n",
         (FUSED_PARITY,),
         "fc1's bias gradient sums the gradient before GELU's derivative",
     ),
