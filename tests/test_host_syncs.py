@@ -73,3 +73,25 @@ def test_python_levels_reach_a_device_once():
         _checked_levels([0.1, 1.0, 0.9], 3, torch.float32, meta)
     with pytest.raises(ValueError, match="Q=2 quantile levels"):  # kept levels, another Q
         _checked_levels([0.1, 0.5, 0.9], 2, torch.float32, meta)
+
+
+def test_a_trainer_step_reads_the_device_twice():
+    # the input checks, then loss and gradient norm together after the
+    # optimizer step (reading the norm before it would idle the GPU while the
+    # host launches the step)
+    from migt.config import MIGTConfig
+    from migt.data.bars import synthetic_bars
+    from migt.data.dataset import BarDayDataset, chronological_split
+    from migt.training import Trainer, TrainOptions
+
+    config = MIGTConfig(d_model=16, n_heads=2, d_ff=32, n_temporal_layers=1, n_variable_layers=1, dropout=0.1)
+    train, val, _ = chronological_split(BarDayDataset.from_bars(synthetic_bars(16, seed=4), config), 0.2, 0.0)
+    trainer = Trainer(config, train, val, TrainOptions(max_steps=2, batch_size=2, progress=False))
+    batches = trainer.train_batches()
+    trainer.train_step(next(batches))
+    batch = next(batches)
+    reads = HostReads()
+    with reads:
+        stats = trainer.train_step(batch)
+    assert dict(reads.sites) == {"migt/validation.py": 1, "migt/training/trainer.py": 1}
+    assert stats["loss"] > 0 and stats["grad_norm"] > 0
