@@ -51,7 +51,7 @@ def _time_ms(fn, repeats: int = 7, calls: int = 5) -> float:
 def cases(batch: int, device="cuda", rows=None):
     """(name, thunk, bytes) of every kernel variant, inputs at full shapes
     (``rows`` rows instead of B*V*T: the tests' small run)."""
-    from kernels import feed_forward, gated_norm, norm_linear
+    from kernels import embedding, feed_forward, gated_norm, norm_linear
 
     N, D, F = rows or batch * 24 * 288, 256, 1024
     p, f32, bf16 = 0.1, torch.float32, torch.bfloat16
@@ -69,6 +69,8 @@ def cases(batch: int, device="cuda", rows=None):
     _, g_mean, g_rstd = gated_norm.gated_norm_fwd(x, update, logits, w, b, 1e-5)
     dx, dbranch = torch.empty_like(x), torch.empty_like(branch)
     nd, nf = N * D, N * F
+    emb = (batch, 24, 288) if rows is None else (rows, 1, 1)  # the embedding's (B, V, T) view of the N rows
+    y_emb, w_emb = rand(*emb), rand(emb[1], D)
     return [
         ("residual_norm_fwd (FFN: x + drop(a), norm)",
          lambda: norm_linear.residual_norm_fwd(x, branch, seeds, 0, p, w, b, 1e-5, bf16), 8 * nd + 8 * N),
@@ -90,6 +92,10 @@ def cases(batch: int, device="cuda", rows=None):
         ("residual_norm_bwd (pre-norm + handed-on x)",
          lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, dx=dx), 14 * nd + 8 * N),
         ("gated_norm_fwd", lambda: gated_norm.gated_norm_fwd(x, update, logits, w, b, 1e-5), 14 * nd + 8 * N),
+        # reads the gradient twice (dy and dpos; dweight and dbias) and y, writes dpos (B*T rows) and dy
+        ("value_embedding_bwd (two passes)",
+         lambda: embedding.value_embedding_bwd(dout.view(*emb, D), y_emb, w_emb, seeds, p, f32),
+         8 * nd + 4 * (N // emb[1]) * D + 8 * N),
         ("gated_norm_bwd (+ gate bias grad)",
          lambda: gated_norm.gated_norm_bwd(dout, x, update, logits, w, b, g_mean, g_rstd, dx=dx,
                                            gate_bias_grad=True), 24 * nd + 8 * N),

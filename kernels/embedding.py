@@ -12,12 +12,15 @@ and the backward keeps y (one float per token) and the seed.
 Dropout draws from seeds[0] at site 0 over the (B*V*T, D) rows, the mask of
 kernels.dropout and philox.keep_mask (so the reference reproduces it).
 
-Backward: a program walks the V variables of a (b, block of steps) tile, so
-the calendar gradient dpos[b, t] = sum_v g[b, v, t] is summed in registers;
-programs are persistent (a few per SM, each taking every P-th tile), and
-each adds its weight and bias gradients into its own (V, D) partial rows,
-summed on the host (no atomics: deterministic, and the partials do not grow
-with the batch).
+Backward, two passes over the output gradient (each draws the mask again):
+one walks the V variables of a (b, block of steps) tile, writing dy and
+summing the calendar gradient dpos[b, t] = sum_v g[b, v, t] in registers;
+the other gives each variable a few persistent programs that keep their
+weight and bias gradients as (steps, columns) register partials over their
+tiles and write them once, summed on the host (no atomics: deterministic,
+and the partials do not grow with the batch). One pass did both, summing
+across rows for every variable of every tile (48 reductions through shared
+memory, and a barrier, per tile): 0.86 ms on the H200 for 0.47 GB.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import backward_programs, cdiv
+from ._launch import backward_programs, cdiv, loop_stages
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
 from .norm_linear import MAX_D, TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args, warps
 from .reference import compute_dtype
@@ -61,45 +64,72 @@ def _value_embedding_fwd_kernel(
 
 
 @triton.jit
-def _value_embedding_bwd_kernel(
-    dout_ptr, y_ptr, w_ptr, seed_ptr, dy_ptr, dw_part_ptr, db_part_ptr, dpos_ptr,
-    V, T, D, n_tiles, cut, scale_hi, scale_lo,
+def _value_embedding_bwd_rows_kernel(
+    dout_ptr, w_ptr, seed_ptr, dy_ptr, dpos_ptr, V, T, D, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Persistent: program pid takes tiles (b, step block) pid, pid + P, ...
-    # and adds its (V, D) weight and bias gradients into its own zeroed
-    # partial rows (read, add, write: only this program touches them).
+    # One program per (b, block of steps): walks the V variables, writing
+    # dy and summing the calendar gradient dpos[b, t] = sum_v g in registers.
+    t_blocks = tl.cdiv(T, BLOCK_T)
+    b = tl.program_id(0) // t_blocks
+    t = (tl.program_id(0) % t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    col_ok = cols < D
+    t_ok = t < T
+    ok = t_ok[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
+    dpos = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+    for v in range(V):
+        rows = (b.to(tl.int64) * V + v) * T + t  # [BLOCK_T]
+        g = _dropped_grad(dout_ptr, seed_ptr, rows, cols, ok, D, cut, scale_hi, scale_lo, HAS_DROPOUT, ACC, BLOCK_D)
+        w = tl.load(w_ptr + v * D + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
+        tl.store(dy_ptr + rows, cast_for(tl.sum(g * w[None, :], 1), dy_ptr), mask=t_ok)
+        dpos += g
+    pos_rows = b.to(tl.int64) * T + t
+    tl.store(dpos_ptr + tile_offsets(pos_rows, cols, D), cast_for(dpos, dpos_ptr), mask=ok)
+
+
+@triton.jit
+def _value_embedding_bwd_params_kernel(
+    dout_ptr, y_ptr, seed_ptr, dw_part_ptr, db_part_ptr, V, T, D, n_tiles, cut, scale_hi, scale_lo,
+    HAS_DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,
+):
+    # Program (pid, v) walks the (b, block of steps) tiles pid, pid + P, ...
+    # of variable v, keeping (steps, columns) partials of dweight[v] and
+    # dbias[v] in registers, reduced over the steps once after the loop (a
+    # reduction across rows per tile puts a barrier in every iteration).
     pid = tl.program_id(0)
+    v = tl.program_id(1)
     t_blocks = tl.cdiv(T, BLOCK_T)
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
+    dw_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+    db_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+    for tile in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=LOOP_STAGES):
         b = tile // t_blocks
         t = (tile % t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
         t_ok = t < T
-        ok = t_ok[:, None] & col_ok[None, :]  # [BLOCK_T, BLOCK_D]
-        dpos = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-        for v in range(V):
-            rows = (b.to(tl.int64) * V + v) * T + t  # [BLOCK_T]
-            offs = tile_offsets(rows, cols, D)
-            g = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)  # gradient before the dropout
-            if HAS_DROPOUT:
-                scale = split_scalar(scale_hi, scale_lo, ACC)
-                g = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), g * scale, 0.0)
-            w = tl.load(w_ptr + v * D + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
-            y = tl.load(y_ptr + rows, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_T]
-            tl.store(dy_ptr + rows, cast_for(tl.sum(g * w[None, :], 1), dy_ptr), mask=t_ok)
-            part = (pid * V + v) * D + cols
-            dw = tl.load(dw_part_ptr + part, mask=col_ok, other=0.0) + tl.sum(g * y[:, None], 0)
-            tl.store(dw_part_ptr + part, dw, mask=col_ok)
-            db = tl.load(db_part_ptr + part, mask=col_ok, other=0.0) + tl.sum(g, 0)
-            tl.store(db_part_ptr + part, db, mask=col_ok)
-            dpos += g
-        pos_rows = b.to(tl.int64) * T + t
-        tl.store(dpos_ptr + tile_offsets(pos_rows, cols, D), cast_for(dpos, dpos_ptr), mask=ok)
-        # the next tile reads the partial rows back: Triton does not promise
-        # the load and the store share a thread layout, so order them
-        tl.debug_barrier()
+        rows = (b.to(tl.int64) * V + v) * T + t  # [BLOCK_T]
+        g = _dropped_grad(dout_ptr, seed_ptr, rows, cols, t_ok[:, None] & col_ok[None, :], D, cut,
+                          scale_hi, scale_lo, HAS_DROPOUT, ACC, BLOCK_D)
+        y = tl.load(y_ptr + rows, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_T]
+        dw_acc += g * y[:, None]
+        db_acc += g
+    part = (pid * V + v) * D + cols
+    tl.store(dw_part_ptr + part, tl.sum(dw_acc, 0), mask=col_ok)
+    tl.store(db_part_ptr + part, tl.sum(db_acc, 0), mask=col_ok)
+
+
+@triton.jit
+def _dropped_grad(dout_ptr, seed_ptr, rows, cols, ok, D, cut, scale_hi, scale_lo,
+                  HAS_DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The gradient before the dropout, g, of rows ``rows`` (flat (b, v, t)): the
+    output gradient through the forward's mask, drawn again."""
+    g = tl.load(dout_ptr + tile_offsets(rows, cols, D), mask=ok, other=0.0).to(ACC)
+    if HAS_DROPOUT:
+        scale = split_scalar(scale_hi, scale_lo, ACC)
+        g = tl.where(keep_tile(seed_ptr, SITE, rows, 0, D, cut, BLOCK_D), g * scale, 0.0)
+    return g
 
 
 # --------------------------------------------------------------- host side
@@ -152,14 +182,24 @@ def value_embedding_bwd(dout, y, weight, seeds, p: float, pos_dtype):
     bd = block_d(D)
     bt = block_m(bd, BWD_TILE_ELEMENTS)
     tiles = B * cdiv(T, bt)
+    seed_arg = seeds if has_dropout else y
+    acc_tl = acc_dtype(acc)
+    _value_embedding_bwd_rows_kernel[(tiles,)](
+        dout, weight, seed_arg, dy, dpos, V, T, D, cut, scale_hi, scale_lo,
+        HAS_DROPOUT=has_dropout, ACC=acc_tl, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps(bt, bd),
+    )
+    # P programs per variable, each with its own (D,) partial rows (summed
+    # here: no atomics, deterministic); about BWD_PROGRAMS_PER_SM programs per
+    # SM in all on a GPU
     programs = backward_programs(y.device, tiles)
-    # (programs, V, D) partial sums, zeroed: each program adds into its own rows
-    dw_part = torch.zeros((programs, V, D), dtype=acc, device=y.device)
-    db_part = torch.zeros((programs, V, D), dtype=acc, device=y.device)
-    _value_embedding_bwd_kernel[(programs,)](
-        dout, y, weight, seeds if has_dropout else y, dy, dw_part, db_part, dpos,
-        V, T, D, tiles, cut, scale_hi, scale_lo,
-        HAS_DROPOUT=has_dropout, ACC=acc_dtype(acc), BLOCK_T=bt, BLOCK_D=bd, num_warps=warps(bt, bd),
+    if y.device.type == "cuda":
+        programs = max(1, programs // V)
+    dw_part = torch.empty((programs, V, D), dtype=acc, device=y.device)
+    db_part = torch.empty((programs, V, D), dtype=acc, device=y.device)
+    _value_embedding_bwd_params_kernel[(programs, V)](
+        dout, y, seed_arg, dw_part, db_part, V, T, D, tiles, cut, scale_hi, scale_lo,
+        HAS_DROPOUT=has_dropout, ACC=acc_tl, BLOCK_T=bt, BLOCK_D=bd,
+        LOOP_STAGES=loop_stages(bt * bd, dout), num_warps=warps(bt, bd),
     )
     return dy, dw_part.sum(0), db_part.sum(0), dpos
 

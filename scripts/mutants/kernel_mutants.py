@@ -18,6 +18,7 @@ TILES = "kernels/_tiles.py"
 NORM_LINEAR = "kernels/norm_linear.py"
 FEED_FORWARD = "kernels/feed_forward.py"
 CHUNKING = "kernels/chunking.py"
+EMBEDDING = "kernels/embedding.py"
 
 ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
 BOUNDARIES = "tests/test_block_boundaries.py"
@@ -367,6 +368,20 @@ MUTANTS = [
         "    write_df = has_dropout",
         (FUSED_PARITY, "tests/test_fused_block.py::test_dropout_grad_sums_its_own_df_for_the_bias"),
         "without dropout, fc2's gradient in another dtype is never written (read uninitialised)",
+    ),
+    Mutant(
+        "embedding-bwd-weight-grad-last-tile-only", EMBEDDING, "reduction",
+        "dw_acc += g * y[:, None]",
+        "dw_acc = g * y[:, None]",
+        ("tests/test_value_embedding.py::test_matches_float64_reference",),
+        "each program's weight gradient keeps only its last tile of steps",
+    ),
+    Mutant(
+        "embedding-bwd-pos-grad-last-variable-only", EMBEDDING, "reduction",
+        "dpos += g",
+        "dpos = g",
+        ("tests/test_value_embedding.py::test_matches_float64_reference",),
+        "the calendar gradient keeps only the last variable's share",
     ),
     Mutant(
         "fused-gelu-bwd-rewritten-g-unscaled", FEED_FORWARD, "scaling",
