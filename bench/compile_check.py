@@ -45,6 +45,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from bench import sass  # noqa: E402
+
 # Largest dynamic shared memory per block (bytes) by compute capability.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -82,33 +84,15 @@ def resource_usage(kernel) -> str:
     return f"regs {found[1]:>3} stack {found[2]:>4} B" if found else ""
 
 
-def _sass_lines(kernel) -> list:
-    """(address, instruction) pairs of a compiled kernel's SASS (cuobjdump -sass)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        out = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
-    return [(int(a, 16), ins) for a, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;/]+?)\s*;", out)]
-
-
-def sass_counts(lines) -> tuple:
-    """(instructions, [instructions of each loop body]) of (address,
-    instruction) pairs: a loop is a branch back to a lower address, its body
-    what lies from that address to the branch."""
-    addresses = [a for a, _ in lines]
-    bodies = []
-    for address, ins in lines:
-        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", ins)
-        if target and int(target[1], 16) < address:
-            bodies.append(sum(1 for a in addresses if int(target[1], 16) <= a <= address))
-    return len(lines), bodies
-
-
 def sass_summary(kernel) -> str:
     """'sass N loop L' of a compiled kernel (L: loop bodies, + between), or ''."""
     if not os.path.exists(CUOBJDUMP):
         return ""
-    total, bodies = sass_counts(_sass_lines(kernel))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        listing = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
+    total, bodies = sass.counts(sass.instructions(listing))
     return f"sass {total:5d} loop {'+'.join(map(str, bodies)) or '-'}"
 
 

@@ -29,11 +29,21 @@ def test_all_kernel_variants_compile_for_sm90():
 
 
 def test_sass_counts_find_loop_bodies():
-    from bench.compile_check import sass_counts
+    # (bench.compile_check itself is not imported here: it turns the
+    # interpreter off for the rest of the session)
+    from bench import sass
 
-    lines = [(0x00, "MOV R1, c[0x0][0x28]"), (0x10, "IADD3 R2, R2, 0x1, RZ"), (0x20, "ISETP.GE.AND P0, PT, R2, R3, PT"),
-             (0x30, "@!P0 BRA 0x10"), (0x40, "EXIT"), (0x50, "BRA 0x50")]
-    assert sass_counts(lines) == (6, [3])
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;               /* 0x00000a0000017a02 */
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;              /* 0x0000000102027810 */
+        /*0020*/                   ISETP.GE.AND P0, PT, R2, R3, PT ;    /* 0x000000030200720c */
+        /*0030*/              @!P0 BRA 0x10 ;                           /* 0xfffffffc00f48947 */
+        /*0040*/                   EXIT ;                               /* 0x000000000000794d */
+        /*0050*/                   BRA 0x50;                            /* 0xfffffffc00fc7947 */
+    """
+    lines = sass.instructions(listing)
+    assert [a for a, _ in lines] == [0x00, 0x10, 0x20, 0x30, 0x40, 0x50] and lines[3][1] == "@!P0 BRA 0x10"
+    assert sass.counts(lines) == (6, [3])
 
 
 def test_loop_stages_only_where_the_staged_tiles_fit(monkeypatch):
