@@ -88,7 +88,8 @@ def masked_attention(q, k, v, mask, axis: str = "time", *, scale: Optional[float
         step is padding are excluded, query rows whose step is padding give 0.
     axis="variable": for each (b, t, h), attention over the V variables; rows
         (b, t) whose step is padding give 0.
-    scale: softmax scale, default 1 / sqrt(Dh).
+    scale: softmax scale, default 1 / sqrt(Dh). The Triton kernels take a
+        positive finite scale only ("auto" runs another one on sdpa).
     Returns (B, V, T, H, Dh) contiguous, dtype of q. A sample with no valid
     step gives zeros and zero gradients, never NaN. Values at padded
     positions (NaN and inf included) affect nothing.
