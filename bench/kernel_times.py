@@ -132,7 +132,7 @@ def sweep(batch: int):
         for stages in (2, 3):  # each kernel at its own programs per SM
             _launch.BWD_LOOP_STAGES = stages
             for name, fn, nbytes in cases(batch):
-                if name in chosen or name.startswith("dropout_grad") or name.startswith("residual_norm_bwd"):
+                if name in chosen or name.startswith(("dropout_grad", "residual_norm_bwd", "value_embedding_bwd")):
                     rows.append((f"loop stages {stages}", name, _time_ms(fn), nbytes))
     finally:
         restore()

@@ -100,8 +100,8 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
                     runner(*inputs)
         else:
             model.train()
-            # fused, as the trainer (migt/training/trainer.py) runs it
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            # fused where torch has it, as the trainer (migt/training/trainer.py) runs it
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
 
             def forward_loss():
                 with autocast():

@@ -98,14 +98,14 @@ def _value_embedding_bwd_params_kernel(
     # of variable v, keeping (steps, columns) partials of dweight[v] and
     # dbias[v] in registers, reduced over the steps once after the loop (a
     # reduction across rows per tile puts a barrier in every iteration).
-    pid = tl.program_id(0)
-    v = tl.program_id(1)
+    v = tl.program_id(0)  # V on the grid's x axis: its y axis stops at 65535
+    pid = tl.program_id(1)
     t_blocks = tl.cdiv(T, BLOCK_T)
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
     dw_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
     db_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-    for tile in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=LOOP_STAGES):
+    for tile in tl.range(pid, n_tiles, tl.num_programs(1), num_stages=LOOP_STAGES):
         b = tile // t_blocks
         t = (tile % t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
         t_ok = t < T
@@ -167,6 +167,16 @@ def value_embedding_fwd(y, weight, bias, pos, seeds, p: float, out_dtype):
     return out
 
 
+def params_programs(device: torch.device, tiles: int, V: int) -> int:
+    """Programs per variable of the weight and bias gradients' pass, each
+    with its own (D,) partial rows (summed on the host: no atomics,
+    deterministic): about BWD_PROGRAMS_PER_SM programs per SM over the V
+    variables on a GPU, at most one per tile; a few under the interpreter."""
+    if device.type != "cuda":
+        return backward_programs(device, tiles)
+    return max(1, min(tiles, backward_programs(device, tiles * V) // V))
+
+
 def value_embedding_bwd(dout, y, weight, seeds, p: float, pos_dtype):
     """Gradients (dy, dweight, dbias, dpos) of value_embedding_fwd; dweight
     and dbias in the compute dtype, dy in y's dtype, dpos in pos_dtype."""
@@ -188,15 +198,10 @@ def value_embedding_bwd(dout, y, weight, seeds, p: float, pos_dtype):
         dout, weight, seed_arg, dy, dpos, V, T, D, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, ACC=acc_tl, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps(bt, bd),
     )
-    # P programs per variable, each with its own (D,) partial rows (summed
-    # here: no atomics, deterministic); about BWD_PROGRAMS_PER_SM programs per
-    # SM in all on a GPU
-    programs = backward_programs(y.device, tiles)
-    if y.device.type == "cuda":
-        programs = max(1, programs // V)
+    programs = params_programs(y.device, tiles, V)
     dw_part = torch.empty((programs, V, D), dtype=acc, device=y.device)
     db_part = torch.empty((programs, V, D), dtype=acc, device=y.device)
-    _value_embedding_bwd_params_kernel[(programs, V)](
+    _value_embedding_bwd_params_kernel[(V, programs)](
         dout, y, seed_arg, dw_part, db_part, V, T, D, tiles, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, ACC=acc_tl, BLOCK_T=bt, BLOCK_D=bd,
         LOOP_STAGES=loop_stages(bt * bd, dout), num_warps=warps(bt, bd),

@@ -49,6 +49,19 @@ def test_matches_float64_reference(B, V, T, D, p, poisoned_allocations):
         assert_close(got, want, **F64, name=f"d{name}")
 
 
+@pytest.mark.parametrize("programs", [1, 3, 50], ids=str)
+def test_weight_gradients_with_any_programs_per_variable(programs, monkeypatch, poisoned_allocations):
+    # the GPU's count of programs per variable, including more programs than
+    # tiles (a program with no tile writes zero partials)
+    monkeypatch.setattr(value_embedding_module, "params_programs", lambda device, tiles, V: programs)
+    y, w, b, pos = operands(3, 4, 19, 257)
+    seeds = kernels.dropout_seeds("cpu", 1)
+    _, grads = run("triton", y, w, b, pos, 0.3, seeds)
+    _, ref_grads = run("reference", y, w, b, pos, 0.3, seeds)
+    for name, got, want in zip(("y", "weight", "bias", "pos"), grads, ref_grads):
+        assert_close(got, want, **F64, name=f"d{name}")
+
+
 def test_empty_batch():
     y, w, b, pos = operands(0, 3, 5, 8)
     x, grads = run("triton", y, w, b, pos, 0.2, kernels.dropout_seeds("cpu", 1))
