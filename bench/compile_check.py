@@ -72,26 +72,27 @@ class CompileOnlyDriver:
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def resource_usage(kernel) -> str:
-    """'regs R stack S' of a compiled kernel (S > 0: register spills), or ''."""
+def _cuobjdump(kernel, option: str) -> str:
+    """cuobjdump's output for a compiled kernel's binary ('' without cuobjdump)."""
     if not os.path.exists(CUOBJDUMP):
         return ""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+        return subprocess.run([CUOBJDUMP, option, f.name], capture_output=True, text=True).stdout
+
+
+def resource_usage(kernel) -> str:
+    """'regs R stack S' of a compiled kernel (S > 0: register spills), or ''."""
+    found = re.search(r"REG:(\d+) STACK:(\d+)", _cuobjdump(kernel, "--dump-resource-usage"))
     return f"regs {found[1]:>3} stack {found[2]:>4} B" if found else ""
 
 
 def sass_summary(kernel) -> str:
     """'sass N loop L' of a compiled kernel (L: loop bodies, + between), or ''."""
-    if not os.path.exists(CUOBJDUMP):
+    listing = _cuobjdump(kernel, "-sass")
+    if not listing:
         return ""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        listing = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
     total, bodies = sass.counts(sass.instructions(listing))
     return f"sass {total:5d} loop {'+'.join(map(str, bodies)) or '-'}"
 

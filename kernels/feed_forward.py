@@ -15,9 +15,9 @@ the output pass and the backward rebuild it from x and the branch. h and g
 are recomputed (g by the GELU backward, which reads the hidden anyway); the
 dropout bits are redrawn from the seeds (kernels/philox.py); no mask is
 stored. The first bias's gradient is reduced inside the GELU backward, the
-second's inside the dropout-gradient pass (two stages each, deterministic). A large batch runs a chunk of rows at a time
-(kernels/chunking.py), so no (rows, d_ff) tensor but the kept hidden is ever
-made for the whole batch.
+second's inside the dropout-gradient pass (two stages each, deterministic).
+A large batch runs a chunk of rows at a time (kernels/chunking.py), so no
+(rows, d_ff) tensor but the kept hidden is ever made for the whole batch.
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch
-from ._launch import backward_programs, cdiv
+from ._launch import backward_programs, cdiv, loop_stages
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
 from .chunking import ChunkGradients, mm_float32, row_chunks
 from .norm_linear import (
@@ -210,7 +209,7 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float, row0: int = 0):
         dg, hidden, seeds if has_dropout else hidden, dhidden, g, db_part, N, row0, C, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, SITE=HIDDEN_SITE, ACC=acc_dtype(hidden.dtype),
         BLOCK_M=HIDDEN_BWD_BLOCK_M, BLOCK_C=HIDDEN_BLOCK_C,
-        LOOP_STAGES=_launch.loop_stages(HIDDEN_BWD_BLOCK_M * HIDDEN_BLOCK_C, dg, hidden), num_warps=8,
+        LOOP_STAGES=loop_stages(HIDDEN_BWD_BLOCK_M * HIDDEN_BLOCK_C, dg, hidden), num_warps=8,
     )
     return dhidden, db_part.sum(0), g
 
@@ -262,7 +261,7 @@ def dropout_grad(dout, seeds, p: float, dtype, acc: torch.dtype, row0: int = 0):
     _dropout_grad_kernel[(programs,)](
         dout, seeds if has_dropout else dout, df, db_part, N, row0, D, cut, scale_hi, scale_lo,
         HAS_DROPOUT=has_dropout, WRITE_DF=write_df, SITE=OUTPUT_SITE, ACC=acc_dtype(kernel_acc),
-        BLOCK_M=bm, BLOCK_D=bd, LOOP_STAGES=_launch.loop_stages(bm * bd, dout), num_warps=warps(bm, bd),
+        BLOCK_M=bm, BLOCK_D=bd, LOOP_STAGES=loop_stages(bm * bd, dout), num_warps=warps(bm, bd),
     )
     return df, db_part.sum(0).to(acc)
 

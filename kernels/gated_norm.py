@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch
-from ._launch import INT32_LIMIT, backward_programs, cdiv, int32_indexable, max_offset, next_power_of_2, split_float32
+from ._launch import (INT32_LIMIT, backward_programs, cdiv, int32_indexable, loop_stages, max_offset,
+                      next_power_of_2, split_float32)
 from ._tiles import cast_for, layer_norm_rows, layer_norm_rows_bwd
 from .reference import compute_dtype
 
@@ -230,7 +230,7 @@ def gated_norm_bwd(grad_out, x, update, gate_logits, weight, bias, mean, rstd, *
         N, D,
         o2.stride(0), o2.stride(1), x2.stride(0), x2.stride(1),
         u2.stride(0), u2.stride(1), g2.stride(0), g2.stride(1),
-        GATE_BIAS_GRAD=gate_bias_grad, LOOP_STAGES=_launch.loop_stages(block_m * block_d, o2, x2, u2, g2),
+        GATE_BIAS_GRAD=gate_bias_grad, LOOP_STAGES=loop_stages(block_m * block_d, o2, x2, u2, g2),
         ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
     )
     grads = (dx, du, dg, dw_part.sum(0), db_part.sum(0))

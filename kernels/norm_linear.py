@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch, philox
-from ._launch import backward_programs, cdiv, next_power_of_2, split_float32
+from . import philox
+from ._launch import backward_programs, cdiv, loop_stages, next_power_of_2, split_float32
 from ._tiles import cast_for, keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
 from .linear import linear_backward
 from .reference import compute_dtype
@@ -249,8 +249,8 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=branch is not None, HAS_DROPOUT=has_dropout,
         HAS_DX_ADD=dx_add is not None, DX_ACCUMULATE=accumulate_dx,
         SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd,
-        LOOP_STAGES=_launch.loop_stages(bm * bd, *(t for t in (dh, dres, x, branch, dx_add) if t is not None),
-                                        *((dx,) if accumulate_dx else ())),
+        LOOP_STAGES=loop_stages(bm * bd, *(t for t in (dh, dres, x, branch, dx_add) if t is not None),
+                                *((dx,) if accumulate_dx else ())),
         num_warps=warps(bm, bd),
     )
     return dx, dbranch, dw_part.sum(0), db_part.sum(0)
