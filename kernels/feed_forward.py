@@ -29,6 +29,7 @@ import triton.language as tl
 
 from ._launch import backward_programs, cdiv, loop_stages
 from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
+from .gelu import gelu, gelu_and_grad
 from .chunking import ChunkGradients, mm_float32, row_chunks
 from .norm_linear import (
     TILE_ELEMENTS, acc_dtype, block_d, block_m, dropout_args,
@@ -43,8 +44,6 @@ BRANCH_SITE, HIDDEN_SITE, OUTPUT_SITE = 0, 1, 2  # seeds[site]: kernels.dropout_
 # at 4 programs per SM (bench/results/2026-11-28-nvidia-h200-fused-step/).
 HIDDEN_BLOCK_M, HIDDEN_BLOCK_C, HIDDEN_BWD_BLOCK_M = 16, 256, 16
 HIDDEN_BWD_PROGRAMS_PER_SM = 4
-_SQRT1_2 = tl.constexpr(0.7071067811865476)
-_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 # ------------------------------------------------------------------ kernels
@@ -61,7 +60,7 @@ def _gelu_dropout_fwd_kernel(
     ok = (rows < N)[:, None] & (cols < C)[None, :]  # [BLOCK_M, BLOCK_C]
     offs = tile_offsets(rows, cols, C)
     f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
-    g = 0.5 * f * (1.0 + tl.math.erf(f * _SQRT1_2))  # exact (erf) GELU, as nn.GELU()
+    g = gelu(f, hidden_ptr.dtype.element_ty.primitive_bitwidth == 16)  # exact (erf) GELU, as nn.GELU()
     if HAS_DROPOUT:
         scale = split_scalar(scale_hi, scale_lo, ACC)
         kept = keep_tile(seed_ptr, SITE, row0 + rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
@@ -90,17 +89,15 @@ def _gelu_dropout_bwd_kernel(
         offs = tile_offsets(rows, cols, C)
         f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
         dg = tl.load(dg_ptr + offs, mask=ok, other=0.0).to(ACC)
-        erf = tl.math.erf(f * _SQRT1_2)
-        g = 0.5 * f * (1.0 + erf)  # as _gelu_dropout_fwd_kernel
+        # g bitwise as _gelu_dropout_fwd_kernel's (same helper, same dtype test)
+        g, slope = gelu_and_grad(f, hidden_ptr.dtype.element_ty.primitive_bitwidth == 16)
         if HAS_DROPOUT:
             scale = split_scalar(scale_hi, scale_lo, ACC)
             keep = keep_tile(seed_ptr, SITE, row0 + rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)
             dg = tl.where(keep, dg * scale, 0.0)
             g = tl.where(keep, g * scale, 0.0)
         tl.store(g_ptr + offs, cast_for(g, g_ptr), mask=ok)
-        cdf = 0.5 * (1.0 + erf)
-        pdf = _INV_SQRT_2PI * tl.exp(-0.5 * f * f)
-        df = dg * (cdf + f * pdf)
+        df = dg * slope
         db_acc += df
         tl.store(dhidden_ptr + offs, cast_for(df, dhidden_ptr), mask=ok)
     tl.store(db_part_ptr + pid * C + cols, tl.sum(db_acc, 0), mask=col_ok)

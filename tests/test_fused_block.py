@@ -135,7 +135,7 @@ def test_kernel_masks_are_the_philox_reference_masks(N, D):
     assert torch.equal(out.double(), expected.float().double())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_gelu_backward_rewrites_the_forward_g_exactly(dtype):
     # the backward's g (for the second GEMM's weight gradient) must be the
     # forward's values bit for bit: same expression, mask, site and scale

@@ -19,6 +19,7 @@ NORM_LINEAR = "kernels/norm_linear.py"
 FEED_FORWARD = "kernels/feed_forward.py"
 CHUNKING = "kernels/chunking.py"
 EMBEDDING = "kernels/embedding.py"
+GELU = "kernels/gelu.py"
 
 ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
 BOUNDARIES = "tests/test_block_boundaries.py"
@@ -27,6 +28,7 @@ GATED_PARITY = "tests/test_norms_triton.py::test_gated_norm_matches_float64_refe
 FUSED_PARITY = "tests/test_fused_block.py::test_feed_forward_matches_float64_reference"
 CHUNK_PARITY = "tests/test_ffn_row_chunks.py::test_chunked_feed_forward_matches_float64_reference"
 TAIL_PARITY = "tests/test_ffn_gated_norm.py::test_matches_float64_reference"
+GELU_ACCURACY = "tests/test_gelu.py"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
@@ -342,11 +344,40 @@ MUTANTS = [
         "neighbouring rows share Philox counters: correlated masks",
     ),
     Mutant(
-        "fused-gelu-bwd-derivative-cdf-only", FEED_FORWARD, "scaling",
-        "df = dg * (cdf + f * pdf)",
-        "df = dg * cdf",
-        (FUSED_PARITY,),
+        "fused-gelu-bwd-derivative-cdf-only", GELU, "scaling",
+        "return x * cdf, cdf + x * pdf",
+        "return x * cdf, cdf",
+        (FUSED_PARITY, GELU_ACCURACY),
         "GELU's derivative without its x * pdf(x) term",
+    ),
+    Mutant(
+        "gelu-tail-sign-swapped", GELU, "scaling",
+        "return tl.where(x < 0, tail, 1.0 - tail)",
+        "return tl.where(x > 0, tail, 1.0 - tail)",
+        (GELU_ACCURACY,),
+        "the 16-bit normal CDF takes the lower tail for positive x: Phi(x) becomes Phi(-x)",
+    ),
+    Mutant(
+        "gelu-tail-coefficient-dropped", GELU, "scaling",
+        "poly = poly * u + _L3\n",
+        "poly = poly * u\n",
+        (GELU_ACCURACY,),
+        "one term of the tail polynomial lost: Phi off by up to a few percent in 16-bit",
+    ),
+    Mutant(
+        "gelu-tail-unclamped", GELU, "span",
+        "u = tl.minimum(tl.abs(x), _END) * _U_SCALE - 1.0",
+        "u = tl.abs(x) * _U_SCALE - 1.0",
+        (GELU_ACCURACY,),
+        "the tail polynomial is evaluated past its fitted range, where it diverges",
+    ),
+    Mutant(
+        "fused-gelu-fwd-not-16-bit-form", FEED_FORWARD, "scaling",
+        "g = gelu(f, hidden_ptr.dtype.element_ty.primitive_bitwidth == 16)",
+        "g = gelu(f, False)",
+        ("tests/test_fused_block.py::test_gelu_backward_rewrites_the_forward_g_exactly",),
+        "the forward's g (erf) and the backward's rewrite of it (tail polynomial) differ: fc2's weight "
+        "gradient is taken against values the forward never used",
     ),
     Mutant(
         "fused-gelu-bwd-bias-grad-before-derivative", FEED_FORWARD, "reduction",
