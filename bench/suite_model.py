@@ -10,7 +10,10 @@ Cases, for each batch size and dtype (fp32, or bf16 autocast):
   train_step_bf16_stream    with residual_stream="autocast" (a bf16 stream);
 for backends triton, sdpa, reference (the config's `backend`), compile
 (torch.compile of the sdpa model) and compile_triton (torch.compile of the
-triton model, the fastest configuration on the H200). Inputs: migt.data.synthetic_batch. The
+triton model, the fastest configuration on the H200). Inputs: migt.data.synthetic_batch,
+whose values every case checks on a host copy before the forward, which runs
+under migt.input_values_checked(), as the trainer does (no host sync in a
+step: the host queues the next step while the GPU runs this one). The
 ratio column divides by sdpa. Each row also carries the memory model's
 estimate (bench/memory_model.py) and, for training without checkpointing,
 the saved-activation bytes measured with saved_tensors_hooks.
@@ -83,6 +86,15 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
         data = migt.data.synthetic_batch(batch, config, seed=0, device=device, seq_len=T)
         inputs = (data["features"], data["attention_mask"], data["temporal_info"])
         targets = data["targets"]
+        # The trainer checks each batch's values on its host copy and runs the
+        # forward under migt.input_values_checked(), so the step never waits
+        # for the device (migt/validation.py); every case does the same.
+        host_inputs = (inputs[0].cpu(), inputs[1].cpu(), {k: v.cpu() for k, v in inputs[2].items()})
+
+        def checked_on_host():
+            migt.validate_inputs(config, *host_inputs)
+            return migt.input_values_checked()
+
         runner = model
         if backend in COMPILED:
             torch._dynamo.reset()
@@ -96,7 +108,7 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
             model.eval()
 
             def fn():
-                with torch.no_grad(), autocast():
+                with torch.no_grad(), autocast(), checked_on_host():
                     runner(*inputs)
         else:
             model.train()
@@ -104,7 +116,7 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
 
             def forward_loss():
-                with autocast():
+                with autocast(), checked_on_host():
                     out = runner(*inputs)
                     return migt.pinball_loss(out["quantiles"], targets, config.quantiles)
 

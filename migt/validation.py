@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+import contextvars
+from typing import Iterator, Mapping
 
 import torch
 
@@ -18,6 +20,28 @@ _CALENDAR_RANGES = {
 }
 
 
+_VALUES_CHECKED = contextvars.ContextVar("migt_input_values_checked", default=False)
+
+
+@contextlib.contextmanager
+def input_values_checked() -> Iterator[None]:
+    """Within this context validate_inputs (so MIGT_TVDT.forward) skips its
+    value-range checks; shapes, dtypes and devices are still checked.
+
+    For a caller that has already run validate_inputs on the batch's host
+    copy, as the trainer does before moving it to the GPU. On GPU tensors
+    those checks are a host read: the host waits for every queued kernel
+    (the previous step's included) and the GPU then idles while the host
+    queues the forward's first kernels, every step. Without the read the
+    host runs ahead of the GPU, across steps.
+    """
+    token = _VALUES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED.reset(token)
+
+
 def validate_inputs(
     config: MIGTConfig,
     features: torch.Tensor,
@@ -26,8 +50,9 @@ def validate_inputs(
 ) -> None:
     """Raise ValueError (TypeError for non-tensors) on malformed model input.
 
-    Shape and dtype checks always run; value-range checks need a host sync and
-    are skipped while torch.compile traces.
+    Shape and dtype checks always run. Value-range checks read the values
+    (a host sync on GPU tensors); they are skipped while torch.compile traces
+    and inside input_values_checked().
     """
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor (B, T, V); got {type(features).__name__}")
@@ -91,7 +116,7 @@ def validate_inputs(
         if value.device != features.device:
             raise ValueError(f"temporal_info[{key!r}] is on {value.device} but features on {features.device}")
 
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _VALUES_CHECKED.get():
         return
     # Every range check reduces on the device and all are read back together:
     # one host sync per forward (each read is one), the messages built only

@@ -32,6 +32,7 @@ from ..data.dataset import BarDayDataset, collate_days
 from ..data.features import FEATURE_NAMES
 from ..loss import pinball_loss
 from ..model import MIGT_TVDT
+from ..validation import input_values_checked, validate_inputs
 from . import checkpoint as ckpt
 from .distributed import DistContext, all_reduce_sum, barrier, gather_objects
 from .metrics import QuantileMetrics
@@ -79,6 +80,33 @@ class TrainOptions:
 AMP_MODES = ("auto", "bf16", "off")
 # Progress-bar labels of the throughput fields of the train log.
 _BAR_LABELS = {"samples_per_s": "samples/s", "peak_mem_gib": "peak_GiB"}
+
+
+class StepStats:
+    """One step's loss and gradient norm on their way to the host: a copy
+    queued behind the step's kernels (non-blocking into pinned memory on
+    CUDA), read by result(), which waits for that step only."""
+
+    def __init__(self, values: torch.Tensor, lr: float):
+        self.lr = lr
+        self._event = None
+        if values.device.type == "cuda":
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = values
+        self._result = None
+
+    def result(self) -> dict:
+        """{"loss", "grad_norm" (NaN without clipping), "lr"}, as floats."""
+        if self._result is None:
+            if self._event is not None:
+                self._event.synchronize()
+            loss, grad_norm = self._host.tolist()
+            self._result = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr}
+        return self._result
 
 
 def autocast_context(amp: str, device: torch.device):
@@ -198,6 +226,10 @@ class Trainer:
             epoch, offset = epoch + 1, 0
 
     def _to_device(self, batch: dict) -> dict:
+        # The input value checks run here, on the host batch; the forwards then
+        # run under input_values_checked(), where the model would otherwise
+        # read them back from the GPU (a host sync) every step.
+        validate_inputs(self.config, batch["features"], batch["attention_mask"], batch["temporal_info"])
         nb = self.device.type == "cuda"
         return {
             "features": batch["features"].to(self.device, non_blocking=nb),
@@ -207,10 +239,18 @@ class Trainer:
         }
 
     def train_step(self, batch: dict) -> dict:
-        """One optimisation step on a collated batch; returns loss and grad norm."""
+        """One optimisation step on a collated batch; returns loss and grad norm
+        (waiting for the step to finish on the device)."""
+        return self.launch_step(batch).result()
+
+    def launch_step(self, batch: dict) -> "StepStats":
+        """Queue one optimisation step on a collated batch; its loss and grad
+        norm come back without blocking the host (StepStats.result waits).
+        fit() reads each step's stats after queueing the next step, so the
+        GPU always has a step queued while the host reads the last one."""
         self.ddp.train()
         b = self._to_device(batch)
-        with self._autocast():
+        with self._autocast(), input_values_checked():
             out = self.forward_model(b["features"], b["attention_mask"], b["temporal_info"])
         loss = pinball_loss(out["quantiles"].float(), b["targets"], self.levels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -222,12 +262,11 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        # Read back only now, both at once: reading the norm before the
-        # optimizer step would idle the GPU while the host launches that step.
-        loss, grad_norm = (float(v) for v in torch.stack(
-            [loss.detach().float(), grad_norm.float() if grad_norm is not None else torch.full_like(loss, torch.nan)]
-        ).tolist())
-        return {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+        # Loss and norm leave together after the optimizer step: reading the
+        # norm before it would idle the GPU while the host launches that step.
+        values = torch.stack([loss.detach().float(),
+                              grad_norm.float() if grad_norm is not None else torch.full_like(loss, torch.nan)])
+        return StepStats(values, lr)
 
     @torch.no_grad()
     def evaluate(self, dataset: BarDayDataset) -> dict:
@@ -243,7 +282,7 @@ class Trainer:
         batches = [mine[i:i + bs] for i in range(0, len(mine), bs)]
         for batch in self._loader(dataset, batches):
             b = self._to_device(batch)
-            with self._autocast():
+            with self._autocast(), input_values_checked():
                 out = self.model(b["features"], b["attention_mask"], b["temporal_info"])
             metrics.update(out["quantiles"].float(), b["targets"])
         all_reduce_sum(metrics.sums, self.ctx)
@@ -357,13 +396,24 @@ class Trainer:
         batches = self.train_batches()
         running = []
         step_seconds = []  # batch loading + step, validation excluded
+        pending = []  # queued steps whose stats are not read yet
         while self.step < end:
             started = time.perf_counter()
-            stats = self.train_step(next(batches))  # float(loss) waits for the GPU
+            pending.append(self.launch_step(next(batches)))
+            boundary = (self.step % self.options.log_every == 0 or self.step % self.options.eval_every == 0
+                        or self.step in (end, self.options.max_steps))
+            # Read every queued step but the newest: the host waits for the one
+            # before it while the GPU has the newest queued. A log, a validation
+            # or the end reads the newest too.
+            ready, pending = (pending, []) if boundary else (pending[:-1], pending[-1:])
+            running.extend(queued.result()["loss"] for queued in ready)
             step_seconds.append(time.perf_counter() - started)
-            running.append(stats["loss"])
             if progress is not None:
                 progress.update(1)
+            if not ready:
+                continue  # the first step after a boundary: nothing read yet
+            stats = ready[-1].result()
+            if progress is not None:
                 progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
                                      **{_BAR_LABELS[k]: f"{v:.3g}" for k, v in self._throughput(step_seconds).items()})
             if self.step % self.options.log_every == 0 or self.step == end:
