@@ -8,6 +8,9 @@ Cases, for each batch size and dtype (fp32, or bf16 autocast):
                    blocks after aggregation, the FuturesSL order);
   train_step_recompute_ffn  with recompute_ffn_hidden=True (triton backends only);
   train_step_bf16_stream    with residual_stream="autocast" (a bf16 stream);
+  train_step_device_checks  the input value checks on the device, a host sync
+                   a step (eager triton and sdpa: a loop without
+                   migt.input_values_checked());
 for backends triton, sdpa, reference (the config's `backend`), compile
 (torch.compile of the sdpa model) and compile_triton (torch.compile of the
 triton model, the fastest configuration on the H200). Inputs: migt.data.synthetic_batch,
@@ -38,11 +41,17 @@ OPS = {
     # the fused blocks' memory options (docs/fused-block.md)
     "train_step_recompute_ffn": {"recompute_ffn_hidden": True},
     "train_step_bf16_stream": {"residual_stream": "autocast"},
+    # the model checking its input values on the device, one host sync a step:
+    # a user's own loop without migt.input_values_checked()
+    "train_step_device_checks": {},
 }
+# ops whose forward reads its input value checks back from the device
+DEVICE_CHECK_OPS = ("train_step_device_checks",)
 TRAIN_STEP_OPS = tuple(op for op in OPS if op.startswith("train_step"))
 # ops that only mean something on some backends (recompute_ffn_hidden is the
 # fused blocks'); every other op runs on every backend
-OP_BACKENDS = {"train_step_recompute_ffn": ("triton", "compile_triton")}
+OP_BACKENDS = {"train_step_recompute_ffn": ("triton", "compile_triton"),
+               "train_step_device_checks": ("triton", "sdpa")}  # compiled graphs skip the checks
 # what each compiled backend compiles
 COMPILED = {"compile": "sdpa", "compile_triton": "triton"}
 KERNEL_OPS = ("masked_attention", "revin_normalize", "gated_residual_norm")
@@ -92,6 +101,8 @@ def _setup(settings: RunSettings, op: str, backend: str, dtype: str, batch: int,
         host_inputs = (inputs[0].cpu(), inputs[1].cpu(), {k: v.cpu() for k, v in inputs[2].items()})
 
         def checked_on_host():
+            if op in DEVICE_CHECK_OPS:
+                return contextlib.nullcontext()
             migt.validate_inputs(config, *host_inputs)
             return migt.input_values_checked()
 

@@ -160,3 +160,22 @@ def test_fit_reads_each_step_after_queueing_the_next(monkeypatch):
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train] == [4, 7]
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train)
+
+
+def test_bench_steps_check_inputs_on_the_host_but_the_device_checks_case():
+    from bench import suite_model
+    from bench.common import RunSettings
+
+    settings = RunSettings(device=torch.device("cpu"), batch_sizes=(2,), dtypes=("bf16",), backends=("sdpa",),
+                           seq_len=8, model_seq_len=8, measure_saved=False)
+    steps = {c.op: c for c in suite_model.cases(settings) if c.op in ("train_step", "train_step_device_checks")}
+    callers = {}
+    for op, case in steps.items():
+        timed = case.setup()
+        timed.fn()  # warm: the loss's levels reach the device once
+        reads = HostReads()
+        with reads:
+            timed.fn()
+        callers[op] = dict(reads.callers)
+    assert callers == {"train_step": {"bench/suite_model.py:checked_on_host": 1},
+                       "train_step_device_checks": {"migt/model.py:forward": 1}}
