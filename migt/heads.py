@@ -45,12 +45,14 @@ class MaskedAttentionPooling(nn.Module):
         return expd / torch.where(denom > 0, denom, 1.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            # one low-precision copy for both products (autocast would make
+            # two), made before the masking so that the where (and its
+            # backward) moves 2-byte elements, not the float32 stream's
+            x = x.to(torch.get_autocast_dtype(device_type))
         # Padded activations replaced: a zero weight times NaN would still be NaN.
         xs = torch.where(mask[:, None, :, None], x, 0.0)  # [B, V, T, D]
-        device_type = xs.device.type
-        if torch.is_autocast_enabled(device_type):
-            # one low-precision copy for both products (autocast would make two)
-            xs = xs.to(torch.get_autocast_dtype(device_type))
         w = self.weights(xs, mask)  # [B, V, T]
         return (w.unsqueeze(-2).to(xs.dtype) @ xs).squeeze(-2)  # [B, V, D]
 
