@@ -10,6 +10,7 @@
 # 3. the configurations users run: training step (and the pooled variable mode)
 #    of eager triton, eager sdpa and torch.compile of each, B=64 (OUT_DIR/configs/),
 #    and the eager step with its input checks read from the device each step;
+#    then 24 steps of the trainer (its CUDA-only loss read-back);
 # 4. one training step under torch.profiler, kernels grouped (bench/profile.py),
 #    and each fused-block kernel alone against the copy bandwidth, with a sweep
 #    of the backward kernels' launch settings (bench/kernel_times.py);
@@ -72,6 +73,21 @@ timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_pooled tr
     --backends triton sdpa compile compile_triton --dtype bf16 --time-budget $(( t > 50 ? t - 40 : 10 )) \
     --no-plots --out "$OUT_DIR/configs"
 step_failed "configurations" $?
+
+# the trainer's CUDA-only path: each step's loss read through pinned memory
+# after the next step is queued (migt/training/trainer.py StepStats); seed
+# config, so the kernels compiled above are reused
+echo "=== trainer, 24 steps on synthetic bars ($(elapsed) s)"
+timeout "$(allow 45 170)" "$PY" -m migt.train --data synthetic --synthetic-days 80 --max-steps 24 --batch-size 16 \
+    --log-every 8 --eval-every 24 --warmup-steps 4 --no-progress --out "$OUT_DIR/trainer" 2>&1 | tail -n 8
+step_failed "trainer" "${PIPESTATUS[0]}"
+"$PY" - "$OUT_DIR/trainer/metrics.jsonl" <<'PY' || { echo "!!! trainer: a logged loss is not finite"; status=1; }
+import json, math, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+train = [r for r in rows if r["split"] == "train"]
+print("trainer losses:", [(r["step"], round(r["loss"], 4), round(r["grad_norm"], 3)) for r in train])
+assert [r["step"] for r in train] == [8, 16, 24] and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train)
+PY
 
 echo "=== profile of one training step ($(elapsed) s)"
 timeout "$(allow 75 150)" "$PY" -m bench.profile --backends triton sdpa --out "$OUT_DIR" 2>&1 \

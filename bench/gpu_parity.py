@@ -303,6 +303,38 @@ def check_ffn_chunks(device, dtype: str, s: dict, chunks: int = 3, gated: bool =
     return dataclasses.replace(check, name=check.name.replace("block", f"block, FFN in {made} chunks", 1))
 
 
+def check_gelu_16bit(device, dtype: str, s: dict) -> Check:
+    """The FFN's 16-bit GELU + dropout passes as compiled: the forward's g
+    and the backward's rewrite of it bit for bit (the backward's g feeds
+    fc2's weight gradient; an FMA contracted differently in one kernel would
+    break it), and both g and dhidden against float64 within the dtype's
+    rounding (kernels/gelu.py's tail-polynomial CDF, not erf)."""
+    import math
+
+    from kernels import dropout_seeds, feed_forward
+
+    name = f"GELU + dropout passes {dtype} (N={s['B'] * s['V'] * s['T']}, C={4 * s['D']})"
+    missing = _missing("residual_feed_forward", "triton", device)
+    if missing is not None:
+        return Check(name, "missing", detail=missing)
+    N, C, p = s["B"] * s["V"] * s["T"], 4 * s["D"], 0.1
+    hidden = (torch.randn(N, C, device=device) * 3).to(DTYPES[dtype])
+    dg = torch.randn(N, C, device=device).to(DTYPES[dtype])
+    seeds = dropout_seeds(device)
+    g = feed_forward.gelu_dropout_fwd(hidden, seeds, p)
+    dhidden, _, g_again = feed_forward.gelu_dropout_bwd(dg.clone(), hidden, seeds, p)
+    if not torch.equal(g, g_again):
+        differ = int((g != g_again).sum())
+        return Check(name, "MISMATCH", 1.0, f"the backward's g differs from the forward's in {differ} elements")
+    f = hidden.double()
+    cdf = 0.5 * torch.special.erfc(-f / math.sqrt(2.0))
+    keep = g != 0  # kept elements (a kept g is 0 only where gelu is, which the reference shares)
+    g_ref = torch.where(keep, f * cdf / (1 - p), 0.0)
+    slope = cdf + f * torch.exp(-0.5 * f * f) / math.sqrt(2.0 * math.pi)
+    dh_ref = torch.where(keep, dg.double() * slope / (1 - p), 0.0)
+    return _compare(name, {"g": (g, g_ref), "dhidden": (dhidden, dh_ref)}, NORM_TOL[dtype])
+
+
 def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
     checks = []
     if backend == "triton":  # the fallback's chunked calls, beside the kernels
@@ -318,6 +350,8 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
     for dtype in (*dtypes, "fp64"):
         for gated in (False, True):
             checks.append(check_fused_block(device, dtype, shapes, backend, gated=gated))
+    if backend == "triton":
+        checks += [check_gelu_16bit(device, dtype, shapes) for dtype in dtypes if dtype in ("bf16", "fp16")]
     if backend == "triton":  # in half precision if run at all: the chunks' float32 weight GEMMs
         half = next((d for d in dtypes if d in ("bf16", "fp16")), dtypes[0])
         checks += [check_ffn_chunks(device, half, shapes, gated=gated) for gated in (False, True)]

@@ -265,8 +265,9 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
 
     x, branch: (..., D) (x is the residual stream, branch e.g. the attention
     output projection); norm_weight, norm_bias: (D,); fc1_weight (d_ff, D),
-    fc1_bias (d_ff,), fc2_weight (D, d_ff), fc2_bias (D,). GELU is the exact
-    (erf) form. Returns out in x's dtype; the GEMMs run in autocast's dtype
+    fc1_bias (d_ff,), fc2_weight (D, d_ff), fc2_bias (D,). GELU is the erf
+    form, nn.GELU()'s (on the triton backend, a 16-bit hidden takes its normal
+    CDF from kernels/gelu.py's polynomial, within 3.2e-6). Returns out in x's dtype; the GEMMs run in autocast's dtype
     when it is on, else fc1_weight's; everything else in float32 at least.
 
     Dropout (probability dropout_p, at three sites) draws its keep bits from

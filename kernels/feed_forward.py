@@ -60,7 +60,7 @@ def _gelu_dropout_fwd_kernel(
     ok = (rows < N)[:, None] & (cols < C)[None, :]  # [BLOCK_M, BLOCK_C]
     offs = tile_offsets(rows, cols, C)
     f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(ACC)
-    g = gelu(f, hidden_ptr.dtype.element_ty.primitive_bitwidth == 16)  # exact (erf) GELU, as nn.GELU()
+    g = gelu(f, hidden_ptr.dtype.element_ty.primitive_bitwidth == 16)  # nn.GELU()'s; 16-bit: kernels/gelu.py
     if HAS_DROPOUT:
         scale = split_scalar(scale_hi, scale_lo, ACC)
         kept = keep_tile(seed_ptr, SITE, row0 + rows, tl.program_id(1) * BLOCK_C, C, cut, BLOCK_C)

@@ -9,7 +9,7 @@ t >= 0. log2 R(t) is smooth and slowly varying (log2(1/2) at 0, about
 
 Past TAIL_END the clamp keeps L at its end value, which overstates Q by a
 factor of about t / TAIL_END where Q < 1e-9 (PyTorch's float32
-0.5 (1 + erf(x / sqrt 2)) returns exactly 0 there from x = -5.9).
+0.5 (1 + erf(x / sqrt 2)) is exactly 0 from about x = -5.4 on).
 
 The fit minimises the largest absolute error of L (so the relative error of
 Q) on Chebyshev points by Lawson's reweighted least squares, in the
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     coef, error = fit(args.end, args.degree)
     print(f"# L(u), |error| <= {error:.2e} in log2 (Q relative {error * math.log(2.0):.2e}), TAIL_END = {args.end}")
-    print("_TAIL_POLY = (" + ", ".join(f"{float(np.float32(c))!r}" for c in coef) + ")")
+    print("TAIL_POLY = (" + ", ".join(f"{float(np.float32(c))!r}" for c in coef) + ")")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,22 @@ def test_parity_checker_passes_a_right_backend_and_catches_a_wrong_one(monkeypat
     assert wrong.status == "MISMATCH" and wrong.worst > 5e-3
 
 
+def test_gelu_parity_check_passes_and_catches_a_backward_whose_g_differs(monkeypatch):
+    shapes = dict(gpu_parity.SMALL)
+    assert gpu_parity.check_gelu_16bit("cpu", "fp16", shapes).status == "ok"
+    from kernels import feed_forward
+
+    right = feed_forward.gelu_dropout_bwd
+
+    def off_by_an_ulp(*args, **kwargs):
+        dhidden, db, g = right(*args, **kwargs)
+        return dhidden, db, torch.nextafter(g, torch.full_like(g, float("inf")))
+
+    monkeypatch.setattr(feed_forward, "gelu_dropout_bwd", off_by_an_ulp)
+    wrong = gpu_parity.check_gelu_16bit("cpu", "fp16", shapes)
+    assert wrong.status == "MISMATCH" and "differs from the forward's" in wrong.detail
+
+
 @pytest.mark.parametrize("autocast,stream,recompute", [(False, "float32", False), (True, "float32", False),
                                                        (True, "autocast", True)],
                          ids=["fp32", "bf16", "bf16-stream-recompute"])

@@ -53,11 +53,12 @@ def test_gelu_and_its_slope_match_float64(sixteen_bit):
     want_g, want_slope = exact(GRID)
     phi_err = (g.double() - want_g).abs() / GRID.double().abs().clamp_min(1e-300)  # |Phi error|, x != 0
     if sixteen_bit:
-        # the docstring's claim: within 3e-6 relative and 6e-7 absolute for |x| <= TAIL_END
+        # the docstring's claim: 2.9e-6 relative and 5.1e-7 absolute at worst
+        # for |x| <= TAIL_END (a little room for another numpy's rounding)
         inside = (GRID.abs() <= gelu_module.TAIL_END) & (GRID != 0)
         rel = (g.double() - want_g).abs()[inside] / want_g.abs()[inside]
-        assert rel.max() <= 4e-6, f"gelu relative error {rel.max():.2e}"
-        assert phi_err[inside].max() <= 6e-7, f"Phi absolute error {phi_err[inside].max():.2e}"
+        assert rel.max() <= 3.1e-6, f"gelu relative error {rel.max():.2e}"
+        assert phi_err[inside].max() <= 5.3e-7, f"Phi absolute error {phi_err[inside].max():.2e}"
     else:
         # the float32 erf form: 1 + erf rounds near 1 (its relative error grows in the tail)
         assert phi_err[GRID != 0].max() <= 1.2e-7, f"Phi absolute error {phi_err[GRID != 0].max():.2e}"

@@ -139,9 +139,12 @@ def test_fit_reads_each_step_after_queueing_the_next(monkeypatch):
     events = []
     launch, result = trainer_module.Trainer.launch_step, trainer_module.StepStats.result
 
+    queued = {}
+
     def logged_launch(self, batch):
         stats = launch(self, batch)
         stats.step = self.step
+        queued[self.step] = stats
         events.append(f"launch {self.step}")
         return stats
 
@@ -159,7 +162,14 @@ def test_fit_reads_each_step_after_queueing_the_next(monkeypatch):
                       "launch 5", "launch 6", "read 5", "launch 7", "read 6", "read 7"]
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train] == [4, 7]
-    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train)
+    # each record: the mean loss of its own steps, each counted once, and
+    # the grad norm and learning rate of its last step
+    for record, steps in zip(train, ([1, 2, 3, 4], [5, 6, 7])):
+        own = [result(queued[step]) for step in steps]
+        assert record["loss"] == pytest.approx(sum(r["loss"] for r in own) / len(own), rel=1e-12)
+        assert (record["grad_norm"], record["lr"]) == (own[-1]["grad_norm"], own[-1]["lr"])
+        assert math.isfinite(record["loss"]) and record["grad_norm"] > 0
+    assert len({r["loss"] for r in (result(s) for s in queued.values())}) == 7  # the steps differ
 
 
 def test_bench_steps_check_inputs_on_the_host_but_the_device_checks_case():

@@ -92,9 +92,9 @@ class StepStats:
         self._event = None
         if values.device.type == "cuda":
             self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            self._host.copy_(values, non_blocking=True)
+            self._host.copy_(values, non_blocking=True)  # on values' device's current stream
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(values.device))  # that stream, whatever device is current
         else:
             self._host = values
         self._result = None
