@@ -67,18 +67,16 @@ def _normal_cdf_16bit(x, sq):
 @triton.jit
 def gelu(x, SIXTEEN_BIT: tl.constexpr):
     """gelu(x) = x Phi(x) of a float32/float64 tile; SIXTEEN_BIT: the tile
-    will be stored in 16 bits, so the tail polynomial is accurate enough."""
-    if SIXTEEN_BIT:
-        return x * _normal_cdf_16bit(x, x * x)
-    else:
-        return x * (0.5 * (1.0 + tl.math.erf(x * _SQRT1_2)))
+    will be stored in 16 bits, so the tail polynomial is accurate enough.
+    gelu_and_grad's first value, the same code (the unused slope compiles
+    away), so a backward that recomputes gelu gets the forward's bits."""
+    g, _slope = gelu_and_grad(x, SIXTEEN_BIT)
+    return g
 
 
 @triton.jit
 def gelu_and_grad(x, SIXTEEN_BIT: tl.constexpr):
-    """(gelu(x), gelu'(x) = Phi(x) + x phi(x)) of a tile; gelu(x) is
-    bitwise the value gelu() gives, so a backward that recomputes it gets
-    the forward's."""
+    """(gelu(x), gelu'(x) = Phi(x) + x phi(x)) of a tile."""
     if SIXTEEN_BIT:
         sq = x * x
         cdf = _normal_cdf_16bit(x, sq)
