@@ -252,6 +252,27 @@ def value_embedding_cases(quick: bool):
         yield f"value_embedding {dtype}->{out} D={d} p={p}", run
 
 
+def pooling_cases(quick: bool):
+    """kernels.norm_attention_pool (kernels/pooling.py), forward and backward:
+    a float32 stream written in bf16 (the model under autocast), a bf16
+    stream, float32 and float64; at the model's D and (not quick) a small
+    and the largest D."""
+    from kernels import pooling
+
+    variants = [("fp32", "bf16"), ("bf16", "bf16")] + ([] if quick else [("fp32", "fp32"), ("fp64", "fp64")])
+    widths = [256] if quick else [7, 256, pooling.MAX_D]
+    for (dtype, out), d in itertools.product(variants, widths):
+        def run(dtype=DTYPES.get(dtype, torch.float64), out=DTYPES.get(out, torch.float64), d=d):
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            x = torch.zeros(2, 3, 5, d, dtype=dtype, requires_grad=True)
+            w, b = torch.ones(d, requires_grad=True), torch.zeros(d, requires_grad=True)
+            kq, c = torch.zeros(d, dtype=acc, requires_grad=True), torch.zeros((), dtype=acc, requires_grad=True)
+            mask = torch.ones(2, 5, dtype=torch.bool)
+            pooling.norm_attention_pool(x, mask, w, b, 1e-5, kq, c, out).float().sum().backward()
+
+        yield f"pooling {dtype}->{out} D={d}", run
+
+
 # One entry per kernel module: name -> function(quick) yielding (label, thunk)
 # pairs, each thunk running the host code that launches that module's
 # kernels. A new kernel module registers its variants here.
@@ -262,6 +283,7 @@ KERNEL_MODULES = {
     "fused_block": fused_block_cases,
     "dropout": dropout_cases,
     "value_embedding": value_embedding_cases,
+    "pooling": pooling_cases,
 }
 
 

@@ -41,7 +41,7 @@ Embedding: RevIN's and the value embedding's 12 + the dropout mask mD (none
   on triton: kernels.value_embedding redraws it).
 Final norm + pooling: the norm's input 4D + stats 8 + one aD copy of the
   normalised values for both pooling products; on triton only the stream rD
-  (both are recomputed in the backward).
+  (both are recomputed in the backward) and 4D + 8 per series, not per token.
 Under bf16 autocast each forward also keeps a bf16 copy of every weight (2 bytes
 per parameter). Activation checkpointing keeps only each block's input (4D) and recomputes
 one block at a time in the backward, so that block's full set is added once.
@@ -169,8 +169,12 @@ def estimate(
     embed = (3 * 4 + (0 if backend == "triton" else m * D)) * N
     # final LayerNorm (in float32: its input 4D) + stats, one copy of the
     # pooled values for both of the pooling's products; the fused model
-    # recomputes both in the backward and keeps only the stream rD
-    aggregation = (r * D if backend == "triton" else 4 * D + 8 + a * D) * N
+    # (kernels.norm_attention_pool) recomputes both in the backward and keeps
+    # the stream rD, and per series the float pooled vector, max and sum
+    if backend == "triton":
+        aggregation = r * D * N + (4 * D + 8) * batch * V
+    else:
+        aggregation = (4 * D + 8 + a * D) * N
 
     # The backward's largest working set, plus two T x T float32 matrices per
     # (b, v, h) for reference attention.

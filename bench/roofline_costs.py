@@ -353,3 +353,21 @@ def _value_embedding_backward(inputs, outputs) -> list:
     partials = 2 * 3 * _nbytes(programs * V * D, torch.float32)
     return [_pass("embedding backward", "elementwise", tensor_bytes(dout, y, weight) + tensor_bytes(outputs) + partials,
                   launches=5)]
+
+
+# --- the final norm + attention pooling in one pass (kernels/pooling.py) ------
+
+@register_cost("migt::norm_attention_pool")
+def _norm_attention_pool(inputs, outputs) -> list:
+    # reads x and the mask; writes the pooled vectors (out dtype and float) and two floats per series
+    return [_pass("norm + pool", "norm", tensor_bytes(inputs[:2]) + tensor_bytes(outputs))]
+
+
+@register_cost("migt::norm_attention_pool_backward")
+def _norm_attention_pool_backward(inputs, outputs) -> list:
+    x = inputs[1]
+    B, V, _, D = x.shape
+    # reads dout, x, the mask and the saved per-series values; writes dx and
+    # the per-series partial rows of three (D,) gradients, which the host sums
+    partials = 2 * 3 * _nbytes(B * V * D, outputs[1])
+    return [_pass("norm + pool backward", "norm", tensor_bytes(inputs) + tensor_bytes(x) + partials, launches=5)]

@@ -11,6 +11,7 @@ Each function validates its arguments, picks a backend and runs it:
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "fused_block_backend",
     "dropout",
     "value_embedding",
+    "norm_attention_pool",
 ]
 
 # Triton implementation module of each op; each exposes
@@ -47,6 +49,7 @@ try:
     from . import ffn_gated_norm as _triton_gated_feed_forward
     from . import gated_norm as _triton_gated_norm
     from . import norm_linear as _triton_norm_linear
+    from . import pooling as _triton_pooling
     from . import revin as _triton_revin
 except ImportError as err:
     if not (err.name or "").startswith("triton"):
@@ -63,6 +66,7 @@ else:
         "gated_feed_forward": _triton_gated_feed_forward,
         "dropout": _triton_dropout,
         "value_embedding": _triton_value_embedding,
+        "norm_attention_pool": _triton_pooling,
     }
 
 
@@ -372,3 +376,40 @@ def value_embedding(y, weight, bias, pos, dropout_p: float = 0.0, *, seeds=None,
         seeds = dropout_seeds(y.device, 1) if dropout_p > 0 else torch.empty((0,), dtype=torch.int64, device=y.device)
     impl = _triton_module("value_embedding") if choice == "triton" else reference
     return impl.value_embedding(y, weight, bias.to(weight.dtype), pos, seeds, float(dropout_p), out_dtype)
+
+
+def norm_attention_pool(x, mask, norm_weight, norm_bias, key_weight, key_bias, query, eps: float = 1e-5, *,
+                        scale: Optional[float] = None, backend: str = "auto"):
+    """The model's aggregation over time, final LayerNorm included:
+
+        h      = layer_norm(x; norm_weight, norm_bias)               (B, V, T, D)
+        score  = (h @ key_weight.T + key_bias) @ query * scale       (B, V, T)
+        a      = softmax of score over the valid steps of mask       0 at padded steps
+        pooled = sum_t a[..., t] h[..., t, :]                        (B, V, D)
+
+    x: (B, V, T, D); mask: (B, T) bool, True = valid step; norm_weight,
+    norm_bias, key_bias, query: (D,); key_weight: (D, D); scale: default
+    1 / sqrt(D). The key projection enters only through key_weight.T @ query
+    (a (D,) vector, made in float32 at least), and key_bias only through a
+    constant shift of every score, which the softmax cancels (its gradient is
+    0 but for rounding). Computed in float32 at least; returned in autocast's
+    dtype when it is on, else x's. A series with no valid step pools to 0
+    with zero gradients; values at padded steps (NaN included) affect
+    nothing. With the Triton backend one pass over x forward and one
+    backward, keeping x and three floats per series plus the float pooled
+    vector: no normalised copy of x is written or kept. ("sdpa" runs the
+    reference.)
+    """
+    _validate.norm_attention_pool_inputs(x, mask, norm_weight, norm_bias, key_weight, key_bias, query)
+    choice = _dispatch.choose("norm_attention_pool", backend, x.device,
+                              lambda: _triton_reason("norm_attention_pool", x))
+    device_type = x.device.type
+    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    dt = reference.compute_dtype(x.dtype)
+    scale = 1.0 / math.sqrt(x.shape[-1]) if scale is None else float(scale)
+    with torch.autocast(device_type, enabled=False):  # two (D,) products, in the compute dtype
+        query = query.to(dt)
+        key_query = (key_weight.to(dt).t() @ query) * scale
+        score_bias = (key_bias.to(dt) @ query) * scale
+    impl = _triton_module("norm_attention_pool") if choice == "triton" else reference
+    return impl.norm_attention_pool(x, mask, norm_weight, norm_bias, eps, key_query, score_bias, out_dtype)

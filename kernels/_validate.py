@@ -233,3 +233,17 @@ def value_embedding_inputs(y, weight, bias, pos, p, seeds) -> None:
                              f"got {seeds.dtype} of shape {_shape(seeds)}")
         same_device(y=y, seeds=seeds)
     same_device(y=y, weight=weight, bias=bias, pos=pos)
+
+
+def norm_attention_pool_inputs(x, m, norm_weight, norm_bias, key_weight, key_bias, query) -> None:
+    tensor("x", x, ndim=4, dims="(B, V, T, D)")
+    floating("x", x)
+    B, _, T, D = x.shape
+    mask("mask", m, B, T)
+    _vector("norm_weight", norm_weight, D, "(D,)")
+    _vector("norm_bias", norm_bias, D, "(D,)")
+    _matrix("key_weight", key_weight, D, D, "(D, D)")
+    _vector("key_bias", key_bias, D, "(D,)")
+    _vector("query", query, D, "(D,)")
+    same_device(x=x, mask=m, norm_weight=norm_weight, norm_bias=norm_bias, key_weight=key_weight,
+                key_bias=key_bias, query=query)

@@ -190,3 +190,37 @@ def value_embedding(y, weight, bias, pos, seeds, p: float, out_dtype):
         keep = philox.keep_mask(seeds[0], x.shape, p)
         x = torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
     return x.to(out_dtype)
+
+
+def masked_softmax(scores, mask):
+    """Softmax of scores (B, V, T) over the valid steps of mask (B, T): 0 at
+    padded steps, and all 0 for a series with no valid step. Padded scores
+    (NaN included) never reach an exp, so they affect nothing."""
+    valid = mask[:, None, :]  # [B, 1, T]
+    # Shift by the max over valid steps (softmax is shift-invariant, so
+    # detaching it changes no gradient); an empty row shifts by 0.
+    row_max = torch.where(valid, scores, float("-inf")).amax(-1, keepdim=True).detach()
+    row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+    shifted = torch.where(valid, scores - row_max, 0.0)
+    expd = torch.where(valid, torch.exp(shifted), 0.0)  # [B, V, T]
+    denom = expd.sum(-1, keepdim=True)
+    return expd / torch.where(denom > 0, denom, 1.0)
+
+
+def norm_attention_pool(x, mask, norm_weight, norm_bias, eps: float, key_query, score_bias, out_dtype):
+    """sum_t softmax_t(h_t . key_query + score_bias) h_t over the valid steps,
+    h = layer_norm(x; norm_weight, norm_bias): x (B, V, T, D) -> (B, V, D) in
+    out_dtype, computed in float32 at least (the softmax scale is in
+    key_query and score_bias)."""
+    if torch.is_autocast_enabled(x.device.type):  # the products in the compute dtype, not autocast's
+        with torch.autocast(x.device.type, enabled=False):
+            return norm_attention_pool(x, mask, norm_weight, norm_bias, eps, key_query, score_bias, out_dtype)
+    dt = compute_dtype(x.dtype)
+    valid = mask[:, None, :, None]  # [B, 1, T, 1]
+    # padded rows zeroed before the norm too: a NaN there would reach the
+    # norm's gradients through its (ignored) output
+    xs = torch.where(valid, x.to(dt), 0.0)
+    h = torch.nn.functional.layer_norm(xs, (x.shape[-1],), norm_weight.to(dt), norm_bias.to(dt), eps)
+    h = torch.where(valid, h, 0.0)  # [B, V, T, D]
+    weights = masked_softmax(h @ key_query.to(dt) + score_bias.to(dt), mask)  # [B, V, T]
+    return (weights.unsqueeze(-2) @ h).squeeze(-2).to(out_dtype)

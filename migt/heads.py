@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.reference import masked_softmax
+
 
 class MaskedAttentionPooling(nn.Module):
     """Attention pooling over T with a learned query: (B, V, T, D) -> (B, V, D).
@@ -33,16 +35,7 @@ class MaskedAttentionPooling(nn.Module):
         key_query = self.key_proj.weight.t() @ self.query  # [D]
         scores = (x @ key_query.to(x.dtype) + self.key_proj.bias @ self.query) * self.scale  # [B, V, T]
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # the softmax in float32 at least
-        valid = mask[:, None, :]  # [B, 1, T]
-        # Shift by the max over valid steps (softmax is shift-invariant, so
-        # detaching it changes no gradient); an empty row shifts by 0.
-        row_max = torch.where(valid, scores, float("-inf")).amax(-1, keepdim=True).detach()
-        row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
-        # Padded scores replaced before exp, so exp never sees NaN or overflows.
-        shifted = torch.where(valid, scores - row_max, 0.0)
-        expd = torch.where(valid, torch.exp(shifted), 0.0)  # [B, V, T]
-        denom = expd.sum(-1, keepdim=True)
-        return expd / torch.where(denom > 0, denom, 1.0)
+        return masked_softmax(scores, mask)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         device_type = x.device.type

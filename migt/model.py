@@ -85,17 +85,11 @@ class MIGT_TVDT(nn.Module):
         """Final norm + attention pooling over T: (B, V, T, D) -> (B, V, D)."""
         if kernels.fused_block_backend(self.config.backend, x) != "triton":
             return self.aggregation(self.final_norm(x), mask)
-        if self.training and torch.is_grad_enabled():
-            # Recomputed in the backward (one norm pass and two matrix-vector
-            # products): only x is kept, not the normalised low-precision copy
-            # that both of the pooling's products would keep. No RNG inside.
-            return checkpoint(self._norm_and_pool, x, mask, use_reentrant=False, preserve_rng_state=False)
-        return self._norm_and_pool(x, mask)
-
-    def _norm_and_pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        norm = self.final_norm
-        h = kernels.layer_norm(x, norm.weight, norm.bias, norm.eps, backend="triton")  # autocast's dtype, one pass
-        return self.aggregation(h, mask)
+        # One kernel each way: no normalised copy of x is written, and the
+        # backward keeps x (the last block's output) and a few floats per series.
+        norm, pool = self.final_norm, self.aggregation
+        return kernels.norm_attention_pool(x, mask, norm.weight, norm.bias, pool.key_proj.weight, pool.key_proj.bias,
+                                           pool.query, norm.eps, scale=pool.scale, backend="triton")
 
     def embed(
         self,
