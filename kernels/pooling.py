@@ -73,8 +73,8 @@ def _norm_pool_fwd_kernel(
     slot_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
     for t0 in range(0, T, BLOCK_T):
         x, ok, valid, _, _ = _row_tile(x_ptr, mask_ptr, series, b, t0, T, D, cols, col_ok, BLOCK_T, ACC)
+        # (a padded row normalises to the norm bias: its weight p is 0, so it adds nothing)
         h, _, _ = layer_norm_rows(x, ok, w, bias, D, eps_hi, eps_lo)
-        h = tl.where(ok, h, 0.0)
         score = tl.where(valid, tl.sum(h * kq[None, :], 1) + c, float("-inf"))  # [BLOCK_T]
         new_max = tl.maximum(slot_max, score)
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a slot with no valid step yet
@@ -126,13 +126,12 @@ def _norm_pool_bwd_kernel(
     dc_acc = tl.zeros([BLOCK_T], ACC)
     for t0 in range(0, T, BLOCK_T):
         x, ok, valid, in_range, offs = _row_tile(x_ptr, mask_ptr, series, b, t0, T, D, cols, col_ok, BLOCK_T, ACC)
-        h, mean, rstd = layer_norm_rows(x, ok, w, bias, D, eps_hi, eps_lo)
-        h = tl.where(ok, h, 0.0)
+        h, mean, rstd = layer_norm_rows(x, ok, w, bias, D, eps_hi, eps_lo)  # the norm bias at padded rows
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
         score = tl.sum(h * kq[None, :], 1) + c
         a = tl.where(valid, tl.exp(score - shift) * inv_total, 0.0)  # [BLOCK_T]
         ds = a * (tl.sum(h * g[None, :], 1) - g_pooled)
-        dh = tl.where(ok, a[:, None] * g[None, :] + ds[:, None] * kq[None, :], 0.0)
+        dh = a[:, None] * g[None, :] + ds[:, None] * kq[None, :]  # 0 at padded rows (a, ds) and columns (g, kq)
         dkq_acc += ds[:, None] * h
         dc_acc += ds
         dw_acc += dh * xhat

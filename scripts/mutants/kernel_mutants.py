@@ -20,6 +20,7 @@ FEED_FORWARD = "kernels/feed_forward.py"
 CHUNKING = "kernels/chunking.py"
 EMBEDDING = "kernels/embedding.py"
 GELU = "kernels/gelu.py"
+POOLING = "kernels/pooling.py"
 
 ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
 BOUNDARIES = "tests/test_block_boundaries.py"
@@ -29,6 +30,7 @@ FUSED_PARITY = "tests/test_fused_block.py::test_feed_forward_matches_float64_ref
 CHUNK_PARITY = "tests/test_ffn_row_chunks.py::test_chunked_feed_forward_matches_float64_reference"
 TAIL_PARITY = "tests/test_ffn_gated_norm.py::test_matches_float64_reference"
 GELU_ACCURACY = "tests/test_gelu.py"
+POOL_PARITY = "tests/test_norm_attention_pool.py::test_matches_float64_reference"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
@@ -562,6 +564,70 @@ MUTANTS = [
         "keep_hidden = not recompute_hidden",
         ("tests/test_ffn_gated_norm.py::test_without_grad_keeps_no_hidden",),
         "inference makes and holds the (N, d_ff) hidden for the whole batch",
+    ),
+    # ------------------------------------------------------------ final norm + attention pooling (kernels/pooling.py)
+    Mutant(
+        "pool-padded-steps-read", POOLING, "masking",
+        "    ok = valid[:, None] & col_ok[None, :]\n",
+        "    ok = in_range[:, None] & col_ok[None, :]\n",
+        (POOL_PARITY,),
+        "padded steps are loaded: NaN stored there reaches the norm statistics and every gradient",
+    ),
+    Mutant(
+        "pool-fwd-padded-steps-scored", POOLING, "masking",
+        'score = tl.where(valid, tl.sum(h * kq[None, :], 1) + c, float("-inf"))',
+        'score = tl.where(valid | (t0 + tl.arange(0, BLOCK_T) < T), tl.sum(h * kq[None, :], 1) + c, float("-inf"))',
+        (POOL_PARITY,),
+        "padded steps get softmax weight: every short day's pooled vector changes",
+    ),
+    Mutant(
+        "pool-fwd-slot-not-rescaled", POOLING, "scaling",
+        "        slot_acc = slot_acc * rescale[:, None] + p[:, None] * h\n",
+        "        slot_acc = slot_acc + p[:, None] * h\n",
+        (POOL_PARITY,),
+        "the online softmax forgets to rescale a slot's weighted sum when its max rises",
+    ),
+    Mutant(
+        "pool-fwd-slots-combined-unscaled", POOLING, "scaling",
+        "    total = tl.sum(slot_sum * rescale, 0)\n",
+        "    total = tl.sum(slot_sum, 0)\n",
+        (POOL_PARITY,),
+        "the row slots' sums are added without bringing them to one max",
+    ),
+    Mutant(
+        "pool-empty-series-divides-by-zero", POOLING, "masking",
+        "    pooled = tl.sum(slot_acc * rescale[:, None], 0) / tl.where(total > 0, total, 1.0)",
+        "    pooled = tl.sum(slot_acc * rescale[:, None], 0) / total",
+        (POOL_PARITY, "tests/test_norm_attention_pool.py::test_padding_and_empty_series_give_zeros_and_finite_gradients"),
+        "a series with no valid step pools to 0/0 = NaN instead of zeros",
+    ),
+    Mutant(
+        "pool-bwd-score-grad-no-centring", POOLING, "scaling",
+        "ds = a * (tl.sum(h * g[None, :], 1) - g_pooled)",
+        "ds = a * tl.sum(h * g[None, :], 1)",
+        (POOL_PARITY,),
+        "the softmax backward misses the weighted mean: key and norm gradients drift",
+    ),
+    Mutant(
+        "pool-bwd-norm-grads-last-tile-only", POOLING, "reduction",
+        "        dw_acc += dh * xhat\n",
+        "        dw_acc = dh * xhat\n",
+        (POOL_PARITY,),
+        "each series' norm weight gradient keeps only its last tile of steps",
+    ),
+    Mutant(
+        "pool-bwd-key-grad-misses-kq-path", POOLING, "reduction",
+        "dh = a[:, None] * g[None, :] + ds[:, None] * kq[None, :]",
+        "dh = a[:, None] * g[None, :]",
+        (POOL_PARITY,),
+        "dx misses the gradient through the scores",
+    ),
+    Mutant(
+        "pool-bwd-padded-dx-unwritten", POOLING, "masking",
+        "tl.store(dx_ptr + offs, cast_for(dx, dx_ptr), mask=in_range[:, None] & col_ok[None, :])",
+        "tl.store(dx_ptr + offs, cast_for(dx, dx_ptr), mask=ok)",
+        (POOL_PARITY, "tests/test_norm_attention_pool.py::test_padding_and_empty_series_give_zeros_and_finite_gradients"),
+        "dx at padded steps is never written (whatever the allocation held)",
     ),
     Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
