@@ -230,12 +230,13 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
 
 def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1) -> Check:
     """The fused model's ops around the blocks, at full shapes: the input
-    embedding (value_embedding, dropout p, the stream written in `dtype`)
-    and the final norm (layer_norm, written in `dtype`); float64 for fp64.
-    (The variable blocks' gate runs inside gated_feed_forward: check_fused_block.)"""
+    embedding (value_embedding, dropout p, the stream written in `dtype`),
+    the final norm + attention pooling (norm_attention_pool, padded steps
+    NaN, written in `dtype`) and the norm alone (layer_norm); float64 for
+    fp64. (The variable blocks' gate runs inside gated_feed_forward: check_fused_block.)"""
     import kernels
 
-    name = f"embedding + final norm {dtype} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
+    name = f"embedding + norm + pooling {dtype} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
     reason = _missing("value_embedding", backend, device)
     if reason:
         return Check(name, "missing", detail=reason)
@@ -245,11 +246,14 @@ def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: f
     stream = torch.float64 if dtype == "fp64" else torch.float32
     base = {"y": torch.randn(B, V, T, **g), "emb_weight": torch.randn(V, D, **g), "emb_bias": torch.randn(V, D, **g),
             "pos": torch.randn(B, T, D, **g), "x": 3 + torch.randn(B, V, T, D, **g),
-            "norm_weight": 1 + 0.1 * torch.randn(D, **g), "norm_bias": 0.1 * torch.randn(D, **g)}
+            "norm_weight": 1 + 0.1 * torch.randn(D, **g), "norm_bias": 0.1 * torch.randn(D, **g),
+            "key_weight": torch.randn(D, D, **g), "key_bias": torch.randn(D, **g), "query": torch.randn(D, **g)}
+    mask = _masks(B, T, device)
+    base["x_pool"] = _poison(3 + torch.randn(B, V, T, D, **g), mask[:, None, :, None])
     low = {k: v.to(stream).requires_grad_() for k, v in base.items()}
     high = {k: v.detach().double().requires_grad_() for k, v in low.items()}  # the same rounded values
     seeds = kernels.dropout_seeds(device, 1)
-    upstream = [torch.randn(B, V, T, D, **g) for _ in range(2)]
+    upstream = [torch.randn(B, V, T, D, **g) for _ in range(2)] + [torch.randn(B, V, D, **g)]
     half = low_dtype in (torch.bfloat16, torch.float16)
     results = {}
     for label, t, be in (("kernel", low, backend), ("ref", high, "reference")):
@@ -259,9 +263,13 @@ def check_model_edges(device, dtype: str, s: dict, backend: str = "triton", p: f
         # under autocast the norm writes autocast's dtype, as in the model
         with torch.autocast(torch.device(device).type, dtype=low_dtype, enabled=kernel and half):
             h = kernels.layer_norm(t["x"], t["norm_weight"], t["norm_bias"], backend=be)
-        outs = (emb, h)
+            pooled = kernels.norm_attention_pool(t["x_pool"], mask, t["norm_weight"], t["norm_bias"],
+                                                 t["key_weight"], t["key_bias"], t["query"], backend=be)
+        outs = (emb, h, pooled)
         torch.autograd.backward(outs, [u.to(o.dtype) for u, o in zip(upstream, outs)])
-        results[label] = {"embedding": emb, "norm": h, **{f"d{k}": v.grad for k, v in t.items()}}
+        # key_bias only shifts every score alike: its gradient is rounding noise around 0
+        results[label] = {"embedding": emb, "norm": h, "pooled": pooled,
+                          **{f"d{k}": v.grad for k, v in t.items() if k != "key_bias"}}
     return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
 
 

@@ -6,7 +6,7 @@ kernels alone, at the seed config's full shapes, against the copy bandwidth.
 The training step's profile groups kernels by name; this times each kernel
 variant the step runs (the fused FFN's norm, GELU + dropout and output
 passes, forward and backward; the gated norm; the pre-norm of
-layer_norm_linear) on its own: B*V*T rows of D=256 (the hidden: d_ff=1024),
+layer_norm_linear; the final norm + pooling) on its own: B*V*T rows of D=256 (the hidden: d_ff=1024),
 a float32 residual stream, bf16 GEMM operands, dropout p=0.1. Per kernel:
 the median over 7 repeats of 5 back-to-back calls (CUDA events, after 2
 warm-ups; the host-side sums of a backward's partials included), the bytes it
@@ -51,7 +51,7 @@ def _time_ms(fn, repeats: int = 7, calls: int = 5) -> float:
 def cases(batch: int, device="cuda", rows=None):
     """(name, thunk, bytes) of every kernel variant, inputs at full shapes
     (``rows`` rows instead of B*V*T: the tests' small run)."""
-    from kernels import embedding, feed_forward, gated_norm, norm_linear
+    from kernels import embedding, feed_forward, gated_norm, norm_linear, pooling
 
     N, D, F = rows or batch * 24 * 288, 256, 1024
     p, f32, bf16 = 0.1, torch.float32, torch.bfloat16
@@ -71,6 +71,11 @@ def cases(batch: int, device="cuda", rows=None):
     nd, nf = N * D, N * F
     emb = (batch, 24, 288) if rows is None else (rows, 1, 1)  # the embedding's (B, V, T) view of the N rows
     y_emb, w_emb = rand(*emb), rand(emb[1], D)
+    # the final norm + pooling over x viewed (B, V, T, D), every step valid
+    x_series, steps_ok = x.view(*emb, D), torch.ones(emb[0], emb[2], dtype=torch.bool, device=device)
+    kq, c = 0.1 * rand(D), torch.zeros((), device=device)
+    pool = pooling.norm_pool_fwd(x_series, steps_ok, w, b, 1e-5, kq, c, bf16)
+    series = emb[0] * emb[1]
     return [
         ("residual_norm_fwd (FFN: x + drop(a), norm)",
          lambda: norm_linear.residual_norm_fwd(x, branch, seeds, 0, p, w, b, 1e-5, bf16), 8 * nd + 8 * N),
@@ -96,6 +101,12 @@ def cases(batch: int, device="cuda", rows=None):
         ("value_embedding_bwd (two passes)",
          lambda: embedding.value_embedding_bwd(dout.view(*emb, D), y_emb, w_emb, seeds, p, f32),
          8 * nd + 4 * (N // emb[1]) * D + 8 * N),
+        ("norm_pool_fwd (final norm + pooling)",
+         lambda: pooling.norm_pool_fwd(x_series, steps_ok, w, b, 1e-5, kq, c, bf16), 4 * nd + 14 * series * D),
+        # writes dx and three (series, D) partial rows, which the host sums
+        ("norm_pool_bwd (final norm + pooling)",
+         lambda: pooling.norm_pool_bwd(pool[0], x_series, steps_ok, w, b, 1e-5, kq, c, *pool[1:]),
+         8 * nd + 30 * series * D),
         ("gated_norm_bwd (+ gate bias grad)",
          lambda: gated_norm.gated_norm_bwd(dout, x, update, logits, w, b, g_mean, g_rstd, dx=dx,
                                            gate_bias_grad=True), 24 * nd + 8 * N),
