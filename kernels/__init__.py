@@ -391,8 +391,8 @@ def norm_attention_pool(x, mask, norm_weight, norm_bias, key_weight, key_bias, q
     norm_bias, key_bias, query: (D,); key_weight: (D, D); scale: default
     1 / sqrt(D). The key projection enters only through key_weight.T @ query
     (a (D,) vector, made in float32 at least), and key_bias only through a
-    constant shift of every score, which the softmax cancels (its gradient is
-    0 but for rounding). Computed in float32 at least; returned in autocast's
+    constant shift of every score, which the softmax cancels: its gradient
+    is 0 (exactly on the triton backend, rounding noise on the reference). Computed in float32 at least; returned in autocast's
     dtype when it is on, else x's. A series with no valid step pools to 0
     with zero gradients; values at padded steps (NaN included) affect
     nothing. With the Triton backend one pass over x forward and one

@@ -239,6 +239,8 @@ def norm_attention_pool_inputs(x, m, norm_weight, norm_bias, key_weight, key_bia
     tensor("x", x, ndim=4, dims="(B, V, T, D)")
     floating("x", x)
     B, _, T, D = x.shape
+    if T == 0:
+        raise ValueError(f"x must have at least one step (T >= 1) to pool over, got shape {_shape(x)}")
     mask("mask", m, B, T)
     _vector("norm_weight", norm_weight, D, "(D,)")
     _vector("norm_bias", norm_bias, D, "(D,)")

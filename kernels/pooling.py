@@ -40,12 +40,14 @@ MAX_BLOCK_T = 16
 
 
 @triton.jit
-def _row_tile(x_ptr, mask_ptr, series, b, t0, T, D, cols, col_ok, BLOCK_T: tl.constexpr, ACC: tl.constexpr):
+def _row_tile(x_ptr, mask_ptr, sm_b, sm_t, series, b, t0, T, D, cols, col_ok, BLOCK_T: tl.constexpr,
+              ACC: tl.constexpr):
     """Steps t0 .. t0 + BLOCK_T of one series: (x tile, 0 at padded steps and
-    columns [BLOCK_T, BLOCK_D], valid [BLOCK_T], in_range [BLOCK_T], offsets)."""
+    columns [BLOCK_T, BLOCK_D], ok, valid [BLOCK_T], in_range [BLOCK_T],
+    offsets). The mask is read through its strides (any layout)."""
     steps = t0 + tl.arange(0, BLOCK_T)  # [BLOCK_T]
     in_range = steps < T
-    valid = tl.load(mask_ptr + b * T + steps, mask=in_range, other=0) != 0
+    valid = tl.load(mask_ptr + b * sm_b + steps * sm_t, mask=in_range, other=0) != 0
     offs = (series * T + steps).to(tl.int64)[:, None] * D + cols[None, :]
     ok = valid[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
@@ -56,7 +58,7 @@ def _row_tile(x_ptr, mask_ptr, series, b, t0, T, D, cols, col_ok, BLOCK_T: tl.co
 def _norm_pool_fwd_kernel(
     x_ptr, mask_ptr, w_ptr, b_ptr, kq_ptr, c_ptr,
     out_ptr, pooled_ptr, max_ptr, sum_ptr,
-    V, T, D, eps_hi, eps_lo,
+    sm_b, sm_t, V, T, D, eps_hi, eps_lo,
     ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     series = tl.program_id(0)  # b * V + v
@@ -72,7 +74,7 @@ def _norm_pool_fwd_kernel(
     slot_sum = tl.zeros([BLOCK_T], ACC)
     slot_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
     for t0 in range(0, T, BLOCK_T):
-        x, ok, valid, _, _ = _row_tile(x_ptr, mask_ptr, series, b, t0, T, D, cols, col_ok, BLOCK_T, ACC)
+        x, ok, valid, _, _ = _row_tile(x_ptr, mask_ptr, sm_b, sm_t, series, b, t0, T, D, cols, col_ok, BLOCK_T, ACC)
         # (a padded row normalises to the norm bias: its weight p is 0, so it adds nothing)
         h, _, _ = layer_norm_rows(x, ok, w, bias, D, eps_hi, eps_lo)
         score = tl.where(valid, tl.sum(h * kq[None, :], 1) + c, float("-inf"))  # [BLOCK_T]
@@ -97,14 +99,15 @@ def _norm_pool_fwd_kernel(
 @triton.jit
 def _norm_pool_bwd_kernel(
     dout_ptr, x_ptr, mask_ptr, w_ptr, b_ptr, kq_ptr, c_ptr, pooled_ptr, max_ptr, sum_ptr,
-    dx_ptr, dw_part_ptr, db_part_ptr, dkq_part_ptr, dc_part_ptr,
-    V, T, D, eps_hi, eps_lo,
+    dx_ptr, dw_part_ptr, db_part_ptr, dkq_part_ptr,
+    sm_b, sm_t, V, T, D, eps_hi, eps_lo,
     ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # pooled = sum_t a_t h_t, a = softmax over valid t of s_t = h_t . kq + c:
     #   dh_t = a_t g + ds_t kq,  ds_t = a_t (g . h_t - g . pooled),
-    #   dkq = sum_t ds_t h_t,    dc = sum_t ds_t (0 but for rounding),
-    # then the LayerNorm backward of dh_t to dx_t.
+    #   dkq = sum_t ds_t h_t,
+    # then the LayerNorm backward of dh_t to dx_t. (c's gradient, sum_t ds_t,
+    # is exactly 0: the host returns that, not this sum's rounding noise.)
     series = tl.program_id(0)
     b = series // V
     cols = tl.arange(0, BLOCK_D)
@@ -123,17 +126,15 @@ def _norm_pool_bwd_kernel(
     dw_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
     db_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
     dkq_acc = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-    dc_acc = tl.zeros([BLOCK_T], ACC)
     for t0 in range(0, T, BLOCK_T):
-        x, ok, valid, in_range, offs = _row_tile(x_ptr, mask_ptr, series, b, t0, T, D, cols, col_ok, BLOCK_T, ACC)
+        x, ok, valid, in_range, offs = _row_tile(x_ptr, mask_ptr, sm_b, sm_t, series, b, t0, T, D, cols, col_ok, BLOCK_T, ACC)
         h, mean, rstd = layer_norm_rows(x, ok, w, bias, D, eps_hi, eps_lo)  # the norm bias at padded rows
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
         score = tl.sum(h * kq[None, :], 1) + c
-        a = tl.where(valid, tl.exp(score - shift) * inv_total, 0.0)  # [BLOCK_T]
+        a = tl.exp(tl.where(valid, score - shift, float("-inf"))) * inv_total  # [BLOCK_T], 0 at padded steps
         ds = a * (tl.sum(h * g[None, :], 1) - g_pooled)
         dh = a[:, None] * g[None, :] + ds[:, None] * kq[None, :]  # 0 at padded rows (a, ds) and columns (g, kq)
         dkq_acc += ds[:, None] * h
-        dc_acc += ds
         dw_acc += dh * xhat
         db_acc += dh
         dx = layer_norm_rows_bwd(dh, xhat, w, rstd, D)  # 0 at padded steps: dh and xhat are
@@ -141,7 +142,6 @@ def _norm_pool_bwd_kernel(
     tl.store(dw_part_ptr + series * D + cols, tl.sum(dw_acc, 0), mask=col_ok)
     tl.store(db_part_ptr + series * D + cols, tl.sum(db_acc, 0), mask=col_ok)
     tl.store(dkq_part_ptr + series * D + cols, tl.sum(dkq_acc, 0), mask=col_ok)
-    tl.store(dc_part_ptr + series, tl.sum(dc_acc, 0))
 
 
 # --------------------------------------------------------------- host side
@@ -181,9 +181,10 @@ def norm_pool_fwd(x, mask, norm_weight, norm_bias, eps: float, key_query, score_
         return out, pooled, row_max, row_sum
     bt, bd, nw = _tiles(D, TILE_ELEMENTS)
     eps_hi, eps_lo = split_float32(eps)
+    m = mask.view(torch.uint8)
     _norm_pool_fwd_kernel[(B * V,)](
-        x, mask.view(torch.uint8), norm_weight.contiguous(), norm_bias.contiguous(), key_query.contiguous(),
-        score_bias, out, pooled, row_max, row_sum, V, T, D, eps_hi, eps_lo,
+        x, m, norm_weight.contiguous(), norm_bias.contiguous(), key_query.contiguous(),
+        score_bias, out, pooled, row_max, row_sum, m.stride(0), m.stride(1), V, T, D, eps_hi, eps_lo,
         ACC=_acc(x.dtype), BLOCK_T=bt, BLOCK_D=bd, num_warps=nw,
     )
     return out, pooled, row_max, row_sum
@@ -192,26 +193,29 @@ def norm_pool_fwd(x, mask, norm_weight, norm_bias, eps: float, key_query, score_
 def norm_pool_bwd(dout, x, mask, norm_weight, norm_bias, eps: float, key_query, score_bias, pooled, row_max,
                   row_sum):
     """Gradients (dx, dnorm_weight, dnorm_bias, dkey_query, dscore_bias) of
-    norm_pool_fwd's pooled output, given its gradient dout (B, V, D)."""
+    norm_pool_fwd's pooled output, given its gradient dout (B, V, D).
+    dscore_bias is exactly 0: a shift of every score is what the softmax
+    cancels."""
     B, V, T, D = x.shape
     acc = compute_dtype(x.dtype)
     dx = torch.empty_like(x)
     series = B * V
     parts = [torch.empty((series, D), dtype=acc, device=x.device) for _ in range(3)]
-    dc_part = torch.empty((series,), dtype=acc, device=x.device)
+    dscore_bias = torch.zeros((), dtype=acc, device=x.device)
     if series == 0:
         zeros = torch.zeros((D,), dtype=acc, device=x.device)
-        return dx, zeros, zeros.clone(), zeros.clone(), zeros.new_zeros(())
+        return dx, zeros, zeros.clone(), zeros.clone(), dscore_bias
     bt, bd, nw = _tiles(D, BWD_TILE_ELEMENTS)
     eps_hi, eps_lo = split_float32(eps)
+    m = mask.view(torch.uint8)
     _norm_pool_bwd_kernel[(series,)](
-        dout.contiguous(), x, mask.view(torch.uint8), norm_weight.contiguous(), norm_bias.contiguous(),
+        dout.contiguous(), x, m, norm_weight.contiguous(), norm_bias.contiguous(),
         key_query.contiguous(), score_bias, pooled, row_max, row_sum,
-        dx, *parts, dc_part, V, T, D, eps_hi, eps_lo,
+        dx, *parts, m.stride(0), m.stride(1), V, T, D, eps_hi, eps_lo,
         ACC=_acc(x.dtype), BLOCK_T=bt, BLOCK_D=bd, num_warps=nw,
     )
     dw, db, dkq = (p.sum(0) for p in parts)
-    return dx, dw, db, dkq, dc_part.sum()
+    return dx, dw, db, dkq, dscore_bias
 
 
 # ------------------------------------------------------ custom-op registration

@@ -70,7 +70,7 @@ def test_triton_model_compiles_as_one_graph():
 
 def test_triton_training_step_compiles_as_one_graph_and_matches_eager():
     # train mode: dropout seeds drawn inside the graph, the final norm +
-    # pooling under a non-reentrant checkpoint; under aot_eager the compiled
+    # pooling as one custom op; under aot_eager the compiled
     # step draws the same seeds and gives the same gradients, bit for bit
     torch.manual_seed(0)
     model = MIGT_TVDT(MIGTConfig(**{**CONFIG, "dropout": 0.2}, backend="triton")).train()

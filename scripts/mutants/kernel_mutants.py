@@ -588,6 +588,13 @@ MUTANTS = [
         "the online softmax forgets to rescale a slot's weighted sum when its max rises",
     ),
     Mutant(
+        "pool-fwd-no-max-shift", POOLING, "scaling",
+        "        shift = tl.where(new_max == float(\"-inf\"), 0.0, new_max)  # a slot with no valid step yet\n",
+        "        shift = tl.zeros_like(new_max)  # a slot with no valid step yet\n",
+        ("tests/test_norm_attention_pool.py::test_large_scores_keep_the_softmax_finite",),
+        "scores are not shifted by their running max: exp overflows once they pass ~88 (float32)",
+    ),
+    Mutant(
         "pool-fwd-slots-combined-unscaled", POOLING, "scaling",
         "    total = tl.sum(slot_sum * rescale, 0)\n",
         "    total = tl.sum(slot_sum, 0)\n",
