@@ -122,7 +122,8 @@ class LaunchRecorder:
 
 def attention_cases(quick: bool):
     """(label, thunk) pairs: forward and backward of both entry points along
-    both axes, for every head dim and dtype the kernel supports."""
+    both axes (the packed one with and without the QKV bias), for every head
+    dim and dtype the kernel supports."""
     from kernels import attention
 
     head_dims = [32] if quick else [16, 32, 64, 128]
@@ -138,6 +139,8 @@ def attention_cases(quick: bool):
 
         def run(qkv=qkv, mask=mask, axis=axis):
             attention.masked_attention_qkvpacked(qkv, mask, axis).sum().backward()
+            bias = torch.zeros(3 * qkv.shape[4] * qkv.shape[5], dtype=qkv.dtype, requires_grad=True)
+            attention.masked_attention_qkvpacked(qkv, mask, axis, bias=bias).sum().backward()
             q, k, v = qkv.unbind(3)
             attention.masked_attention(q, k, v, mask, axis).sum().backward()
 

@@ -89,11 +89,13 @@ def _missing(op: str, backend: str, device) -> str | None:
 
 
 def check_attention(device, dtype: str, axis: str, s: dict, backend: str = "triton", packed: bool = False) -> Check:
-    """packed: through masked_attention_qkvpacked (its own Triton backward)."""
+    """packed: through masked_attention_qkvpacked (its own Triton backward),
+    with a QKV bias added and its gradient summed in the kernels."""
     import kernels
     from kernels import reference
 
-    name = f"attention{'_qkvpacked' if packed else ''} {axis} {dtype} B={s['B']} V={s['V']} T={s['T']} H={s['H']} Dh={s['Dh']}"
+    name = (f"attention{'_qkvpacked + bias' if packed else ''} {axis} {dtype} "
+            f"B={s['B']} V={s['V']} T={s['T']} H={s['H']} Dh={s['Dh']}")
     reason = _missing("masked_attention", backend, device)
     if reason:
         return Check(name, "missing", detail=reason)
@@ -104,15 +106,22 @@ def check_attention(device, dtype: str, axis: str, s: dict, backend: str = "trit
     qkv = base.to(DTYPES[dtype]).requires_grad_()
     qkv64 = qkv.detach().double().requires_grad_()
     grad = torch.randn(B, V, T, H, Dh, device=device, dtype=torch.float64)
+    bias = torch.randn(3 * H * Dh, device=device, dtype=torch.float64).to(DTYPES[dtype]).requires_grad_()
+    bias64 = bias.detach().double().requires_grad_()  # the same rounded values
     if packed:
-        out = kernels.masked_attention_qkvpacked(qkv, mask, axis, backend=backend)
+        out = kernels.masked_attention_qkvpacked(qkv, mask, axis, bias=bias, backend=backend)
+        ref = reference.attention(*(qkv64 + bias64.view(3, H, Dh)).unbind(3), mask, axis)
     else:
         out = kernels.masked_attention(*qkv.unbind(3), mask, axis, backend=backend)
+        ref = reference.attention(*qkv64.unbind(3), mask, axis)
     out.backward(grad.to(out.dtype))
-    ref = reference.attention(*qkv64.unbind(3), mask, axis)
     ref.backward(grad)
     tol = ATTENTION_TOL[dtype]
-    return _compare(name, {"out": (out, ref), "dqkv": (qkv.grad, qkv64.grad)}, tol)
+    pairs = {"out": (out, ref), "dqkv": (qkv.grad, qkv64.grad)}
+    if packed:  # q's and v's parts (k's is 0, which a relative error cannot show)
+        dbias, ref_dbias = bias.grad.view(3, H, Dh), bias64.grad.view(3, H, Dh)
+        pairs.update(dbias_q=(dbias[0], ref_dbias[0]), dbias_v=(dbias[2], ref_dbias[2]))
+    return _compare(name, pairs, tol)
 
 
 def check_revin(device, s: dict, backend: str = "triton", dtype: str = "fp32") -> Check:

@@ -157,9 +157,9 @@ def _attention_fwd(inputs, outputs) -> Cost:
 
 @register_cost("migt::masked_attention_qkvpacked_fwd")
 def _attention_packed_fwd(inputs, outputs) -> Cost:
-    qkv, mask, axis = inputs[:3]
+    qkv, bias, mask, axis = inputs[:4]
     q_shape = qkv.shape[:3] + qkv.shape[4:]
-    return Cost(tensor_bytes(qkv, mask, outputs), _attention_flops(q_shape, mask, axis), 1)
+    return Cost(tensor_bytes(qkv, bias, mask, outputs), _attention_flops(q_shape, mask, axis), 1)
 
 
 def _backward_launches(axis) -> int:
@@ -175,9 +175,19 @@ def _attention_bwd(inputs, outputs) -> Cost:
 
 @register_cost("migt::masked_attention_qkvpacked_bwd")
 def _attention_packed_bwd(inputs, outputs) -> Cost:
-    grad_out, qkv, out, lse, mask, axis = inputs[:6]
+    grad_out, qkv, bias, out, lse, mask, axis = inputs[:7]
     flops = BWD_FLOP_FACTOR * _attention_flops(grad_out.shape, mask, axis)
-    return Cost(tensor_bytes(grad_out, qkv, out, lse, mask, outputs), flops, _backward_launches(axis))
+    launches = _backward_launches(axis)
+    partials = 0.0
+    if bias is not None:
+        # per program two (Dh,) float32 partial rows of the bias gradient,
+        # written and read by one host sum; then the (3, H, Dh) gradient
+        # (zeros, copy, cast: four small launches in all)
+        B, V, T, _, H, Dh = qkv.shape
+        programs = B * V * H * -(-T // 64) if axis == "time" else B * H * -(-T // 8)
+        partials = 2 * 2 * 4.0 * programs * Dh
+        launches += 4
+    return Cost(tensor_bytes(grad_out, qkv, bias, out, lse, mask, outputs) + partials, flops, launches)
 
 
 def _norm_cost(flops_per_element: float):
@@ -225,13 +235,14 @@ def _layer_norm_linear(inputs, outputs) -> list:
 
 @register_cost("migt::layer_norm_linear_backward")
 def _layer_norm_linear_backward(inputs, outputs) -> list:
-    dy, dresidual, x, weight = inputs[0], inputs[1], inputs[2], inputs[8]
+    dy, dresidual, x, weight, has_bias = inputs[0], inputs[1], inputs[2], inputs[8], inputs[9]
     D, D_out = x.shape[-1], weight.shape[0]
     N = x.numel() // D
     h = _nbytes(N * D, weight)
+    bias_grad = [_pass("bias grad", "reductions", tensor_bytes(dy))] if has_bias else []
     return [_pass("norm recompute", "norm", tensor_bytes(x) + h),
             _gemm("gemm dx", N, D, D_out, weight.dtype), _gemm("gemm dW", D_out, D, N, weight.dtype),
-            _pass("bias grad", "reductions", tensor_bytes(dy)),
+            *bias_grad,
             # reads dh, x, the statistics and the handed-on residual's gradient; writes dx
             _pass("norm backward", "norm", h + 2 * tensor_bytes(x) + 8.0 * N + tensor_bytes(dresidual), launches=2)]
 

@@ -102,7 +102,7 @@ def masked_attention(q, k, v, mask, axis: str = "time", *, scale: Optional[float
                       lambda triton_impl: triton_impl.masked_attention(q, k, v, mask, axis, scale))
 
 
-def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional[float] = None,
+def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional[float] = None, bias=None,
                                backend: str = "auto"):
     """masked_attention(*qkv.unbind(3), mask, axis, ...) for a fused QKV tensor.
 
@@ -111,18 +111,29 @@ def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional
         the result as in masked_attention. With the Triton backend the gradient
         of qkv is written as one tensor, saving the copy autograd makes to
         stack separate dq, dk, dv of unbind views.
+    bias: optional (3 * H * Dh,), the QKV projection's bias: attention of
+        qkv + bias (the bias rounded to qkv's dtype first, as a GEMM's
+        epilogue would add it). The Triton kernels add it themselves and sum
+        its gradient from the tiles they write (the projection then runs
+        without it, and no pass sums its (N, 3 * H * Dh) gradient); the
+        other backends add it to qkv first.
     """
     _validate.tensor("qkv", qkv, ndim=6, dims="(B, V, T, 3, H, Dh)")
     if qkv.shape[3] != 3:
         raise ValueError(f"qkv must have size 3 in dim 3 (B, V, T, 3, H, Dh), got shape {tuple(qkv.shape)}")
+    if bias is not None:
+        _validate.qkv_bias(bias, qkv)
+        bias = bias.to(qkv.dtype)
     q, k, v = qkv.unbind(3)
     return _attention(q, k, v, mask, axis, scale, backend,
-                      lambda triton_impl: triton_impl.masked_attention_qkvpacked(qkv, mask, axis, scale))
+                      lambda triton_impl: triton_impl.masked_attention_qkvpacked(qkv, mask, axis, scale, bias),
+                      bias=bias)
 
 
-def _attention(q, k, v, mask, axis, scale, backend, run_triton):
+def _attention(q, k, v, mask, axis, scale, backend, run_triton, bias=None):
     """Checks and backend choice shared by both attention entry points;
-    `run_triton(module)` makes the Triton call in the entry point's own form."""
+    `run_triton(module)` makes the Triton call in the entry point's own form.
+    bias: a (3 * H * Dh,) QKV bias the other backends add to q, k, v first."""
     _validate.attention_inputs(q, k, v, mask, axis)
     choice = _dispatch.choose(
         "masked_attention", backend, q.device,
@@ -130,6 +141,8 @@ def _attention(q, k, v, mask, axis, scale, backend, run_triton):
     )
     if choice == "triton":
         return run_triton(_triton_module("masked_attention"))
+    if bias is not None:
+        q, k, v = (t + b for t, b in zip((q, k, v), bias.view(3, *q.shape[-2:]).unbind(0)))
     impl = sdpa.attention if choice == "sdpa" else reference.attention
     return impl(q, k, v, mask, axis, scale)
 
@@ -220,7 +233,7 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     of a transformer block fused with the GEMM it feeds.
 
     x: (..., D); norm_weight, norm_bias: (D,); weight: (D_out, D); bias:
-    (D_out,). Returns (..., D_out) in the GEMM's dtype (autocast's when it is
+    (D_out,) or None. Returns (..., D_out) in the GEMM's dtype (autocast's when it is
     on, else weight's). The norm runs in float32 at least. With the Triton
     backend the backward keeps only x and two floats per row, recomputing the
     normalised rows instead of storing them.
@@ -234,7 +247,9 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     _validate.layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias)
     choice = _dispatch.choose("layer_norm_linear", backend, x.device,
                               lambda: _triton_reason("layer_norm_linear", x))
-    weight, bias = _in_gemm_dtype(_gemm_dtype(x, weight), weight, bias)
+    gemm_dtype = _gemm_dtype(x, weight)
+    weight = weight.to(gemm_dtype)
+    bias = bias.to(gemm_dtype) if bias is not None else None
     if choice == "triton":
         return _triton_module("layer_norm_linear").layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps,
                                                                      return_residual)

@@ -147,6 +147,9 @@ def layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias) -> None:
     _vector("norm_bias", norm_bias, d, "(D,)")
     tensor("weight", weight, ndim=2, dims="(D_out, D)")  # before reading D_out off its shape
     _matrix("weight", weight, weight.shape[0], d, "(D_out, D)")
+    if bias is None:  # a GEMM without bias (e.g. the attention kernels add the QKV bias)
+        same_device(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight)
+        return
     _vector("bias", bias, weight.shape[0], "(D_out,)")
     same_device(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias)
 
@@ -249,3 +252,10 @@ def norm_attention_pool_inputs(x, m, norm_weight, norm_bias, key_weight, key_bia
     _vector("query", query, D, "(D,)")
     same_device(x=x, mask=m, norm_weight=norm_weight, norm_bias=norm_bias, key_weight=key_weight,
                 key_bias=key_bias, query=query)
+
+
+def qkv_bias(bias, qkv) -> None:
+    """A (3 * H * Dh,) bias of a (B, V, T, 3, H, Dh) fused QKV tensor."""
+    size = 3 * qkv.shape[4] * qkv.shape[5]
+    _vector("bias", bias, size, "(3 * H * Dh,)")
+    same_device(qkv=qkv, bias=bias)

@@ -162,8 +162,21 @@ def _valid_blocks(SPAN, b, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _head_bias(BIAS, part, h, n_heads, offs_d):
+    """[HEAD_DIM] fp32 bias of head h in part 0 (q), 1 (k) or 2 (v) of a
+    (3, H, HEAD_DIM) QKV bias."""
+    return tl.load(BIAS + (part * n_heads + h) * offs_d.shape[0] + offs_d).to(tl.float32)
+
+
+@triton.jit
+def _biased(x, bias):
+    """Rows of x plus a [HEAD_DIM] bias, in x's dtype (as a GEMM epilogue rounds)."""
+    return (x.to(tl.float32) + bias[None, :]).to(x.dtype)
+
+
+@triton.jit
 def _time_fwd_kernel(
-    Q, K, V, O, LSE, MASK, SPAN,
+    Q, K, V, O, LSE, MASK, SPAN, BIAS,
     sq_b, sq_v, sq_t, sq_h,
     sk_b, sk_v, sk_t, sk_h,
     sv_b, sv_v, sv_t, sv_h,
@@ -171,9 +184,14 @@ def _time_fwd_kernel(
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """Output and LSE of one query block of one (b, v, h), looping over the sample's key blocks."""
+    """Output and LSE of one query block of one (b, v, h), looping over the sample's key blocks.
+
+    HAS_BIAS: attention of q + bq, k + bk, v + bv. k's bias shifts a row's
+    scores by one constant, which the softmax cancels, so it is never
+    added; v's is added to each row with a key (its weights sum to 1); the
+    LSE is that of the scores without bk, as the backward recomputes them."""
     pid_bvh, start_m = _time_program(n_steps, BLOCK_M)  # pid_bvh is also the LSE row
     b, var, h = _bvh(pid_bvh, n_vars, n_heads)
     offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
@@ -187,6 +205,8 @@ def _time_fwd_kernel(
         return
 
     q = _load_rows(Q, _row_tile(_slice_offset(b, var, h, sq_b, sq_v, sq_h), offs_m, sq_t, offs_d), row_ok)
+    if HAS_BIAS:
+        q = _biased(q, _head_bias(BIAS, 0, h, n_heads, offs_d))
     k_off = _slice_offset(b, var, h, sk_b, sk_v, sk_h)
     v_off = _slice_offset(b, var, h, sv_b, sv_v, sv_h)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -203,13 +223,27 @@ def _time_fwd_kernel(
         m_i, l_i, acc = _softmax_step(q, k, v, key_ok, m_i, l_i, acc, qk_scale, PRECISION)
 
     out, lse = _softmax_finish(m_i, l_i, acc, row_ok)
+    if HAS_BIAS:
+        out = _with_value_bias(out, BIAS, h, n_heads, offs_d, row_ok & (l_i > 0))
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
     tl.store(lse_ptrs, lse, mask=in_range)
 
 
 @triton.jit
+def _with_value_bias(out, BIAS, h, n_heads, offs_d, has_key):
+    """out + bv on the rows with a key (0 stays 0 elsewhere)."""
+    return tl.where(has_key[:, None], out + _head_bias(BIAS, 2, h, n_heads, offs_d)[None, :], 0.0)
+
+
+@triton.jit
+def _column_sums(PART, pid, tile, offs_d):
+    """Store the [HEAD_DIM] column sums of a [R, HEAD_DIM] fp32 tile as row pid of PART."""
+    tl.store(PART + pid.to(tl.int64) * offs_d.shape[0] + offs_d, tl.sum(tile, 0))
+
+
+@triton.jit
 def _time_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SPAN,
+    Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SPAN, BIAS,
     sq_b, sq_v, sq_t, sq_h,
     sk_b, sk_v, sk_t, sk_h,
     sv_b, sv_v, sv_t, sv_h,
@@ -218,9 +252,10 @@ def _time_bwd_dkdv_kernel(
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """dk, dv of one key block, looping over the sample's query blocks."""
+    """dk, dv of one key block, looping over the sample's query blocks
+    (HAS_BIAS: dk against q + bq; the biases of k and v change neither)."""
     pid_bvh, start_n = _time_program(n_steps, BLOCK_N)
     b, var, h = _bvh(pid_bvh, n_vars, n_heads)
     offs_n, in_range, key_ok = _step_block(MASK, sm_b, sm_t, b, start_n, n_steps, BLOCK_N)
@@ -240,10 +275,14 @@ def _time_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     lo, hi = _valid_blocks(SPAN, b, BLOCK_M)
+    if HAS_BIAS:
+        q_bias = _head_bias(BIAS, 0, h, n_heads, offs_d)
     # branch-free like the forward: a query block with no valid row adds 0
     for start_m in tl.range(lo, hi, BLOCK_M, num_stages=NUM_STAGES):
         offs_m, _, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
         q = _load_rows(Q, _row_tile(q_off, offs_m, sq_t, offs_d), row_ok)  # [BLOCK_M, HEAD_DIM]
+        if HAS_BIAS:
+            q = _biased(q, q_bias)  # padded rows too: their ds is 0
         do = _load_rows(DO, _row_tile(do_off, offs_m, sdo_t, offs_d), row_ok)
         lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
         delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
@@ -257,7 +296,7 @@ def _time_bwd_dkdv_kernel(
 
 @triton.jit
 def _time_bwd_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, DQ, MASK, SPAN,
+    Q, K, V, O, DO, LSE, DELTA, DQ, MASK, SPAN, BIAS, DBQ_PART, DBV_PART,
     sq_b, sq_v, sq_t, sq_h,
     sk_b, sk_v, sk_t, sk_h,
     sv_b, sv_v, sv_t, sv_h,
@@ -267,12 +306,17 @@ def _time_bwd_dq_kernel(
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """dq of one query block, looping over the sample's key blocks; also
     writes delta = rowsum(dO * O) of the block (fp32, laid out like the LSE,
     0 on padded rows) for the dk/dv kernel, which runs after it. Folding
-    the delta preprocess in here saves a launch and a second read of dO."""
+    the delta preprocess in here saves a launch and a second read of dO.
+
+    HAS_BIAS: q + bq; the scores keep k's and v's biases out (the softmax
+    cancels both shifts), so delta is rowsum(dO * (O - bv)); and the block's
+    column sums of dq and of dO (the gradients of bq and bv: a row's weights
+    sum to 1) go to row pid of DBQ_PART and DBV_PART (bk's is 0)."""
     pid_bvh, start_m = _time_program(n_steps, BLOCK_M)
     b, var, h = _bvh(pid_bvh, n_vars, n_heads)
     offs_m, in_range, row_ok = _step_block(MASK, sm_b, sm_t, b, start_m, n_steps, BLOCK_M)
@@ -282,12 +326,22 @@ def _time_bwd_dq_kernel(
     if not _any(row_ok):
         tl.store(dq_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=DQ.dtype.element_ty), mask=in_range[:, None])
         tl.store(DELTA + row_base + offs_m, tl.zeros([BLOCK_M], dtype=tl.float32), mask=in_range)
+        if HAS_BIAS:
+            zeros = tl.zeros([1, HEAD_DIM], dtype=tl.float32)
+            _column_sums(DBQ_PART, tl.program_id(0), zeros, offs_d)
+            _column_sums(DBV_PART, tl.program_id(0), zeros, offs_d)
         return
 
     q = _load_rows(Q, _row_tile(_slice_offset(b, var, h, sq_b, sq_v, sq_h), offs_m, sq_t, offs_d), row_ok)
     do = _load_rows(DO, _row_tile(_slice_offset(b, var, h, sdo_b, sdo_v, sdo_h), offs_m, sdo_t, offs_d), row_ok)
     o = _load_rows(O, _row_tile(_slice_offset(b, var, h, so_b, so_v, so_h), offs_m, so_t, offs_d), row_ok)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
+    o = o.to(tl.float32)
+    if HAS_BIAS:
+        q = _biased(q, _head_bias(BIAS, 0, h, n_heads, offs_d))
+        # O - bv on valid rows (all have a key: their own step); padded rows stay 0
+        o = tl.where(row_ok[:, None], o - _head_bias(BIAS, 2, h, n_heads, offs_d)[None, :], 0.0)
+        _column_sums(DBV_PART, tl.program_id(0), do.to(tl.float32), offs_d)  # padded rows load 0
+    delta = tl.sum(o * do.to(tl.float32), 1)  # [BLOCK_M]
     tl.store(DELTA + row_base + offs_m, delta, mask=in_range)
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)  # [BLOCK_M]
     k_off = _slice_offset(b, var, h, sk_b, sk_v, sk_h)
@@ -301,12 +355,15 @@ def _time_bwd_dq_kernel(
         _probs, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, key_ok, qk_scale, PRECISION)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # [BLOCK_M, HEAD_DIM]
 
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=in_range[:, None])
+    dq = dq * scale
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=in_range[:, None])
+    if HAS_BIAS:
+        _column_sums(DBQ_PART, tl.program_id(0), dq, offs_d)  # 0 on padded rows (their ds is)
 
 
 @triton.jit
 def _var_kernel(
-    Q, K, V, O, LSE, DO, DQ, DK, DV, MASK,
+    Q, K, V, O, LSE, DO, DQ, DK, DV, MASK, BIAS, DBQ_PART, DBV_PART,
     sq_b, sq_v, sq_t, sq_h,
     sk_b, sk_v, sk_t, sk_h,
     sv_b, sv_v, sv_t, sv_h,
@@ -316,13 +373,17 @@ def _var_kernel(
     sm_b, sm_t,
     n_vars, n_heads, n_steps, qk_scale, scale,
     BACKWARD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_V: tl.constexpr, STEPS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """Attention over the variables of STEPS consecutive steps of one (b, h).
 
     Forward (BACKWARD=False): writes O and LSE (laid out (B, T, H, V)).
     Backward: reads O, dO, LSE and writes dq, dk, dv (one set of strides, sg).
     Each step is one [BLOCK_V, HEAD_DIM] tile; padded steps write zeros only.
+    HAS_BIAS: as the time kernels (q + bq, O + bv, k's bias cancelled; each
+    step's column sums of dq and dO to its (b, t, h) row of DBQ_PART,
+    DBV_PART: per-step rows, not per-program sums carried through the loop,
+    which cost ~60 registers at V=24, Dh=32).
     """
     pid_bh = tl.program_id(0)
     h = (pid_bh % n_heads).to(tl.int64)
@@ -331,6 +392,9 @@ def _var_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     var_ok = offs_v < n_vars
     tile_ok = var_ok[:, None]  # [BLOCK_V, 1]
+    if HAS_BIAS:
+        q_bias = _head_bias(BIAS, 0, h, n_heads, offs_d)
+        v_bias = _head_bias(BIAS, 2, h, n_heads, offs_d)
     for i in range(STEPS):
         t = (tl.program_id(1) * STEPS + i).to(tl.int64)
         if t < n_steps:
@@ -338,20 +402,29 @@ def _var_kernel(
             o_off = _row_tile(_slice_offset(b, t, h, so_b, so_t, so_h), offs_v, so_v, offs_d)  # [BLOCK_V, HEAD_DIM]
             g_off = _row_tile(_slice_offset(b, t, h, sg_b, sg_t, sg_h), offs_v, sg_v, offs_d)
             lse_ptrs = LSE + ((b * n_steps + t) * n_heads + h) * n_vars + offs_v  # [BLOCK_V]
+            # this step's row of the bias gradients' column sums, laid out (B, T, H, HEAD_DIM)
+            part_ptrs = ((b * n_steps + t) * n_heads + h) * HEAD_DIM + offs_d
             if step_ok:
                 q = _load_rows(Q, _row_tile(_slice_offset(b, t, h, sq_b, sq_t, sq_h), offs_v, sq_v, offs_d), var_ok)
+                if HAS_BIAS:
+                    q = _biased(q, q_bias)
                 k = _load_rows(K, _row_tile(_slice_offset(b, t, h, sk_b, sk_t, sk_h), offs_v, sk_v, offs_d), var_ok)
                 v = _load_rows(V, _row_tile(_slice_offset(b, t, h, sv_b, sv_t, sv_h), offs_v, sv_v, offs_d), var_ok)
                 if BACKWARD:
-                    o = _load_rows(O, o_off, var_ok)
+                    o = _load_rows(O, o_off, var_ok).to(tl.float32)
                     do = _load_rows(DO, _row_tile(_slice_offset(b, t, h, sdo_b, sdo_t, sdo_h), offs_v, sdo_v, offs_d),
                                     var_ok)
+                    if HAS_BIAS:  # O - bv on the variables (every one has keys), as the time kernels
+                        o = tl.where(tile_ok, o - v_bias[None, :], 0.0)
+                        tl.store(DBV_PART + part_ptrs, tl.sum(do.to(tl.float32), 0))
                     lse = tl.load(lse_ptrs, mask=var_ok, other=0.0)  # [BLOCK_V]
-                    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+                    delta = tl.sum(o * do.to(tl.float32), 1)
                     p, ds = _probs_and_dscores(q, k, v, do, lse, delta, var_ok, var_ok, qk_scale, PRECISION)
                     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # [BLOCK_V, HEAD_DIM]
                     dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
                     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * scale
+                    if HAS_BIAS:
+                        tl.store(DBQ_PART + part_ptrs, tl.sum(dq, 0))
                     tl.store(DQ + g_off, dq.to(DQ.dtype.element_ty), mask=tile_ok)
                     tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=tile_ok)
                     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=tile_ok)
@@ -361,6 +434,8 @@ def _var_kernel(
                     acc = tl.zeros([BLOCK_V, HEAD_DIM], dtype=tl.float32)
                     m_i, l_i, acc = _softmax_step(q, k, v, var_ok, m_i, l_i, acc, qk_scale, PRECISION)
                     out, lse = _softmax_finish(m_i, l_i, acc, var_ok)
+                    if HAS_BIAS:
+                        out = tl.where(tile_ok, out + v_bias[None, :], 0.0)
                     tl.store(O + o_off, out.to(O.dtype.element_ty), mask=tile_ok)
                     tl.store(lse_ptrs, lse, mask=var_ok)
             else:
@@ -369,6 +444,9 @@ def _var_kernel(
                     tl.store(DQ + g_off, zeros, mask=tile_ok)
                     tl.store(DK + g_off, zeros, mask=tile_ok)
                     tl.store(DV + g_off, zeros, mask=tile_ok)
+                    if HAS_BIAS:
+                        tl.store(DBQ_PART + part_ptrs, tl.zeros([HEAD_DIM], dtype=tl.float32))
+                        tl.store(DBV_PART + part_ptrs, tl.zeros([HEAD_DIM], dtype=tl.float32))
                 else:
                     tl.store(O + o_off, tl.zeros([BLOCK_V, HEAD_DIM], dtype=O.dtype.element_ty), mask=tile_ok)
                     tl.store(lse_ptrs, tl.zeros([BLOCK_V], dtype=tl.float32), mask=var_ok)
@@ -475,11 +553,15 @@ def _var_blocks(n_vars: int, head_dim: int):
     return block_v, 8, warps
 
 
-def attention_fwd(q, k, v, mask, axis: str, scale: float):
+def attention_fwd(q, k, v, mask, axis: str, scale: float, bias=None):
     """out (B, V, T, H, Dh) contiguous and LSE (base 2, fp32): (B, V, H, T)
-    along time, (B, T, H, V) along variables."""
+    along time, (B, T, H, V) along variables. bias: None, or a contiguous
+    (3, H, Dh) QKV bias added to q, k and v (k's, which the softmax cancels,
+    is never read)."""
     B, V, T, H, Dh = q.shape
     out = _new_buffer((B, V, T, H, Dh), q)
+    has_bias = bias is not None
+    bias = bias if has_bias else q  # an unread placeholder pointer
     m, sm_b, sm_t = _mask_args(mask)
     qk_scale = scale * LOG2E
     strides = (*_strides4(q), *_strides4(k), *_strides4(v), *_strides4(out))
@@ -487,26 +569,30 @@ def attention_fwd(q, k, v, mask, axis: str, scale: float):
         lse = _new_buffer((B, V, H, T), q, torch.float32)
         block_m, block_n, warps, stages = _time_blocks(Dh, backward=False, dtype=q.dtype)
         _time_fwd_kernel[(B * V * H * cdiv(T, block_m),)](
-            q, k, v, out, lse, m, _valid_span(mask), *strides, sm_b, sm_t, V, H, T, qk_scale,
+            q, k, v, out, lse, m, _valid_span(mask), bias, *strides, sm_b, sm_t, V, H, T, qk_scale,
             HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, NUM_STAGES=stages,
-            num_warps=warps,
+            HAS_BIAS=has_bias, num_warps=warps,
         )
     else:
         lse = _new_buffer((B, T, H, V), q, torch.float32)
         block_v, steps, warps = _var_blocks(V, Dh)
         grid = (B * H, cdiv(T, steps))
         _var_kernel[grid](
-            q, k, v, out, lse, out, out, out, out, m, *strides, *_strides4(out), *_strides4(out), sm_b, sm_t,
-            V, H, T, qk_scale, scale,
-            BACKWARD=False, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,
+            q, k, v, out, lse, out, out, out, out, m, bias, out, out, *strides, *_strides4(out), *_strides4(out),
+            sm_b, sm_t, V, H, T, qk_scale, scale,
+            BACKWARD=False, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, HAS_BIAS=has_bias,
+            num_warps=warps,
         )
     return out, lse
 
 
-def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, grads=None):
+def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, grads=None, bias=None):
     """dq, dk, dv (B, V, T, H, Dh) in q's dtype: new contiguous tensors, or
     written into `grads`, three views with one set of strides (e.g. the
-    unbind views of one (B, V, T, 3, H, Dh) gradient)."""
+    unbind views of one (B, V, T, 3, H, Dh) gradient). With the forward's
+    (3, H, Dh) bias, also its gradient (3, H, Dh) in float32: the column
+    sums of dq and of dO (rows with a key) from the kernels' per-program
+    partial rows, and 0 for k's."""
     B, V, T, H, Dh = q.shape
     if grad_out.stride(-1) != 1 or _time_row_offsets_overflow(T, grad_out.stride(2)):
         grad_out = grad_out.contiguous()  # e.g. the expanded gradient of out.sum(); not the model's case
@@ -517,26 +603,41 @@ def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, gr
     m, sm_b, sm_t = _mask_args(mask)
     qk_scale = scale * LOG2E
     qkv_strides = (*_strides4(q), *_strides4(k), *_strides4(v))
+    has_bias = bias is not None
     if axis == "time":
         span = _valid_span(mask)
         block_m, block_n, warps, stages = _time_blocks(Dh, backward=True, dtype=q.dtype)
+        programs = B * V * H * cdiv(T, block_m)  # of the dq kernel, ordered (b, v, h, block)
+        parts = _new_buffer((2, programs, Dh) if has_bias else (2, 0), q, torch.float32)  # dbq's, dbv's
         delta = _new_buffer(lse.shape, lse)
         tail = (*_strides4(grad_out), *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale)
         meta = dict(HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION,
-                    NUM_STAGES=stages, num_warps=warps)
+                    NUM_STAGES=stages, HAS_BIAS=has_bias, num_warps=warps)
         # dq first: it writes the delta the dk/dv kernel reads
-        _time_bwd_dq_kernel[(B * V * H * cdiv(T, block_m),)](
-            q, k, v, out, grad_out, lse, delta, dq, m, span, *qkv_strides, *_strides4(out), *tail, **meta)
+        _time_bwd_dq_kernel[(programs,)](
+            q, k, v, out, grad_out, lse, delta, dq, m, span, bias if has_bias else q, parts[0], parts[1],
+            *qkv_strides, *_strides4(out), *tail, **meta)
         _time_bwd_dkdv_kernel[(B * V * H * cdiv(T, block_n),)](
-            q, k, v, grad_out, lse, delta, dk, dv, m, span, *qkv_strides, *tail, **meta)
+            q, k, v, grad_out, lse, delta, dk, dv, m, span, bias if has_bias else q, *qkv_strides, *tail, **meta)
+        # each program's row belongs to head (program // blocks) % H
+        sums = parts.view(2, B * V, H, cdiv(T, block_m), Dh).sum((1, 3)) if has_bias else None
     else:
         block_v, steps, warps = _var_blocks(V, Dh)
-        _var_kernel[(B * H, cdiv(T, steps))](
-            q, k, v, out, lse, grad_out, dq, dk, dv, m, *qkv_strides, *_strides4(out), *_strides4(grad_out),
-            *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale,
-            BACKWARD=True, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, num_warps=warps,
+        grid = (B * H, cdiv(T, steps))
+        parts = _new_buffer((2, B * T * H, Dh) if has_bias else (2, 0), q, torch.float32)
+        _var_kernel[grid](
+            q, k, v, out, lse, grad_out, dq, dk, dv, m, bias if has_bias else q, parts[0], parts[1],
+            *qkv_strides, *_strides4(out), *_strides4(grad_out), *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale,
+            BACKWARD=True, HEAD_DIM=Dh, BLOCK_V=block_v, STEPS=steps, PRECISION=DOT_PRECISION, HAS_BIAS=has_bias,
+            num_warps=warps,
         )
-    return dq, dk, dv
+        # step (b, t) of head h wrote row (b * T + t) * H + h
+        sums = parts.view(2, B * T, H, Dh).sum(1) if has_bias else None
+    if not has_bias:
+        return dq, dk, dv
+    dbias = sums.new_zeros((3, H, Dh))  # k's stays 0
+    dbias[0::2] = sums
+    return dq, dk, dv, dbias
 
 
 # ------------------------------------------------------- custom-op registration
@@ -595,42 +696,53 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("migt::masked_attention_qkvpacked_fwd", mutates_args=())
-def _packed_fwd_op(qkv: torch.Tensor, mask: torch.Tensor, axis: str,
+def _packed_fwd_op(qkv: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor, axis: str,
                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return attention_fwd(*qkv.unbind(3), mask, axis, scale)
+    return attention_fwd(*qkv.unbind(3), mask, axis, scale, bias=_bias3(bias, qkv))
 
 
 @_packed_fwd_op.register_fake
-def _packed_fwd_fake(qkv, mask, axis, scale):
+def _packed_fwd_fake(qkv, bias, mask, axis, scale):
     q = qkv.select(3, 0)
     return _fwd_fake(q, q, q, mask, axis, scale)
 
 
+def _bias3(bias: Optional[torch.Tensor], qkv: torch.Tensor) -> Optional[torch.Tensor]:
+    """The (3 * H * Dh,) QKV bias as the kernels read it: (3, H, Dh) contiguous."""
+    return None if bias is None else bias.contiguous().view(3, qkv.shape[4], qkv.shape[5])
+
+
 @torch.library.custom_op("migt::masked_attention_qkvpacked_bwd", mutates_args=())
-def _packed_bwd_op(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                   mask: torch.Tensor, axis: str, scale: float) -> torch.Tensor:
+def _packed_bwd_op(grad_out: torch.Tensor, qkv: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+                   lse: torch.Tensor, mask: torch.Tensor, axis: str,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     grad_qkv = _new_buffer(qkv.shape, qkv)  # [B, V, T, 3, H, Dh] contiguous
-    attention_bwd(grad_out, *qkv.unbind(3), out, lse, mask, axis, scale, grads=grad_qkv.unbind(3))
-    return grad_qkv
+    grads = attention_bwd(grad_out, *qkv.unbind(3), out, lse, mask, axis, scale, grads=grad_qkv.unbind(3),
+                          bias=_bias3(bias, qkv))
+    # the bias's gradient in its dtype, summed in float32 (an empty tensor without a bias)
+    grad_bias = grads[3].view(-1).to(bias.dtype) if bias is not None else qkv.new_empty((0,))
+    return grad_qkv, grad_bias
 
 
 @_packed_bwd_op.register_fake
-def _packed_bwd_fake(grad_out, qkv, out, lse, mask, axis, scale):
-    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+def _packed_bwd_fake(grad_out, qkv, bias, out, lse, mask, axis, scale):
+    return (torch.empty_like(qkv, memory_format=torch.contiguous_format),
+            torch.empty_like(bias) if bias is not None else qkv.new_empty((0,)))
 
 
 def _packed_setup_context(ctx, inputs, output):
-    qkv, mask, axis, scale = inputs
+    qkv, bias, mask, axis, scale = inputs
     out, lse = output
-    ctx.save_for_backward(qkv, out, lse, mask)
+    ctx.save_for_backward(qkv, bias, out, lse, mask)
     ctx.axis, ctx.scale = axis, scale
 
 
 def _packed_backward(ctx, grad_out, grad_lse):
-    qkv, out, lse, mask = ctx.saved_tensors
+    qkv, bias, out, lse, mask = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    return _packed_bwd_op(grad_out, qkv, out, lse, mask, ctx.axis, ctx.scale), None, None, None
+    grad_qkv, grad_bias = _packed_bwd_op(grad_out, qkv, bias, out, lse, mask, ctx.axis, ctx.scale)
+    return grad_qkv, (grad_bias if bias is not None else None), None, None, None
 
 
 _packed_fwd_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
@@ -657,14 +769,17 @@ def masked_attention(q, k, v, mask, axis: str = "time", scale: Optional[float] =
     return out
 
 
-def masked_attention_qkvpacked(qkv, mask, axis: str = "time", scale: Optional[float] = None) -> torch.Tensor:
+def masked_attention_qkvpacked(qkv, mask, axis: str = "time", scale: Optional[float] = None,
+                               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """masked_attention(*qkv.unbind(3), mask, axis, scale) for a fused QKV
     tensor qkv (B, V, T, 3, H, Dh) (any strides with stride(-1) == 1).
 
     Same output (B, V, T, H, Dh) contiguous, bit for bit; the gradient of qkv
     is written as one (B, V, T, 3, H, Dh) contiguous tensor, which saves the
-    copy autograd makes to stack three separate dq, dk, dv.
+    copy autograd makes to stack three separate dq, dk, dv. bias (3 * H * Dh,):
+    attention of qkv + bias, the bias added inside the kernels and its
+    gradient summed there (no pass over the (N, 3 * H * Dh) gradient).
     """
     scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
-    out, _ = _packed_fwd_op(qkv, mask, axis, scale)
+    out, _ = _packed_fwd_op(qkv, bias, mask, axis, scale)
     return out

@@ -262,12 +262,12 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
 @torch.library.custom_op("migt::layer_norm_linear", mutates_args=())
 def _layer_norm_linear_op(
     x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
-    weight: torch.Tensor, bias: torch.Tensor, pass_residual: bool,
+    weight: torch.Tensor, bias: Optional[torch.Tensor], pass_residual: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     D = x.shape[-1]
     residual, h, mean, rstd = residual_norm_fwd(x.reshape(-1, D), None, None, 0, 0.0, norm_weight, norm_bias, eps,
                                                 weight.dtype, store_x=pass_residual)
-    y = torch.addmm(bias, h, weight.t())
+    y = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
     residual = residual.view(x.shape) if pass_residual else x.new_empty((0,))
     return y.view(*x.shape[:-1], weight.shape[0]), residual, mean, rstd
 
@@ -284,13 +284,18 @@ def _(x, norm_weight, norm_bias, eps, weight, bias, pass_residual):
 @torch.library.custom_op("migt::layer_norm_linear_backward", mutates_args=())
 def _layer_norm_linear_backward_op(
     dy: torch.Tensor, dresidual: Optional[torch.Tensor], x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-    norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float, weight: torch.Tensor,
+    norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float, weight: torch.Tensor, has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dx, the norm's dweight and dbias, the GEMM's dweight, and its dbias
+    ((D_out,) in the compute dtype; an empty tensor without a bias)."""
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
     _, h, _, _ = residual_norm_fwd(x2, None, None, 0, 0.0, norm_weight, norm_bias, eps, weight.dtype,
                                    store_stats=False)
-    dh, dweight, dbias = linear_backward(dy.reshape(-1, weight.shape[0]).contiguous(), h, weight, mean.dtype)
+    dh, dweight, dbias = linear_backward(dy.reshape(-1, weight.shape[0]).contiguous(), h, weight, mean.dtype,
+                                         bias_grad=has_bias)
+    if dbias is None:
+        dbias = mean.new_empty((0,))
     del h
     # the handed-on residual's gradient joins the norm's in the same pass
     if dresidual is not None and dresidual.shape != x.shape:
@@ -301,17 +306,17 @@ def _layer_norm_linear_backward_op(
 
 
 @_layer_norm_linear_backward_op.register_fake
-def _(dy, dresidual, x, mean, rstd, norm_weight, norm_bias, eps, weight):
+def _(dy, dresidual, x, mean, rstd, norm_weight, norm_bias, eps, weight, has_bias):
     D = x.shape[-1]
     return (x.new_empty(x.shape), mean.new_empty((D,)), mean.new_empty((D,)),
-            weight.new_empty(weight.shape), mean.new_empty((weight.shape[0],)))
+            weight.new_empty(weight.shape), mean.new_empty((weight.shape[0] if has_bias else 0,)))
 
 
 def _setup_context(ctx, inputs, output):
-    x, norm_weight, norm_bias, eps, weight, _, pass_residual = inputs
+    x, norm_weight, norm_bias, eps, weight, bias, pass_residual = inputs
     _, residual, mean, rstd = output
     ctx.set_materialize_grads(False)  # the residual, mean and rstd may get no gradient: none is zero-filled
-    ctx.eps, ctx.pass_residual = eps, pass_residual
+    ctx.eps, ctx.pass_residual, ctx.has_bias = eps, pass_residual, bias is not None
     # the handed-on copy holds x's values: keep it, and let x itself go
     ctx.save_for_backward(residual if pass_residual else x, mean, rstd, norm_weight, norm_bias, weight)
 
@@ -323,8 +328,9 @@ def _backward(ctx, dy, dresidual, _dmean, _drstd):
     if dy is None:  # only the handed-on copy (if anything) carries a gradient
         return dresidual, None, None, None, None, None, None
     dx, dnw, dnb, dw, db = _layer_norm_linear_backward_op(dy, dresidual, x, mean, rstd, norm_weight, norm_bias,
-                                                          ctx.eps, weight)
-    return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db.to(weight.dtype), None
+                                                          ctx.eps, weight, ctx.has_bias)
+    db = db.to(weight.dtype) if ctx.has_bias else None
+    return dx, dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None, dw, db, None
 
 
 _layer_norm_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -393,7 +399,7 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     and the per-row statistics for the backward.
 
     x: (..., D) contiguous; norm_weight, norm_bias: (D,); weight: (D_out, D)
-    and bias (D_out,) in the GEMM's dtype. Returns (..., D_out) in weight's
+    and bias (D_out,) or None in the GEMM's dtype. Returns (..., D_out) in weight's
     dtype; with return_residual also a copy of x, written by the norm pass,
     whose gradient the backward adds in its norm pass (no separate sum).
     """

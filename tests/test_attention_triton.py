@@ -171,11 +171,60 @@ def test_opcheck(axis):
 
 
 @pytest.mark.parametrize("axis", AXES)
-def test_opcheck_qkvpacked(axis):
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_opcheck_qkvpacked(axis, with_bias):
     qkv, _, _, _ = fused_qkv(2, 3, 9, 1, 16, torch.float32)
     mask = random_mask(2, 9, seed=6).to(DEVICE)
+    bias = torch.randn(3 * 16, device=DEVICE).requires_grad_() if with_bias else None
     torch.library.opcheck(torch.ops.migt.masked_attention_qkvpacked_fwd.default,
-                          (qkv.detach().to(DEVICE).requires_grad_(), mask, axis, 0.25))
+                          (qkv.detach().to(DEVICE).requires_grad_(), bias, mask, axis, 0.25))
+
+
+BIAS_CASES = [
+    pytest.param((5, 5, 37, 2, 16), torch.float32, 1e-5, id="fp32-V5-T37-Dh16"),
+    # two key and query blocks along time: the bias enters every loop iteration
+    pytest.param((5, 24, 70, 1, 32), torch.float32, 1e-5, id="fp32-V24-T70-Dh32"),
+    pytest.param((5, 5, 37, 2, 16), torch.float16, 1e-2, id="fp16-V5-T37-Dh16"),
+]
+
+
+@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize("shape,dtype,tol", BIAS_CASES)
+def test_packed_bias_matches_float64_reference(axis, shape, dtype, tol):
+    """attention(qkv + bias) with the bias added and its gradient summed in
+    the kernels: output, dqkv and dbias against the float64 reference of
+    qkv + bias; k's bias gradient exactly 0 (the softmax cancels k's bias)."""
+    mask = random_mask(shape[0], shape[2], seed=12)
+    qkv, ref_qkv = make_inputs(shape, dtype, mask, seed=4)
+    H, Dh = shape[3], shape[4]
+    bias64 = torch.randn(3 * H * Dh, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2
+    bias = bias64.to(dtype).to(DEVICE).requires_grad_()
+    ref_bias = bias.detach().double().cpu().requires_grad_()  # the same rounded values
+    grad_out = poison_padding(torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+                              mask, 2)
+    out = kernels.masked_attention_qkvpacked(qkv, mask.to(DEVICE), axis, bias=bias, backend="triton")
+    grad, dbias = torch.autograd.grad(out, (qkv, bias), grad_out.to(dtype).to(DEVICE))
+    rq, rk, rv = (ref_qkv + ref_bias.view(3, H, Dh)).unbind(3)
+    ref_out = reference.attention(rq, rk, rv, mask, axis)
+    ref_grad, ref_dbias = torch.autograd.grad(ref_out, (ref_qkv, ref_bias), grad_out.nan_to_num())
+    check_parity(out, grad, ref_out, ref_grad, mask, tol, tol, tol)
+    dbias, ref_dbias = dbias.cpu().view(3, H, Dh), ref_dbias.view(3, H, Dh)
+    assert dbias.dtype == dtype
+    for i, name in ((0, "dbq"), (2, "dbv")):
+        assert_close(dbias[i], ref_dbias[i], atol=tol * 10, rtol=tol, name=name)
+    assert torch.equal(dbias[1], torch.zeros_like(dbias[1])) and ref_dbias[1].abs().max() < 1e-10
+
+
+def test_packed_bias_on_other_backends_is_added_to_qkv():
+    mask = random_mask(3, 11, seed=1)
+    qkv, _, _, _ = fused_qkv(3, 2, 11, 2, 16, torch.float64, requires_grad=False)
+    bias = torch.randn(3 * 2 * 16, dtype=torch.float64)
+    for backend in ("sdpa", "reference"):
+        got = kernels.masked_attention_qkvpacked(qkv, mask, "time", bias=bias, backend=backend)
+        want = kernels.masked_attention_qkvpacked(qkv + bias.view(3, 2, 16), mask, "time", backend=backend)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3 \* H \* Dh,\) = \(96,\), got \(95,\)"):
+        kernels.masked_attention_qkvpacked(qkv, mask, "time", bias=bias[:95], backend="reference")
 
 
 class TwoAxisAttention(torch.nn.Module):

@@ -105,6 +105,15 @@ def test_layer_norm_linear_matches_float64_reference(shape, D, D_out, poisoned_a
     assert_close(y, ref_y, **F64, name="y")
     for name, a, r in zip(["x", "norm_weight", "norm_bias", "weight", "bias"], grads, ref_grads):
         assert_close(a, r, **F64, name=f"d{name}")
+    # without a bias (the attention kernels add the QKV bias): the same GEMM minus it
+    y0 = kernels.layer_norm_linear(x, nw, nb, w, None, backend="triton")
+    ref0 = kernels.layer_norm_linear(x, nw, nb, w, None, backend="reference")
+    assert_close(y0, ref_y.detach() - b.detach(), **F64, name="y without bias")
+    upstream = torch.randn(y0.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    grads0 = torch.autograd.grad(y0, [x, nw, nb, w], upstream)
+    ref_grads0 = torch.autograd.grad(ref0, [x, nw, nb, w], upstream)
+    for name, a, r in zip(["x", "norm_weight", "norm_bias", "weight"], grads0, ref_grads0):
+        assert_close(a, r, **F64, name=f"d{name} without bias")
 
 
 def test_layer_norm_linear_under_autocast_runs_the_gemm_in_bfloat16():
@@ -455,16 +464,16 @@ def test_custom_ops_pass_opcheck():
                           (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
                            w1.detach(), b1.detach(), w2.detach()))
     w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
-    for pass_residual in (False, True):
+    for pass_residual, bias in ((False, b), (True, b), (True, None)):  # None: the attention kernels add it
         torch.library.opcheck(norm_linear._layer_norm_linear_op,
-                              (x, params["norm_weight"], params["norm_bias"], 1e-5, w, b, pass_residual))
+                              (x, params["norm_weight"], params["norm_bias"], 1e-5, w, bias, pass_residual))
     _, residual, mean, rstd = norm_linear._layer_norm_linear_op(x, params["norm_weight"], params["norm_bias"], 1e-5,
                                                                 w, b, True)
     nw, nb = params["norm_weight"].detach(), params["norm_bias"].detach()
-    for dresidual in (None, torch.randn(x.shape)):
+    for dresidual, has_bias in ((None, True), (torch.randn(x.shape), True), (None, False)):
         torch.library.opcheck(norm_linear._layer_norm_linear_backward_op,
                               (torch.randn(2, 5, 48), dresidual, residual.detach(), mean.detach(), rstd.detach(),
-                               nw, nb, 1e-5, w.detach()))
+                               nw, nb, 1e-5, w.detach(), has_bias))
 
 
 def test_bad_inputs_name_the_argument():

@@ -30,6 +30,7 @@ FUSED_PARITY = "tests/test_fused_block.py::test_feed_forward_matches_float64_ref
 CHUNK_PARITY = "tests/test_ffn_row_chunks.py::test_chunked_feed_forward_matches_float64_reference"
 TAIL_PARITY = "tests/test_ffn_gated_norm.py::test_matches_float64_reference"
 GELU_ACCURACY = "tests/test_gelu.py"
+ATT_BIAS = "tests/test_attention_triton.py::test_packed_bias_matches_float64_reference"
 POOL_PARITY = "tests/test_norm_attention_pool.py::test_matches_float64_reference"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
@@ -144,8 +145,8 @@ MUTANTS = [
     ),
     Mutant(
         "attention-dq-unscaled", ATT, "scaling",
-        "(dq * scale).to(DQ.dtype.element_ty)",
-        "dq.to(DQ.dtype.element_ty)",
+        "    dq = dq * scale\n",
+        "",
         (ATT_PARITY,),
         "dq along time misses the softmax scale",
     ),
@@ -201,8 +202,8 @@ MUTANTS = [
     ),
     Mutant(
         "attention-delta-without-do", ATT, "reduction",
-        "delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]",
-        "delta = tl.sum(o.to(tl.float32), 1)  # [BLOCK_M]",
+        "delta = tl.sum(o * do.to(tl.float32), 1)  # [BLOCK_M]",
+        "delta = tl.sum(o, 1)  # [BLOCK_M]",
         (ATT_PARITY,),
         "the time backward's rowsum(dO * O) loses dO",
     ),
@@ -564,6 +565,70 @@ MUTANTS = [
         "keep_hidden = not recompute_hidden",
         ("tests/test_ffn_gated_norm.py::test_without_grad_keeps_no_hidden",),
         "inference makes and holds the (N, d_ff) hidden for the whole batch",
+    ),
+    # ------------------------------------------------------------ the QKV bias inside the attention kernels
+    Mutant(
+        "attention-bias-q-not-added", ATT, "masking",
+        "    if HAS_BIAS:\n        q = _biased(q, _head_bias(BIAS, 0, h, n_heads, offs_d))\n    k_off",
+        "    if HAS_BIAS:\n        q = q\n    k_off",
+        (ATT_BIAS,),
+        "the time forward scores q without its bias",
+    ),
+    Mutant(
+        "attention-bias-v-not-added", ATT, "masking",
+        "        out = _with_value_bias(out, BIAS, h, n_heads, offs_d, row_ok & (l_i > 0))",
+        "        out = out",
+        (ATT_BIAS,),
+        "the time forward's output misses v's bias",
+    ),
+    Mutant(
+        "attention-bias-v-on-padded-rows", ATT, "masking",
+        "    return tl.where(has_key[:, None], out + _head_bias(BIAS, 2, h, n_heads, offs_d)[None, :], 0.0)",
+        "    return out + _head_bias(BIAS, 2, h, n_heads, offs_d)[None, :]",
+        (ATT_BIAS,),
+        "padded rows get v's bias instead of 0",
+    ),
+    Mutant(
+        "attention-bias-delta-keeps-bv", ATT, "scaling",
+        "        o = tl.where(row_ok[:, None], o - _head_bias(BIAS, 2, h, n_heads, offs_d)[None, :], 0.0)",
+        "        o = tl.where(row_ok[:, None], o, 0.0)",
+        (ATT_BIAS,),
+        "delta includes dO . bv while dP leaves v's bias out: every score gradient is shifted",
+    ),
+    Mutant(
+        "attention-bias-dkdv-q-unbiased", ATT, "masking",
+        "            q = _biased(q, q_bias)  # padded rows too: their ds is 0",
+        "            q = q  # padded rows too: their ds is 0",
+        (ATT_BIAS,),
+        "dk is taken against q without its bias",
+    ),
+    Mutant(
+        "attention-bias-dbq-unscaled", ATT, "scaling",
+        "        _column_sums(DBQ_PART, tl.program_id(0), dq, offs_d)",
+        "        _column_sums(DBQ_PART, tl.program_id(0), dq / scale, offs_d)",
+        (ATT_BIAS,),
+        "q's bias gradient misses the softmax scale",
+    ),
+    Mutant(
+        "attention-bias-empty-block-partials-unwritten", ATT, "masking",
+        "            _column_sums(DBQ_PART, tl.program_id(0), zeros, offs_d)\n",
+        "",
+        (ATT_BIAS,),
+        "a query block of padding leaves its row of q's bias partials unwritten",
+    ),
+    Mutant(
+        "attention-bias-var-v-not-added", ATT, "masking",
+        "                        out = tl.where(tile_ok, out + v_bias[None, :], 0.0)",
+        "                        out = tl.where(tile_ok, out, 0.0)",
+        (ATT_BIAS,),
+        "the variable kernel's output misses v's bias",
+    ),
+    Mutant(
+        "attention-bias-var-padded-step-partials-unwritten", ATT, "masking",
+        "                        tl.store(DBV_PART + part_ptrs, tl.zeros([HEAD_DIM], dtype=tl.float32))\n",
+        "",
+        (ATT_BIAS,),
+        "a padded step leaves its row of v's bias partials unwritten",
     ),
     # ------------------------------------------------------------ final norm + attention pooling (kernels/pooling.py)
     Mutant(
