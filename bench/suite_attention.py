@@ -6,6 +6,9 @@ Backends:
   triton, sdpa, reference: kernels.masked_attention (sdpa includes the
       masking copies and, along variables, the permute copies it needs);
   triton_packed: kernels.masked_attention_qkvpacked on the fused tensor;
+  triton_packed_bias: the same with the QKV bias added and its gradient
+      summed inside the kernels (the model's time blocks; its ratio to
+      triton_packed is what the bias costs the kernels);
   flex: torch.compile(flex_attention) with a BlockMask built from the key
       padding mask (time: batch B*V, rows and keys of padded steps masked;
       variables: q, k, v permuted to (B*T, H, V, Dh), rows of padded steps
@@ -29,7 +32,7 @@ from kernels.sdpa import GRID_YZ_LIMIT
 # triton_packed: the Triton kernel through masked_attention_qkvpacked (the
 # model's entry point), whose backward writes one packed gradient instead of
 # autograd stacking dq, dk, dv.
-BACKENDS = ("sdpa", "triton", "triton_packed", "flex", "reference")
+BACKENDS = ("sdpa", "triton", "triton_packed", "triton_packed_bias", "flex", "reference")
 HEADS, HEAD_DIM, N_VARIABLES = 8, 32, 24
 BWD_FLOP_FACTOR = 2.5
 
@@ -136,6 +139,12 @@ def _setup(settings: RunSettings, backend, dtype, batch, T, axis, backward):
         elif backend == "triton_packed":
             def attend():
                 return kernels.masked_attention_qkvpacked(qkv, mask, axis, backend="triton")
+        elif backend == "triton_packed_bias":
+            bias = torch.randn(3 * HEADS * HEAD_DIM, generator=g, device=device, dtype=qkv.dtype,
+                               requires_grad=backward)
+
+            def attend():
+                return kernels.masked_attention_qkvpacked(qkv, mask, axis, bias=bias, backend="triton")
         else:
             def attend():
                 return kernels.masked_attention(q, k, v, mask, axis, backend=backend)
@@ -152,6 +161,8 @@ def _setup(settings: RunSettings, backend, dtype, batch, T, axis, backward):
             def fn():
                 attend().backward(grad_out)
                 qkv.grad = None
+                if backend == "triton_packed_bias":
+                    bias.grad = None
         return Timed(fn, Work(flops, "TFLOP/s"), lambda: extra)
 
     return setup
