@@ -295,8 +295,10 @@ def _gated_feed_forward(inputs, outputs) -> list:
     # the FFN's passes (same leading arguments), then the gate and the gated norm
     x, gate_weight = inputs[0], inputs[11]
     D, N, low = _gate_sizes(x, gate_weight)
+    # the FFN's norm pass also writes x in the gate's dtype (when it differs)
+    x_low = low if gate_weight.dtype != x.dtype else 0.0
     return _feed_forward(inputs, outputs) + [
-        _pass("gate cast", "casts", tensor_bytes(x) + low),
+        _pass("x for the gate (in the norm pass)", "norm", x_low, launches=0),
         _gemm("gemm gate", N, D, D, gate_weight.dtype),
         # reads x, the update and the logits; writes out and the statistics
         _pass("gated norm", "norm", 3 * tensor_bytes(x) + low + 8.0 * N),

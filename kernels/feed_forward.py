@@ -268,11 +268,14 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                     keep_hidden: bool, chunks=None):
+                     keep_hidden: bool, chunks=None, after_chunk=None, x_low_dtype=None):
     """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
     not kept). x_mid is never stored: the output pass and the backward
     rebuild it from x and the branch. Runs a chunk of rows at a time
-    (``chunks``, default row_chunks), so g never exists for the whole batch."""
+    (``chunks``, default row_chunks), so g never exists for the whole batch.
+    after_chunk(rows, out_rows, x_low_rows), when given, runs after each
+    chunk's output is written, with x's rows in x_low_dtype as the chunk's
+    norm pass wrote them (None without x_low_dtype)."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     N = x2.shape[0]
@@ -284,8 +287,9 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
               else x.new_empty((0,), dtype=fc1_weight.dtype))
     for start, end in chunks or row_chunks(N, C, fc1_weight.element_size()):
         rows = slice(start, end)
+        x_low = torch.empty((end - start, D), dtype=x_low_dtype, device=x.device) if x_low_dtype else None
         _, h, _, _ = residual_norm_fwd(x2[rows], branch2[rows], seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                       fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]))
+                                       fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]), x_low=x_low)
         if keep_hidden:
             hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t(), out=hidden[rows])  # [rows, C]
         else:
@@ -296,6 +300,9 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
         f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [rows, D]
         del g
         residual_out(x2[rows], branch2[rows], f, seeds, p, row0=start, out=out[rows])
+        if after_chunk is not None:
+            after_chunk(rows, out[rows], x_low)
+        del x_low
     return out.view(x.shape), mean, rstd, hidden
 
 

@@ -61,19 +61,23 @@ def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1
     N = x2.shape[0]
     # the backward's chunks: a recomputed hidden is then the same GEMM's
     chunks = _chunks(N, D, C, fc1_weight.element_size())
-    update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
-        x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
-        chunks=chunks)
-    update2 = update.view(-1, D)
     acc = compute_dtype(x.dtype)
     out = torch.empty_like(x2)
     out_mean = torch.empty((N,), dtype=acc, device=x.device)
     out_rstd = torch.empty((N,), dtype=acc, device=x.device)
-    for start, end in chunks:
-        rows = slice(start, end)
-        logits = _gate_logits(x2[rows].to(gate_weight.dtype), gate_weight, gate_bias)
-        gated_norm.gated_norm_fwd(x2[rows], update2[rows], logits, out_norm_weight, out_norm_bias, out_eps,
+
+    def gate_and_norm(rows, update_rows, x_low):
+        # the gate reads x in its dtype as the FFN's norm pass wrote it for
+        # these rows (a GPU kernel rounds to nearest, as the backward's .to()
+        # does), not through a separate cast pass over x
+        logits = _gate_logits(x2[rows] if x_low is None else x_low, gate_weight, gate_bias)
+        gated_norm.gated_norm_fwd(x2[rows], update_rows, logits, out_norm_weight, out_norm_bias, out_eps,
                                   out=out[rows], stats=(out_mean[rows], out_rstd[rows]))
+
+    update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
+        x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
+        chunks=chunks, after_chunk=gate_and_norm,
+        x_low_dtype=gate_weight.dtype if gate_weight.dtype != x.dtype else None)
     return out.view(x.shape), update, mean, rstd, hidden, out_mean, out_rstd
 
 

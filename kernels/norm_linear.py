@@ -46,10 +46,10 @@ NORM_BWD_PROGRAMS_PER_SM = 8
 @triton.jit
 def _residual_norm_fwd_kernel(
     x_ptr, branch_ptr, seed_ptr, w_ptr, b_ptr,
-    x_out_ptr, h_ptr, mean_ptr, rstd_ptr,
+    x_out_ptr, h_ptr, mean_ptr, rstd_ptr, x_low_ptr,
     N, row0, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
     HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr,
-    STORE_X: tl.constexpr, STORE_STATS: tl.constexpr,
+    STORE_X: tl.constexpr, STORE_STATS: tl.constexpr, STORE_X_LOW: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
@@ -60,6 +60,8 @@ def _residual_norm_fwd_kernel(
     offs = tile_offsets(rows, cols, D)
 
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)  # [BLOCK_M, BLOCK_D]
+    if STORE_X_LOW:  # x itself (not x_new) in another dtype, for a GEMM that reads it (the variable blocks' gate)
+        tl.store(x_low_ptr + offs, cast_for(x, x_low_ptr), mask=ok)
     if HAS_BRANCH:
         branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
         if HAS_DROPOUT:
@@ -178,14 +180,15 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: float, h_dtype,
-                      *, store_x: bool = False, store_stats: bool = True, row0: int = 0, stats=None):
+                      *, store_x: bool = False, store_stats: bool = True, row0: int = 0, stats=None, x_low=None):
     """x, branch: contiguous (N, D) (branch may be None). Returns
     (x_new or None, h (N, D) in h_dtype, mean (N,), rstd (N,)): x_new =
     x + dropout(branch) (a copy of x without a branch) only when store_x;
     mean and rstd only when store_stats, written into ``stats`` (a (mean,
     rstd) pair of (N,) views) when given. row0: the index of x's first row in
     the whole tensor, when x is a chunk of it (the dropout bits count rows
-    from there)."""
+    from there). x_low: an (N, D) tensor that gets x itself in its dtype
+    (a cast the same pass makes while it reads x)."""
     N, D = x.shape
     acc = compute_dtype(x.dtype)
     has_branch = branch is not None
@@ -205,9 +208,10 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     _residual_norm_fwd_kernel[(cdiv(N, bm),)](
         x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
         x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
+        x_low if x_low is not None else h,
         N, row0, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
         HAS_BRANCH=has_branch, HAS_DROPOUT=has_dropout, SITE=site,
-        STORE_X=x_new is not None, STORE_STATS=store_stats,
+        STORE_X=x_new is not None, STORE_STATS=store_stats, STORE_X_LOW=x_low is not None,
         ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return x_new, h, mean, rstd

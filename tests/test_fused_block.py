@@ -184,6 +184,24 @@ def test_every_pass_rebuilds_the_same_x_mid(stream, gemm):
     assert torch.equal(rebuilt[0], stored[0])
 
 
+def test_norm_pass_writes_x_itself_for_the_gate(poisoned_allocations):
+    # the variable blocks' gate reads x (not x_mid) in its dtype, written by
+    # the FFN's first norm pass: exactly x in a wider dtype, and within one
+    # bf16 ulp of torch's cast (a GPU rounds to nearest as torch does; the
+    # interpreter truncates)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(37, 48, generator=g) * 3
+    branch = torch.randn(37, 48, generator=g).to(torch.bfloat16)
+    w, b = torch.ones(48), torch.zeros(48)
+    seeds = torch.tensor([5, 6, 7])
+    wide, low = torch.empty(37, 48, dtype=torch.float64), torch.empty(37, 48, dtype=torch.bfloat16)
+    for x_low in (wide, low):
+        norm_linear.residual_norm_fwd(x, branch, seeds, 0, 0.2, w, b, 1e-5, torch.bfloat16, x_low=x_low)
+    assert torch.equal(wide, x.double())
+    ulp = torch.finfo(torch.bfloat16).eps * x.abs()
+    assert ((low.float() - x.to(torch.bfloat16).float()).abs() <= ulp).all()
+
+
 def test_hidden_masks_are_the_philox_reference_masks():
     # the GELU kernel tiles columns in blocks of 256: rows past one block and
     # a width off the block exercise the group numbering across tiles

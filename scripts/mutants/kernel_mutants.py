@@ -702,6 +702,14 @@ MUTANTS = [
         "dx at padded steps is never written (whatever the allocation held)",
     ),
     Mutant(
+        "tail-gate-reads-x-mid", NORM_LINEAR, "masking",
+        "    if STORE_X:  # x_new, or without a branch a copy of x (a residual handed on)\n",
+        "    if STORE_X_LOW:\n        tl.store(x_low_ptr + offs, cast_for(x, x_low_ptr), mask=ok)\n"
+        "    if STORE_X:  # x_new, or without a branch a copy of x (a residual handed on)\n",
+        ("tests/test_fused_block.py::test_norm_pass_writes_x_itself_for_the_gate",),
+        "the copy of x for the gate is written after the branch is added: the gate reads x_mid, not x",
+    ),
+    Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
         "return self.dropout.p if self.training else 0.0",
         "return self.dropout.p",
