@@ -112,8 +112,9 @@ def masked_attention_qkvpacked(qkv, mask, axis: str = "time", *, scale: Optional
         of qkv is written as one tensor, saving the copy autograd makes to
         stack separate dq, dk, dv of unbind views.
     bias: optional (3 * H * Dh,), the QKV projection's bias: attention of
-        qkv + bias (the bias rounded to qkv's dtype first, as a GEMM's
-        epilogue would add it). The Triton kernels add it themselves and sum
+        qkv + bias, the sum rounded to qkv's dtype (a GEMM epilogue rounds
+        the product and bias once; here the product was rounded already: up
+        to one ulp apart). The Triton kernels add it themselves and sum
         its gradient from the tiles they write (the projection then runs
         without it, and no pass sums its (N, 3 * H * Dh) gradient); the
         other backends add it to qkv first.

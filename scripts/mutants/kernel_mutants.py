@@ -617,6 +617,13 @@ MUTANTS = [
         "a query block of padding leaves its row of q's bias partials unwritten",
     ),
     Mutant(
+        "attention-bias-partials-heads-and-blocks-swapped", ATT, "reduction",
+        "sums = parts.view(2, B * V, H, cdiv(T, block_m), Dh).sum((1, 3)) if has_bias else None",
+        "sums = parts.view(2, B * V, cdiv(T, block_m), H, Dh).sum((1, 2)) if has_bias else None",
+        (ATT_BIAS,),
+        "the host sums the time kernel's partial rows with heads and query blocks swapped (review of 39a5bb8)",
+    ),
+    Mutant(
         "attention-bias-var-v-not-added", ATT, "masking",
         "                        out = tl.where(tile_ok, out + v_bias[None, :], 0.0)",
         "                        out = tl.where(tile_ok, out, 0.0)",
