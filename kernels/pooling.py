@@ -23,9 +23,10 @@ import triton.language as tl
 
 from ._launch import next_power_of_2, split_float32
 from ._tiles import cast_for, layer_norm_rows, layer_norm_rows_bwd
+from .norm_linear import unsupported_reason as _norm_unsupported
+from .norm_linear import warps
 from .reference import compute_dtype
 
-MAX_D = 4096
 # Rows per tile: about 4096 elements forward (16 rows at D=256); 1024
 # backward (4 rows), where three (rows, D) partial sums and five row tensors
 # are live: at sm_90, D=256, 126 registers (4 programs per SM) against 198
@@ -55,20 +56,27 @@ def _row_tile(x_ptr, mask_ptr, sm_b, sm_t, series, b, t0, T, D, cols, col_ok, BL
 
 
 @triton.jit
+def _series_operands(w_ptr, b_ptr, kq_ptr, c_ptr, V, D, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """This program's series (b * V + v) and sample b, the column offsets and
+    mask, and the operands every row uses: the norm's weight and bias, the
+    key-query vector and the score bias."""
+    series = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    kq = tl.load(kq_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    return series, series // V, cols, col_ok, w, bias, kq, tl.load(c_ptr).to(ACC)
+
+
+@triton.jit
 def _norm_pool_fwd_kernel(
     x_ptr, mask_ptr, w_ptr, b_ptr, kq_ptr, c_ptr,
     out_ptr, pooled_ptr, max_ptr, sum_ptr,
     sm_b, sm_t, V, T, D, eps_hi, eps_lo,
     ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    series = tl.program_id(0)  # b * V + v
-    b = series // V
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    kq = tl.load(kq_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    c = tl.load(c_ptr).to(ACC)
+    series, b, cols, col_ok, w, bias, kq, c = _series_operands(w_ptr, b_ptr, kq_ptr, c_ptr, V, D, BLOCK_D, ACC)
     # an online softmax per row slot (its own max), combined after the loop
     slot_max = tl.full([BLOCK_T], float("-inf"), ACC)
     slot_sum = tl.zeros([BLOCK_T], ACC)
@@ -108,14 +116,7 @@ def _norm_pool_bwd_kernel(
     #   dkq = sum_t ds_t h_t,
     # then the LayerNorm backward of dh_t to dx_t. (c's gradient, sum_t ds_t,
     # is exactly 0: the host returns that, not this sum's rounding noise.)
-    series = tl.program_id(0)
-    b = series // V
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    kq = tl.load(kq_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    c = tl.load(c_ptr).to(ACC)
+    series, b, cols, col_ok, w, bias, kq, c = _series_operands(w_ptr, b_ptr, kq_ptr, c_ptr, V, D, BLOCK_D, ACC)
     g = tl.load(dout_ptr + series * D + cols, mask=col_ok, other=0.0).to(ACC)  # [BLOCK_D]
     pooled = tl.load(pooled_ptr + series * D + cols, mask=col_ok, other=0.0)
     g_pooled = tl.sum(g * pooled, 0)
@@ -155,16 +156,12 @@ def _tiles(D: int, tile: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_D, num_warps) of a tile of about ``tile`` elements."""
     bd = next_power_of_2(D)
     bt = max(1, min(MAX_BLOCK_T, tile // bd))
-    return bt, bd, min(16, max(4, bt * bd // 512))
+    return bt, bd, warps(bt, bd)
 
 
 def unsupported_reason(x: torch.Tensor) -> Optional[str]:
-    D = x.shape[-1]
-    if D < 1:
-        return "the last dim D is 0"
-    if D > MAX_D:
-        return f"D={D} is over {MAX_D} (a row must fit one block)"
-    return None
+    """The norm kernels' limits: a row of D <= norm_linear.MAX_D in one block."""
+    return _norm_unsupported(x)
 
 
 def norm_pool_fwd(x, mask, norm_weight, norm_bias, eps: float, key_query, score_bias, out_dtype):
