@@ -183,7 +183,8 @@ def gated_norm_cases(quick: bool):
 def fused_block_cases(quick: bool):
     """layer_norm_linear, residual_feed_forward and gated_feed_forward
     (kernels/norm_linear.py, feed_forward.py, ffn_gated_norm.py), forward
-    and backward, with and without dropout,
+    and backward, with dropout and a branch bias (the model's case) and
+    with neither,
     for the residual/GEMM dtype pairs the model runs (float32 stream under
     autocast, bf16 stream, no autocast) and float64, at a small, the model's
     and the largest D (and a hidden of 2D)."""
@@ -205,13 +206,16 @@ def fused_block_cases(quick: bool):
             w2 = torch.zeros(d, 2 * d, dtype=gemm_dtype, requires_grad=True)
             b2 = torch.zeros(d, dtype=gemm_dtype, requires_grad=True)
             seeds = torch.tensor([1, 2, 3]) if p else torch.empty(0, dtype=torch.int64)
-            feed_forward.residual_feed_forward(x, branch, seeds, p, norm_w, norm_b, w1, b1, w2, b2).sum().backward()
+            # with dropout the model's case, out_proj's bias added to the branch; without, no branch bias
+            bb = torch.zeros(d, requires_grad=True) if p else None
+            feed_forward.residual_feed_forward(x, branch, seeds, p, norm_w, norm_b, w1, b1, w2, b2,
+                                               branch_bias=bb).sum().backward()
             # a variable block's tail: the gated norm's backward with the gate's outputs, the
             # FFN's norm backward adding x's other gradients
             gate_w = torch.zeros(d, d, dtype=gemm_dtype, requires_grad=True)
             gate_b = torch.zeros(d, dtype=gemm_dtype, requires_grad=True)
             ffn_gated_norm.gated_feed_forward(x, branch, seeds, p, norm_w, norm_b, w1, b1, w2, b2, gate_w, gate_b,
-                                              norm_w, norm_b).sum().backward()
+                                              norm_w, norm_b, branch_bias=bb).sum().backward()
             norm_linear.layer_norm_linear(x, norm_w, norm_b, w1, b1).sum().backward()
             # the block's form: x handed on, its gradient added in the norm backward
             y, residual = norm_linear.layer_norm_linear(x, norm_w, norm_b, w1, b1, return_residual=True)

@@ -90,6 +90,10 @@ def cases(batch: int, device="cuda", rows=None):
         ("residual_norm_bwd (FFN)",
          lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, branch=branch, seeds=seeds, p=p,
                                                dx=dx, dbranch=dbranch), 18 * nd + 8 * N),
+        # the model's FFN: out_proj's bias added to the branch, its gradient summed in this pass
+        ("residual_norm_bwd (FFN, branch bias)",
+         lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, branch=branch, seeds=seeds, p=p,
+                                               dx=dx, dbranch=dbranch, branch_bias=b), 18 * nd + 8 * N),
         ("residual_norm_bwd (variable tail: + dx, + gate dx)",
          lambda: norm_linear.residual_norm_bwd(dh, dout, x, mean, rstd, w, branch=branch, seeds=seeds, p=p,
                                                dx=dx, dbranch=dbranch, dx_add=f, accumulate_dx=True),
@@ -117,16 +121,25 @@ def sweep(batch: int):
     """The persistent backward kernels under other launch settings: (label, name, ms, bytes)."""
     from kernels import _launch, feed_forward, norm_linear
 
-    chosen = ("gelu_dropout_bwd", "residual_norm_bwd (FFN)", "gated_norm_bwd (+ gate bias grad)")
+    chosen = ("gelu_dropout_bwd", "residual_norm_bwd (FFN)", "residual_norm_bwd (FFN, branch bias)",
+              "gated_norm_bwd (+ gate bias grad)")
     defaults = (_launch.BWD_PROGRAMS_PER_SM, norm_linear.NORM_BWD_PROGRAMS_PER_SM,
-                feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M, _launch.BWD_LOOP_STAGES)
+                feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M, _launch.BWD_LOOP_STAGES,
+                norm_linear.BRANCH_BIAS_BWD_TILE_ELEMENTS)
 
     def restore():
         (_launch.BWD_PROGRAMS_PER_SM, norm_linear.NORM_BWD_PROGRAMS_PER_SM,
-         feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M, _launch.BWD_LOOP_STAGES) = defaults
+         feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM, feed_forward.HIDDEN_BWD_BLOCK_M, _launch.BWD_LOOP_STAGES,
+         norm_linear.BRANCH_BIAS_BWD_TILE_ELEMENTS) = defaults
 
     rows = []
     try:
+        # the branch-bias variant at the other variants' tile height (2048 elements: 8 rows at D=256)
+        norm_linear.BRANCH_BIAS_BWD_TILE_ELEMENTS = norm_linear.BWD_TILE_ELEMENTS
+        for name, fn, nbytes in cases(batch):
+            if name == "residual_norm_bwd (FFN, branch bias)":
+                rows.append(("8-row tiles", name, _time_ms(fn), nbytes))
+        restore()
         for programs in (1, 2, 4, 8, 16):  # each kernel's own count (the gated norm's is the default's)
             _launch.BWD_PROGRAMS_PER_SM = norm_linear.NORM_BWD_PROGRAMS_PER_SM = programs
             feed_forward.HIDDEN_BWD_PROGRAMS_PER_SM = programs

@@ -276,11 +276,11 @@ def layer_norm(x, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
 
 def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                           dropout_p: float = 0.0, eps: float = 1e-5, *, seeds=None,
-                          recompute_hidden: bool = False, backend: str = "auto"):
+                          recompute_hidden: bool = False, branch_bias=None, backend: str = "auto"):
     """The second half of a pre-norm transformer block, with the residual add
     of the first half:
 
-        x_mid = x + dropout(branch)
+        x_mid = x + dropout(branch + branch_bias)
         out   = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid))))))
 
     x, branch: (..., D) (x is the residual stream, branch e.g. the attention
@@ -296,9 +296,14 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
     same masks on every backend (kernels/philox.py). recompute_hidden=True
     also drops the FFN's (..., d_ff) pre-activation from what the backward
     keeps, at the cost of redoing the first GEMM there.
+
+    branch_bias: optional (D,), the bias of the Linear that made the branch
+    (e.g. attention's out_proj run without it), added in float32 at least:
+    the Triton backward sums its gradient in the pass that writes dbranch,
+    with no pass of its own over the (..., D) gradient.
     """
     _validate.feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                                  dropout_p, seeds)
+                                  dropout_p, seeds, branch_bias)
     if seeds is None:
         seeds = dropout_seeds(x.device) if dropout_p > 0 else torch.empty((0,), dtype=torch.int64, device=x.device)
     choice = _dispatch.choose("residual_feed_forward", backend, x.device,
@@ -307,13 +312,14 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
         _gemm_dtype(x, fc1_weight), fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     impl = _triton_module("residual_feed_forward") if choice == "triton" else reference
     return impl.residual_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias,
-                                      fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, recompute_hidden)
+                                      fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, recompute_hidden,
+                                      branch_bias=branch_bias)
 
 
 def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                        gate_weight, gate_bias, out_norm_weight, out_norm_bias, dropout_p: float = 0.0,
                        eps: float = 1e-5, out_eps: float = 1e-5, *, seeds=None, recompute_hidden: bool = False,
-                       backend: str = "auto"):
+                       branch_bias=None, backend: str = "auto"):
     """residual_feed_forward followed by the gated residual norm whose gate is
     a Linear of x, the tail of a variable block:
 
@@ -321,8 +327,8 @@ def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, 
         out    = gated_residual_norm(x, update, x @ gate_weight.T + gate_bias,
                                      out_norm_weight, out_norm_bias, out_eps)
 
-    x, branch and the FFN's arguments (dropout, seeds, recompute_hidden
-    included) as in residual_feed_forward; gate_weight (D, D), gate_bias,
+    x, branch and the FFN's arguments (dropout, seeds, recompute_hidden,
+    branch_bias included) as in residual_feed_forward; gate_weight (D, D), gate_bias,
     out_norm_weight, out_norm_bias (D,). The gate's GEMM runs in the FFN
     GEMMs' dtype. Returns out in x's dtype. With the Triton backend one
     autograd node: the three gradients of x (the FFN's residual, the gate,
@@ -330,7 +336,7 @@ def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, 
     """
     _validate.gated_feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
                                         fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-                                        dropout_p, seeds)
+                                        dropout_p, seeds, branch_bias)
     if seeds is None:
         seeds = dropout_seeds(x.device) if dropout_p > 0 else torch.empty((0,), dtype=torch.int64, device=x.device)
     choice = _dispatch.choose("gated_feed_forward", backend, x.device,
@@ -340,7 +346,7 @@ def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, 
     impl = _triton_module("gated_feed_forward") if choice == "triton" else reference
     return impl.gated_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias, fc1_weight, fc1_bias,
                                    fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-                                   eps, out_eps, recompute_hidden)
+                                   eps, out_eps, recompute_hidden, branch_bias=branch_bias)
 
 
 def dropout(x, p: float, *, seeds=None, backend: str = "auto"):

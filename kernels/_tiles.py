@@ -43,6 +43,18 @@ def keep_tile(seed_ptr, SITE: tl.constexpr, rows, col_start, n_cols, cut, BLOCK_
 
 
 @triton.jit
+def branch_rows(branch_ptr, branch_bias_ptr, offs, ok, cols, col_ok, HAS_BRANCH_BIAS: tl.constexpr,
+                ACC: tl.constexpr):
+    """A tile of a residual branch in ACC, plus its (D,) bias when it has one
+    (the bias of the Linear that made it, added here, not in its GEMM, so
+    that the pass that writes the branch's gradient can sum it)."""
+    branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+    if HAS_BRANCH_BIAS:
+        branch += tl.load(branch_bias_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+    return branch
+
+
+@triton.jit
 def split_scalar(hi, lo, ACC: tl.constexpr):
     """A float argument passed as two float32 halves (kernels._launch.split_float32),
     joined in the accumulation dtype: a GPU launch passes a Python float as

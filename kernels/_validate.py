@@ -155,7 +155,7 @@ def layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias) -> None:
 
 
 def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, p,
-                        seeds) -> None:
+                        seeds, branch_bias=None) -> None:
     d = _residual_rows(x)
     tensor("branch", branch)
     floating("branch", branch)
@@ -172,6 +172,9 @@ def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias,
     dropout_probability(p)
     tensors = dict(x=x, branch=branch, norm_weight=norm_weight, norm_bias=norm_bias, fc1_weight=fc1_weight,
                    fc1_bias=fc1_bias, fc2_weight=fc2_weight, fc2_bias=fc2_bias)
+    if branch_bias is not None:
+        _vector("branch_bias", branch_bias, d, "(D,)")
+        tensors["branch_bias"] = branch_bias
     if seeds is not None:
         tensor("seeds", seeds, ndim=1, dims="(3,)")
         if seeds.dtype != torch.int64 or seeds.shape[0] != 3:
@@ -181,8 +184,10 @@ def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias,
 
 
 def gated_feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                              gate_weight, gate_bias, out_norm_weight, out_norm_bias, p, seeds) -> None:
-    feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, p, seeds)
+                              gate_weight, gate_bias, out_norm_weight, out_norm_bias, p, seeds,
+                              branch_bias=None) -> None:
+    feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, p, seeds,
+                        branch_bias)
     d = x.shape[-1]
     _matrix("gate_weight", gate_weight, d, d, "(D, D)")
     _vector("gate_bias", gate_bias, d, "(D,)")

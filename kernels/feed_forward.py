@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._launch import backward_programs, cdiv, loop_stages
-from ._tiles import cast_for, keep_tile, split_scalar, tile_offsets
+from ._tiles import branch_rows, cast_for, keep_tile, split_scalar, tile_offsets
 from .gelu import gelu, gelu_and_grad
 from .chunking import ChunkGradients, mm_float32, row_chunks
 from .norm_linear import (
@@ -105,9 +105,10 @@ def _gelu_dropout_bwd_kernel(
 
 @triton.jit
 def _dropout_add_kernel(
-    x_ptr, mid_ptr, branch_ptr, seed_ptr, out_ptr, N, row0, D, cut, scale_hi, scale_lo,
+    x_ptr, mid_ptr, branch_ptr, seed_ptr, out_ptr, mid_bias_ptr, N, row0, D, cut, scale_hi, scale_lo,
     HAS_X: tl.constexpr, HAS_MID: tl.constexpr, HAS_DROPOUT: tl.constexpr, MID_SITE: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, MID_ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_MID_BIAS: tl.constexpr,
 ):
     # out = base + dropout(branch), base = x, or with HAS_MID the block's
     # x_mid = x + dropout(mid) rebuilt (rounded to x's dtype as the norm
@@ -115,7 +116,8 @@ def _dropout_add_kernel(
     # mask applied to the output gradient)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    ok = (rows < N)[:, None] & (cols < D)[None, :]  # [BLOCK_M, BLOCK_D]
+    col_ok = cols < D
+    ok = (rows < N)[:, None] & col_ok[None, :]  # [BLOCK_M, BLOCK_D]
     offs = tile_offsets(rows, cols, D)
     scale = split_scalar(scale_hi, scale_lo, ACC)
     out = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
@@ -124,7 +126,7 @@ def _dropout_add_kernel(
     if HAS_X:
         base = tl.load(x_ptr + offs, mask=ok, other=0.0)
         if HAS_MID:  # in x's accumulation dtype, as the norm kernels add it
-            mid = tl.load(mid_ptr + offs, mask=ok, other=0.0).to(MID_ACC)
+            mid = branch_rows(mid_ptr, mid_bias_ptr, offs, ok, cols, col_ok, HAS_MID_BIAS, MID_ACC)
             if HAS_DROPOUT:
                 mid_scale = split_scalar(scale_hi, scale_lo, MID_ACC)
                 mid = tl.where(keep_tile(seed_ptr, MID_SITE, row0 + rows, 0, D, cut, BLOCK_D), mid * mid_scale, 0.0)
@@ -212,17 +214,19 @@ def gelu_dropout_bwd(dg, hidden, seeds, p: float, row0: int = 0):
 
 
 def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_lo: float, out,
-                  *, mid=None, mid_site: int = 0, has_dropout: bool = True, row0: int = 0):
+                  *, mid=None, mid_site: int = 0, has_dropout: bool = True, row0: int = 0, mid_bias=None):
     """out = (x +) dropout(branch) over contiguous (N, D) rows, whole rows per
-    tile; with ``mid``, out = (x + dropout_mid_site(mid)) + dropout(branch)."""
+    tile; with ``mid``, out = (x + dropout_mid_site(mid (+ mid_bias))) + dropout(branch)."""
     N, D = branch.shape
     if branch.numel():
         bd = block_d(D)
         bm = block_m(bd, TILE_ELEMENTS)
         _dropout_add_kernel[(cdiv(N, bm),)](
             x if x is not None else branch, mid if mid is not None else branch, branch,
-            seeds if has_dropout else branch, out, N, row0, D, cut, scale_hi, scale_lo,
+            seeds if has_dropout else branch, out, mid_bias if mid_bias is not None else branch,
+            N, row0, D, cut, scale_hi, scale_lo,
             HAS_X=x is not None, HAS_MID=mid is not None, HAS_DROPOUT=has_dropout, MID_SITE=mid_site, SITE=site,
+            HAS_MID_BIAS=mid is not None and mid_bias is not None,
             ACC=acc_dtype(torch.promote_types(branch.dtype, out.dtype)),
             MID_ACC=acc_dtype(x.dtype if x is not None else out.dtype),
             BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
@@ -230,14 +234,14 @@ def _dropout_rows(x, branch, seeds, site: int, cut: int, scale_hi: float, scale_
     return out
 
 
-def residual_out(x, branch, f, seeds, p: float, row0: int = 0, out=None):
-    """The block's output (x + dropout(branch)) + dropout(f) (sites 0 and 2)
-    for contiguous (N, D) tensors, in x's dtype (into ``out`` when given):
-    x_mid is rebuilt, not read. row0: as for gelu_dropout_fwd."""
+def residual_out(x, branch, f, seeds, p: float, row0: int = 0, out=None, branch_bias=None):
+    """The block's output (x + dropout(branch (+ branch_bias))) + dropout(f)
+    (sites 0 and 2) for contiguous (N, D) tensors, in x's dtype (into
+    ``out`` when given): x_mid is rebuilt, not read. row0: as for gelu_dropout_fwd."""
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     return _dropout_rows(x, f, seeds, OUTPUT_SITE, cut, scale_hi, scale_lo,
                          torch.empty_like(x) if out is None else out,
-                         mid=branch, mid_site=BRANCH_SITE, has_dropout=has_dropout, row0=row0)
+                         mid=branch, mid_site=BRANCH_SITE, has_dropout=has_dropout, row0=row0, mid_bias=branch_bias)
 
 
 def dropout_grad(dout, seeds, p: float, dtype, acc: torch.dtype, row0: int = 0):
@@ -268,14 +272,15 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                     keep_hidden: bool, chunks=None, after_chunk=None, x_low_dtype=None):
+                     keep_hidden: bool, chunks=None, after_chunk=None, x_low_dtype=None, branch_bias=None):
     """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
     not kept). x_mid is never stored: the output pass and the backward
     rebuild it from x and the branch. Runs a chunk of rows at a time
     (``chunks``, default row_chunks), so g never exists for the whole batch.
     after_chunk(rows, out_rows, x_low_rows), when given, runs after each
     chunk's output is written, with x's rows in x_low_dtype as the chunk's
-    norm pass wrote them (None without x_low_dtype)."""
+    norm pass wrote them (None without x_low_dtype). branch_bias: (D,)
+    added to the branch (x_mid = x + dropout(branch + branch_bias))."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     N = x2.shape[0]
@@ -289,7 +294,8 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
         rows = slice(start, end)
         x_low = torch.empty((end - start, D), dtype=x_low_dtype, device=x.device) if x_low_dtype else None
         _, h, _, _ = residual_norm_fwd(x2[rows], branch2[rows], seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                       fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]), x_low=x_low)
+                                       fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]), x_low=x_low,
+                                       branch_bias=branch_bias)
         if keep_hidden:
             hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t(), out=hidden[rows])  # [rows, C]
         else:
@@ -299,7 +305,7 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
         del hidden_rows
         f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [rows, D]
         del g
-        residual_out(x2[rows], branch2[rows], f, seeds, p, row0=start, out=out[rows])
+        residual_out(x2[rows], branch2[rows], f, seeds, p, row0=start, out=out[rows], branch_bias=branch_bias)
         if after_chunk is not None:
             after_chunk(rows, out[rows], x_low)
         del x_low
@@ -308,17 +314,18 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
 
 def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranch, seeds, p,
                           norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, weight_grads_float32,
-                          dx_add=None, accumulate_dx: bool = False):
+                          dx_add=None, accumulate_dx: bool = False, branch_bias=None):
     """One chunk of feed_forward_bwd: writes dx and dbranch of these rows
     (start: the index of the first) and returns their parameter gradients
     dnorm_w, dnorm_b, dW1, db1, dW2, db2 (dW1 and dW2 in float32 when
-    weight_grads_float32, for a sum over chunks). hidden is None under
-    selective recompute. dx_add and accumulate_dx: gradients of x's other
-    uses, added to dx alone (norm_linear.residual_norm_bwd)."""
+    weight_grads_float32, for a sum over chunks), and with branch_bias its
+    gradient (the column sums of dbranch, made in the norm backward pass).
+    hidden is None under selective recompute. dx_add and accumulate_dx:
+    gradients of x's other uses, added to dx alone (norm_linear.residual_norm_bwd)."""
     weight_grad = mm_float32 if weight_grads_float32 else torch.mm
     df, db2 = dropout_grad(dout, seeds, p, fc2_weight.dtype, mean.dtype, row0=start)  # [rows, D], [D]
     _, h, _, _ = residual_norm_fwd(x, branch, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
-                                   fc1_weight.dtype, store_stats=False, row0=start)
+                                   fc1_weight.dtype, store_stats=False, row0=start, branch_bias=branch_bias)
     if hidden is None:
         hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
     dg = df @ fc2_weight  # [rows, C]
@@ -330,22 +337,25 @@ def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranc
     dh = dhidden @ fc1_weight
     dw1 = weight_grad(dhidden.t(), h)
     del dhidden, h
-    _, _, dnw, dnb = residual_norm_bwd(dh, dout, x, mean, rstd, norm_weight, branch=branch, seeds=seeds,
-                                       site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch,
-                                       dx_add=dx_add, accumulate_dx=accumulate_dx)
-    return dnw, dnb, dw1, db1, dw2, db2
+    _, _, dnw, dnb, dbb = residual_norm_bwd(dh, dout, x, mean, rstd, norm_weight, branch=branch, seeds=seeds,
+                                            site=BRANCH_SITE, p=p, row0=start, dx=dx, dbranch=dbranch,
+                                            dx_add=dx_add, accumulate_dx=accumulate_dx, branch_bias=branch_bias)
+    grads = (dnw, dnb, dw1, db1, dw2, db2)
+    return grads if branch_bias is None else grads + (dbb,)
 
 
-def grad_dtypes(fc1_weight, fc2_weight) -> list:
+def grad_dtypes(fc1_weight, fc2_weight, branch_bias=None) -> list:
     """The dtypes feed_forward_bwd_rows' gradients are declared in, for
     chunking.ChunkGradients: dW1 and dW2 in the weights' (their chunks' GEMMs
-    write float32 when there are several), the rest as they come."""
-    return [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None]
+    write float32 when there are several), the rest as they come (and the
+    branch bias's, when there is one)."""
+    return [None, None, fc1_weight.dtype, None, fc2_weight.dtype, None] + ([None] if branch_bias is not None else [])
 
 
 def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                     fc1_weight, fc1_bias, fc2_weight):
-    """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1, dW2, db2.
+                     fc1_weight, fc1_bias, fc2_weight, branch_bias=None):
+    """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1,
+    dW2, db2, and the branch bias's (an empty tensor without one).
 
     A chunk of rows at a time, as the forward, so the (rows, C) working set
     is bounded whatever the batch. With several chunks the parameter
@@ -358,16 +368,18 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
     dx, dbranch = torch.empty_like(x2), torch.empty_like(branch2)
     keep_hidden = hidden.dim() == 2  # else the (0,) placeholder of selective recompute
     chunks = row_chunks(x2.shape[0], C, fc1_weight.element_size())
-    grads = ChunkGradients(len(chunks), mean.dtype, grad_dtypes(fc1_weight, fc2_weight))
+    grads = ChunkGradients(len(chunks), mean.dtype, grad_dtypes(fc1_weight, fc2_weight, branch_bias))
     for start, end in chunks:
         rows = slice(start, end)
         grads.add(feed_forward_bwd_rows(
             start, dout2[rows], x2[rows], branch2[rows], mean[rows], rstd[rows],
             hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
             norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, len(chunks) > 1,
+            branch_bias=branch_bias,
         ))
-    dnw, dnb, dw1, db1, dw2, db2 = grads.result()
-    return dx.view(x.shape), dbranch.view(x.shape), dnw, dnb, dw1, db1, dw2, db2
+    dnw, dnb, dw1, db1, dw2, db2, *dbb = grads.result()
+    dbb = dbb[0] if dbb else mean.new_empty((0,))
+    return dx.view(x.shape), dbranch.view(x.shape), dnw, dnb, dw1, db1, dw2, db2, dbb
 
 
 # ------------------------------------------------------ custom-op registration
@@ -378,14 +390,15 @@ def _feed_forward_op(
     x: torch.Tensor, branch: torch.Tensor, seeds: torch.Tensor, p: float,
     norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
     fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
-    keep_hidden: bool,
+    keep_hidden: bool, branch_bias: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps,
-                            fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden)
+                            fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden, branch_bias=branch_bias)
 
 
 @_feed_forward_op.register_fake
-def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden):
+def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
+      branch_bias):
     N = x.numel() // x.shape[-1]
     acc = compute_dtype(x.dtype)
     hidden_shape = (N, fc1_weight.shape[0]) if keep_hidden else (0,)
@@ -398,25 +411,28 @@ def _feed_forward_backward_op(
     dout: torch.Tensor, x: torch.Tensor, branch: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     hidden: torch.Tensor, seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
     eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+    branch_bias: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
+           torch.Tensor, torch.Tensor]:
     return feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                            fc1_weight, fc1_bias, fc2_weight)
+                            fc1_weight, fc1_bias, fc2_weight, branch_bias)
 
 
 @_feed_forward_backward_op.register_fake
-def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight):
+def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
+      branch_bias):
     D = x.shape[-1]
     C = fc1_weight.shape[0]
     return (x.new_empty(x.shape), branch.new_empty(branch.shape),
             mean.new_empty((D,)), mean.new_empty((D,)),
             # fc1's bias gradient is reduced in the hidden's compute dtype (gelu_dropout_bwd)
             fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,), dtype=compute_dtype(fc1_weight.dtype)),
-            fc2_weight.new_empty(fc2_weight.shape), mean.new_empty((D,)))
+            fc2_weight.new_empty(fc2_weight.shape), mean.new_empty((D,)),
+            mean.new_empty((D,) if branch_bias is not None else (0,)))
 
 
 def _setup_context(ctx, inputs, output):
-    (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _) = inputs
+    (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _, branch_bias) = inputs
     _, mean, rstd, hidden = output
     # mean, rstd and hidden are outputs only to be saved: no zero-filled
     # gradients for them (the hidden's would be an (N, d_ff) write)
@@ -426,20 +442,22 @@ def _setup_context(ctx, inputs, output):
     # branch in its GEMM dtype, not x_mid in the stream's: half the bytes in
     # a float32 stream
     ctx.save_for_backward(x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias,
-                          fc2_weight)
+                          fc2_weight, branch_bias)
 
 
 def _backward(ctx, dout, _dmean, _drstd, _dhidden):
-    x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight = ctx.saved_tensors
+    (x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
+     branch_bias) = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
-    dx, dbranch, dnw, dnb, dw1, db1, dw2, db2 = _feed_forward_backward_op(
+    dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dbb = _feed_forward_backward_op(
         dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
-        fc1_weight, fc1_bias, fc2_weight,
+        fc1_weight, fc1_bias, fc2_weight, branch_bias,
     )
     return (dx, dbranch, None, None,
             dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None,
-            dw1, db1.to(fc1_weight.dtype), dw2, db2.to(fc2_weight.dtype), None)
+            dw1, db1.to(fc1_weight.dtype), dw2, db2.to(fc2_weight.dtype), None,
+            dbb.to(branch_bias.dtype) if branch_bias is not None else None)
 
 
 _feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -449,16 +467,17 @@ _feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                          eps: float = 1e-5, recompute_hidden: bool = False):
-    """x_mid = x + dropout(branch); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
+                          eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None):
+    """x_mid = x + dropout(branch (+ branch_bias)); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
 
     x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
-    p == 0); weights and biases already in the GEMMs' dtype. Returns out in x's dtype.
+    p == 0); weights and biases already in the GEMMs' dtype; branch_bias
+    (D,) or None. Returns out in x's dtype.
     """
     # without grad (inference) nothing is kept: the hidden is made a chunk at a time too
     keep_hidden = not recompute_hidden and torch.is_grad_enabled()
     out, _, _, _ = _feed_forward_op(
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
-        fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
+        fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden, branch_bias,
     )
     return out

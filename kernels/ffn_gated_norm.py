@@ -53,7 +53,7 @@ def _gate_logits(x_low, gate_weight, gate_bias):
 
 def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
                            fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps,
-                           keep_hidden: bool):
+                           keep_hidden: bool, branch_bias=None):
     """Returns out, and for the backward the update, the FFN's mean, rstd and
     hidden, and the gated norm's mean and rstd."""
     D, C = x.shape[-1], fc1_weight.shape[0]
@@ -77,18 +77,19 @@ def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1
     update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
         x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
         chunks=chunks, after_chunk=gate_and_norm,
-        x_low_dtype=gate_weight.dtype if gate_weight.dtype != x.dtype else None)
+        x_low_dtype=gate_weight.dtype if gate_weight.dtype != x.dtype else None, branch_bias=branch_bias)
     return out.view(x.shape), update, mean, rstd, hidden, out_mean, out_rstd
 
 
 def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
                            fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias, out_norm_weight,
-                           out_norm_bias, out_mean, out_rstd):
+                           out_norm_bias, out_mean, out_rstd, branch_bias=None):
     """Gradients of gated_feed_forward_fwd: dx, dbranch, then the FFN's
     parameters' (dnorm_w, dnorm_b, dW1, db1, dW2, db2), the gate's (dWg,
-    dbg) and the output norm's (dw, db). A chunk of rows at a time; with
-    several chunks the parameter gradients are summed in the compute dtype
-    and rounded once (chunking.ChunkGradients)."""
+    dbg), the output norm's (dw, db) and the branch bias's (an empty tensor
+    without one). A chunk of rows at a time; with several chunks the
+    parameter gradients are summed in the compute dtype and rounded once
+    (chunking.ChunkGradients)."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2, update2 = x.reshape(-1, D), branch.reshape(-1, D), update.reshape(-1, D)
     dout2 = dout.reshape(-1, D).contiguous()
@@ -97,9 +98,10 @@ def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_w
     chunks = _chunks(x2.shape[0], D, C, fc1_weight.element_size())
     several = len(chunks) > 1
     weight_grad = mm_float32 if several else torch.mm
-    # the FFN's, then dWg (float32 from several chunks' GEMMs), dbg, the norm's dw, db
+    # the FFN's, then dWg (float32 from several chunks' GEMMs), dbg, the norm's dw, db (and the branch bias's)
     grads = ChunkGradients(len(chunks), mean.dtype,
-                           feed_forward.grad_dtypes(fc1_weight, fc2_weight) + [gate_weight.dtype, None, None, None])
+                           feed_forward.grad_dtypes(fc1_weight, fc2_weight) + [gate_weight.dtype, None, None, None]
+                           + ([None] if branch_bias is not None else []))
     for start, end in chunks:
         rows = slice(start, end)
         x_low = x2[rows].to(gate_weight.dtype)  # for the logits again and the gate weight's gradient
@@ -118,10 +120,12 @@ def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_w
             start, dupdate, x2[rows], branch2[rows], mean[rows], rstd[rows],
             hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
             norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, several,
-            dx_add=dx_gate, accumulate_dx=True,
+            dx_add=dx_gate, accumulate_dx=True, branch_bias=branch_bias,
         )
-        grads.add((*ffn_grads, dgate_w, dgate_b, dnorm_w, dnorm_b))
-    return (dx.view(x.shape), dbranch.view(branch.shape), *grads.result())
+        grads.add((*ffn_grads[:6], dgate_w, dgate_b, dnorm_w, dnorm_b, *ffn_grads[6:]))
+    result = grads.result()
+    dbb = result[10] if branch_bias is not None else mean.new_empty((0,))
+    return (dx.view(x.shape), dbranch.view(branch.shape), *result[:10], dbb)
 
 
 # ------------------------------------------------------ custom-op registration
@@ -133,16 +137,16 @@ def _gated_feed_forward_op(
     norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
     fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
     gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor, out_norm_bias: torch.Tensor,
-    out_eps: float, keep_hidden: bool,
+    out_eps: float, keep_hidden: bool, branch_bias: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias,
                                   fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-                                  out_eps, keep_hidden)
+                                  out_eps, keep_hidden, branch_bias)
 
 
 @_gated_feed_forward_op.register_fake
 def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-      gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps, keep_hidden):
+      gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps, keep_hidden, branch_bias):
     D = x.shape[-1]
     N = x.numel() // D
     acc = compute_dtype(x.dtype)
@@ -158,17 +162,17 @@ def _gated_feed_forward_backward_op(
     hidden: torch.Tensor, seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
     eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
     update: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor,
-    out_norm_bias: torch.Tensor, out_mean: torch.Tensor, out_rstd: torch.Tensor,
+    out_norm_bias: torch.Tensor, out_mean: torch.Tensor, out_rstd: torch.Tensor, branch_bias: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
                                   fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias,
-                                  out_norm_weight, out_norm_bias, out_mean, out_rstd)
+                                  out_norm_weight, out_norm_bias, out_mean, out_rstd, branch_bias)
 
 
 @_gated_feed_forward_backward_op.register_fake
 def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
-      update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd):
+      update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd, branch_bias):
     D, C = x.shape[-1], fc1_weight.shape[0]
     acc = mean.dtype
     return (x.new_empty(x.shape), branch.new_empty(branch.shape),
@@ -177,35 +181,38 @@ def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps
             fc1_weight.new_empty(fc1_weight.shape), mean.new_empty((C,), dtype=compute_dtype(fc1_weight.dtype)),
             fc2_weight.new_empty(fc2_weight.shape), mean.new_empty((D,)),
             gate_weight.new_empty(gate_weight.shape), mean.new_empty((D,), dtype=acc),
-            mean.new_empty((D,)), mean.new_empty((D,)))
+            mean.new_empty((D,)), mean.new_empty((D,)), mean.new_empty((D,) if branch_bias is not None else (0,)))
 
 
 def _setup_context(ctx, inputs, output):
     (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _,
-     gate_weight, gate_bias, out_norm_weight, out_norm_bias, _, _) = inputs
+     gate_weight, gate_bias, out_norm_weight, out_norm_bias, _, _, branch_bias) = inputs
     _, update, mean, rstd, hidden, out_mean, out_rstd = output
     ctx.set_materialize_grads(False)  # the outputs kept for the backward get no zero-filled gradients
     ctx.p, ctx.eps = p, eps
     ctx.dtypes = (norm_weight.dtype, norm_bias.dtype, fc1_bias.dtype, gate_bias.dtype,
                   out_norm_weight.dtype, out_norm_bias.dtype)
     ctx.save_for_backward(x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias,
-                          fc2_weight, update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd)
+                          fc2_weight, update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd,
+                          branch_bias)
 
 
 def _backward(ctx, dout, *_saved_only):
     (x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
-     update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd) = ctx.saved_tensors
+     update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd,
+     branch_bias) = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
-    dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dgw, dgb, donw, donb = _gated_feed_forward_backward_op(
+    dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dgw, dgb, donw, donb, dbb = _gated_feed_forward_backward_op(
         dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
         fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-        out_mean, out_rstd,
+        out_mean, out_rstd, branch_bias,
     )
     nw_dt, nb_dt, b1_dt, gb_dt, onw_dt, onb_dt = ctx.dtypes
     return (dx, dbranch, None, None, dnw.to(nw_dt), dnb.to(nb_dt), None,
             dw1, db1.to(b1_dt), dw2, db2.to(fc2_weight.dtype),
-            dgw, dgb.to(gb_dt), donw.to(onw_dt), donb.to(onb_dt), None, None)
+            dgw, dgb.to(gb_dt), donw.to(onw_dt), donb.to(onb_dt), None, None,
+            dbb.to(branch_bias.dtype) if branch_bias is not None else None)
 
 
 _gated_feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -216,19 +223,19 @@ _gated_feed_forward_op.register_autograd(_backward, setup_context=_setup_context
 
 def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                        gate_weight, gate_bias, out_norm_weight, out_norm_bias, eps: float = 1e-5,
-                       out_eps: float = 1e-5, recompute_hidden: bool = False):
+                       out_eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None):
     """update = residual_feed_forward(x, branch, ...);
     out = x + sigmoid(x @ gate_weight.T + gate_bias) * (layer_norm(update; out_norm_weight, out_norm_bias) - x).
 
     x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
     p == 0); the GEMMs' weights and biases (FFN and gate) already in the
-    GEMMs' dtype. Returns out in x's dtype.
+    GEMMs' dtype; branch_bias (D,) or None, added to the branch. Returns out in x's dtype.
     """
     keep_hidden = not recompute_hidden and torch.is_grad_enabled()
     out, *_ = _gated_feed_forward_op(
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
         fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-        float(out_eps), keep_hidden,
+        float(out_eps), keep_hidden, branch_bias,
     )
     return out
 

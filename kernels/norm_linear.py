@@ -25,7 +25,8 @@ import triton.language as tl
 
 from . import philox
 from ._launch import backward_programs, cdiv, loop_stages, next_power_of_2, split_float32
-from ._tiles import cast_for, keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar, tile_offsets
+from ._tiles import (branch_rows, cast_for, keep_tile, layer_norm_rows, layer_norm_rows_bwd, split_scalar,
+                     tile_offsets)
 from .linear import linear_backward
 from .reference import compute_dtype
 
@@ -34,6 +35,13 @@ MAX_D = 8192
 # where twice as many row tensors are live. Chosen by reasoning, not tuned on a GPU.
 TILE_ELEMENTS = 4096
 BWD_TILE_ELEMENTS = 2048
+# With a branch bias (the model's FFN: out_proj's bias summed here), a third
+# (rows, D) partial sum and the bias row take the FFN's backward from 147 to
+# 177 registers at sm_90 (the variable tail's from 155 to 192), 3 -> 2
+# programs per SM; 4-row tiles take it to 100 (107): 4 per SM, for 3% more
+# instructions per element (bench.compile_check --sass). Not timed on a GPU:
+# bench.kernel_times --sweep times both tile heights.
+BRANCH_BIAS_BWD_TILE_ELEMENTS = 1024
 MAX_BLOCK_M = 16
 # Programs per SM of the persistent norm backward: 8 ran 16% faster than 4 on
 # the H200 (bench/results/2026-11-28-nvidia-h200-fused-step/, one kernel alone).
@@ -46,10 +54,10 @@ NORM_BWD_PROGRAMS_PER_SM = 8
 @triton.jit
 def _residual_norm_fwd_kernel(
     x_ptr, branch_ptr, seed_ptr, w_ptr, b_ptr,
-    x_out_ptr, h_ptr, mean_ptr, rstd_ptr, x_low_ptr,
+    x_out_ptr, h_ptr, mean_ptr, rstd_ptr, x_low_ptr, branch_bias_ptr,
     N, row0, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
     HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr,
-    STORE_X: tl.constexpr, STORE_STATS: tl.constexpr, STORE_X_LOW: tl.constexpr,
+    STORE_X: tl.constexpr, STORE_STATS: tl.constexpr, STORE_X_LOW: tl.constexpr, HAS_BRANCH_BIAS: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
@@ -63,7 +71,7 @@ def _residual_norm_fwd_kernel(
     if STORE_X_LOW:  # x itself (not x_new) in another dtype, for a GEMM that reads it (the variable blocks' gate)
         tl.store(x_low_ptr + offs, cast_for(x, x_low_ptr), mask=ok)
     if HAS_BRANCH:
-        branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+        branch = branch_rows(branch_ptr, branch_bias_ptr, offs, ok, cols, col_ok, HAS_BRANCH_BIAS, ACC)
         if HAS_DROPOUT:
             scale = split_scalar(scale_hi, scale_lo, ACC)
             branch = tl.where(keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D), branch * scale, 0.0)
@@ -85,10 +93,10 @@ def _residual_norm_fwd_kernel(
 @triton.jit
 def _residual_norm_bwd_kernel(
     dh_ptr, dres_ptr, x_ptr, branch_ptr, mean_ptr, rstd_ptr, w_ptr, seed_ptr,
-    dx_ptr, dbranch_ptr, dx_add_ptr, dw_part_ptr, db_part_ptr,
+    dx_ptr, dbranch_ptr, dx_add_ptr, dw_part_ptr, db_part_ptr, branch_bias_ptr, dbb_part_ptr,
     N, row0, D, cut, scale_hi, scale_lo,
     HAS_RES_GRAD: tl.constexpr, HAS_BRANCH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    HAS_DX_ADD: tl.constexpr, DX_ACCUMULATE: tl.constexpr,
+    HAS_DX_ADD: tl.constexpr, DX_ACCUMULATE: tl.constexpr, HAS_BRANCH_BIAS: tl.constexpr,
     SITE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     LOOP_STAGES: tl.constexpr,
 ):
@@ -105,6 +113,7 @@ def _residual_norm_bwd_kernel(
     # end (not per row block: that would put a barrier in every iteration)
     dw_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     db_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    dbb_acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)  # the branch bias's: dbranch summed (with HAS_BRANCH_BIAS)
     for block in tl.range(pid, tl.cdiv(N, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         row_ok = rows < N
@@ -115,7 +124,7 @@ def _residual_norm_bwd_kernel(
         x = tl.load(x_ptr + offs, mask=ok, other=0.0)  # [BLOCK_M, BLOCK_D]
         if HAS_BRANCH:
             scale = split_scalar(scale_hi, scale_lo, ACC)
-            branch = tl.load(branch_ptr + offs, mask=ok, other=0.0).to(ACC)
+            branch = branch_rows(branch_ptr, branch_bias_ptr, offs, ok, cols, col_ok, HAS_BRANCH_BIAS, ACC)
             if HAS_DROPOUT:
                 keep = keep_tile(seed_ptr, SITE, row0 + rows, 0, D, cut, BLOCK_D)
                 branch = tl.where(keep, branch * scale, 0.0)
@@ -139,8 +148,12 @@ def _residual_norm_bwd_kernel(
             if HAS_DROPOUT:
                 dbranch = tl.where(keep, dx * scale, 0.0)
             tl.store(dbranch_ptr + offs, cast_for(dbranch, dbranch_ptr), mask=ok)
+            if HAS_BRANCH_BIAS:
+                dbb_acc += dbranch  # 0 on padded rows and columns (dh and xhat are)
     tl.store(dw_part_ptr + pid * D + cols, tl.sum(dw_acc, 0), mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, tl.sum(db_acc, 0), mask=col_ok)
+    if HAS_BRANCH_BIAS:
+        tl.store(dbb_part_ptr + pid * D + cols, tl.sum(dbb_acc, 0), mask=col_ok)
 
 
 # --------------------------------------------------------------- host side
@@ -180,7 +193,8 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: float, h_dtype,
-                      *, store_x: bool = False, store_stats: bool = True, row0: int = 0, stats=None, x_low=None):
+                      *, store_x: bool = False, store_stats: bool = True, row0: int = 0, stats=None, x_low=None,
+                      branch_bias=None):
     """x, branch: contiguous (N, D) (branch may be None). Returns
     (x_new or None, h (N, D) in h_dtype, mean (N,), rstd (N,)): x_new =
     x + dropout(branch) (a copy of x without a branch) only when store_x;
@@ -188,7 +202,8 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     rstd) pair of (N,) views) when given. row0: the index of x's first row in
     the whole tensor, when x is a chunk of it (the dropout bits count rows
     from there). x_low: an (N, D) tensor that gets x itself in its dtype
-    (a cast the same pass makes while it reads x)."""
+    (a cast the same pass makes while it reads x). branch_bias: (D,) added
+    to the branch before its dropout."""
     N, D = x.shape
     acc = compute_dtype(x.dtype)
     has_branch = branch is not None
@@ -208,17 +223,19 @@ def residual_norm_fwd(x, branch, seeds, site: int, p: float, weight, bias, eps: 
     _residual_norm_fwd_kernel[(cdiv(N, bm),)](
         x, branch if has_branch else x, seeds if has_dropout else x, weight.contiguous(), bias.contiguous(),
         x_new if x_new is not None else h, h, mean if store_stats else h, rstd if store_stats else h,
-        x_low if x_low is not None else h,
+        x_low if x_low is not None else h, branch_bias if branch_bias is not None else h,
         N, row0, D, cut, scale_hi, scale_lo, eps_hi, eps_lo,
         HAS_BRANCH=has_branch, HAS_DROPOUT=has_dropout, SITE=site,
         STORE_X=x_new is not None, STORE_STATS=store_stats, STORE_X_LOW=x_low is not None,
+        HAS_BRANCH_BIAS=has_branch and branch_bias is not None,
         ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps(bm, bd),
     )
     return x_new, h, mean, rstd
 
 
 def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=None, site: int = 0, p: float = 0.0,
-                      row0: int = 0, dx=None, dbranch=None, dx_add=None, accumulate_dx: bool = False):
+                      row0: int = 0, dx=None, dbranch=None, dx_add=None, accumulate_dx: bool = False,
+                      branch_bias=None):
     """Gradients of h = layer_norm(x_new), x_new = x + dropout(branch) (x_new
     = x without a branch), rebuilding x_new from x and branch.
 
@@ -228,7 +245,9 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
     the (N, D) tensors given, if any. row0: as for residual_norm_fwd.
     Gradients of x's uses outside x_new are added to dx (not to dbranch):
     dx_add ((N, D), any float dtype), and with accumulate_dx what the given
-    dx holds already.
+    dx holds already. With branch_bias (x_new = x + dropout(branch +
+    branch_bias)) also its gradient, dbranch summed over the rows in the
+    compute dtype, as a fifth value (else None).
     """
     N, D = x.shape
     acc = compute_dtype(x.dtype)
@@ -236,28 +255,31 @@ def residual_norm_bwd(dh, dres, x, mean, rstd, weight, *, branch=None, seeds=Non
         raise ValueError("accumulate_dx needs the dx to add to")
     dx = torch.empty_like(x) if dx is None else dx
     dbranch = (torch.empty_like(branch) if dbranch is None else dbranch) if branch is not None else None
+    has_bb = branch is not None and branch_bias is not None
     if N == 0:
         zeros = torch.zeros((D,), dtype=acc, device=x.device)
-        return dx, dbranch, zeros, zeros.clone()
+        return dx, dbranch, zeros, zeros.clone(), (zeros.clone() if has_bb else None)
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     bd = block_d(D)
-    bm = block_m(bd, BWD_TILE_ELEMENTS)
+    bm = block_m(bd, BRANCH_BIAS_BWD_TILE_ELEMENTS if has_bb else BWD_TILE_ELEMENTS)
     programs = backward_programs(x.device, cdiv(N, bm), NORM_BWD_PROGRAMS_PER_SM)
     dw_part = torch.empty((programs, D), dtype=acc, device=x.device)
     db_part = torch.empty((programs, D), dtype=acc, device=x.device)
+    dbb_part = torch.empty((programs, D), dtype=acc, device=x.device) if has_bb else db_part
     _residual_norm_bwd_kernel[(programs,)](
         dh, dres if dres is not None else dh, x, branch if branch is not None else x, mean, rstd,
         weight.contiguous(), seeds if has_dropout else x,
         dx, dbranch if dbranch is not None else dx, dx_add if dx_add is not None else dh, dw_part, db_part,
+        branch_bias if has_bb else dh, dbb_part,
         N, row0, D, cut, scale_hi, scale_lo,
         HAS_RES_GRAD=dres is not None, HAS_BRANCH=branch is not None, HAS_DROPOUT=has_dropout,
-        HAS_DX_ADD=dx_add is not None, DX_ACCUMULATE=accumulate_dx,
+        HAS_DX_ADD=dx_add is not None, DX_ACCUMULATE=accumulate_dx, HAS_BRANCH_BIAS=has_bb,
         SITE=site, ACC=acc_dtype(x.dtype), BLOCK_M=bm, BLOCK_D=bd,
         LOOP_STAGES=loop_stages(bm * bd, *(t for t in (dh, dres, x, branch, dx_add) if t is not None),
                                 *((dx,) if accumulate_dx else ())),
         num_warps=warps(bm, bd),
     )
-    return dx, dbranch, dw_part.sum(0), db_part.sum(0)
+    return dx, dbranch, dw_part.sum(0), db_part.sum(0), (dbb_part.sum(0) if has_bb else None)
 
 
 # ------------------------------------------------------ custom-op registration
@@ -305,7 +327,7 @@ def _layer_norm_linear_backward_op(
     if dresidual is not None and dresidual.shape != x.shape:
         raise ValueError(f"dresidual must have x's shape {tuple(x.shape)}, got {tuple(dresidual.shape)}")
     dres = dresidual.reshape(-1, D).contiguous() if dresidual is not None else None
-    dx, _, dnorm_w, dnorm_b = residual_norm_bwd(dh, dres, x2, mean, rstd, norm_weight)
+    dx, _, dnorm_w, dnorm_b, _ = residual_norm_bwd(dh, dres, x2, mean, rstd, norm_weight)
     return dx.view(x.shape), dnorm_w, dnorm_b, dweight, dbias
 
 
@@ -366,8 +388,8 @@ def _layer_norm_backward_op(
     dh: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     D = x.shape[-1]
-    dx, _, dweight, dbias = residual_norm_bwd(dh.reshape(-1, D).contiguous(), None, x.reshape(-1, D), mean, rstd,
-                                              weight)
+    dx, _, dweight, dbias, _ = residual_norm_bwd(dh.reshape(-1, D).contiguous(), None, x.reshape(-1, D), mean,
+                                                 rstd, weight)
     return dx.view(x.shape), dweight, dbias
 
 

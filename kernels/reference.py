@@ -133,8 +133,8 @@ def layer_norm(x, weight, bias, eps: float = 1e-5, out_dtype=None):
 
 
 def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                          eps: float = 1e-5, recompute_hidden: bool = False):
-    """x_mid = x + dropout(branch); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
+                          eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None):
+    """x_mid = x + dropout(branch (+ branch_bias)); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
 
     The three dropouts use the kernels' masks (kernels.philox.keep_mask of
     seeds[0], seeds[1], seeds[2]); the GEMMs run in fc1_weight's dtype, the
@@ -150,7 +150,8 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
         return torch.where(keep, t / (1.0 - p), 0.0)
 
     # the stream keeps x_mid in x's dtype, and everything after reads that value
-    x_mid = (x.to(dt) + dropout(branch.to(dt), 0)).to(x.dtype).to(dt)
+    branch = branch.to(dt) if branch_bias is None else branch.to(dt) + branch_bias.to(dt)
+    x_mid = (x.to(dt) + dropout(branch, 0)).to(x.dtype).to(dt)
     h = torch.nn.functional.layer_norm(x_mid, (x.shape[-1],), norm_weight.to(dt), norm_bias.to(dt), eps)
     hidden = torch.nn.functional.linear(h.to(gemm_dt), fc1_weight, fc1_bias)
     g = dropout(torch.nn.functional.gelu(hidden.to(dt)), 1).to(gemm_dt)
@@ -160,11 +161,11 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
 
 def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                        gate_weight, gate_bias, out_norm_weight, out_norm_bias, eps: float = 1e-5,
-                       out_eps: float = 1e-5, recompute_hidden: bool = False):
+                       out_eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None):
     """The variable block's tail: residual_feed_forward, then the gated
     residual norm whose gate is a Linear of x (run in gate_weight's dtype)."""
     update = residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight,
-                                   fc2_bias, eps, recompute_hidden)
+                                   fc2_bias, eps, recompute_hidden, branch_bias)
     logits = torch.nn.functional.linear(x.to(gate_weight.dtype), gate_weight, gate_bias)
     return gated_residual_norm(x, update, logits, out_norm_weight, out_norm_bias, out_eps)
 

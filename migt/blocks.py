@@ -79,7 +79,7 @@ class AxisAttentionBlock(nn.Module):
             x, branch, self.norm_ff.weight, self.norm_ff.bias,
             ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
             dropout_p=self.ffn_dropout_p, eps=self.norm_ff.eps,
-            recompute_hidden=self.recompute_ffn_hidden, backend="triton",
+            recompute_hidden=self.recompute_ffn_hidden, branch_bias=self.out_proj.bias, backend="triton",
         )
 
     @property
@@ -88,10 +88,13 @@ class AxisAttentionBlock(nn.Module):
 
     def fused_attention_half(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused path's first half: (x for the block's other uses, the
-        attention branch out_proj(dropout(attention))) before its residual
-        add. The first is the copy the norm pass hands on (with grad), so
-        the gradients of every later use of x are summed inside its norm
-        backward, not by autograd in a separate (N, D) pass."""
+        attention branch out_proj(dropout(attention)) without out_proj's
+        bias) before its residual add. The first is the copy the norm pass
+        hands on (with grad), so the gradients of every later use of x are
+        summed inside its norm backward, not by autograd in a separate (N, D)
+        pass; the FFN op adds the bias (``branch_bias``) and sums its
+        gradient in the pass that writes the branch's, not in a reduction
+        of its own."""
         B, V, T, D = x.shape
         norm = self.norm_attn
         # Along time the QKV GEMM runs without its bias: the attention kernels
@@ -109,7 +112,7 @@ class AxisAttentionBlock(nn.Module):
         qkv = qkv.view(B, V, T, 3, self.n_heads, self.head_dim)
         attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, bias=attention_bias,
                                                   backend=self.backend)  # [B, V, T, H, Dh]
-        return x, self.out_proj(self.attn_dropout(attn).view(B, V, T, D))
+        return x, F.linear(self.attn_dropout(attn).view(B, V, T, D), self.out_proj.weight)
 
     def _forward_modules(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, V, T, D = x.shape
@@ -160,5 +163,5 @@ class GatedVariableBlock(nn.Module):
             ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
             self.gate.weight, self.gate.bias, self.norm_weight, self.norm_bias,
             dropout_p=block.ffn_dropout_p, eps=block.norm_ff.eps, out_eps=self.eps,
-            recompute_hidden=block.recompute_ffn_hidden, backend="triton",
+            recompute_hidden=block.recompute_ffn_hidden, branch_bias=block.out_proj.bias, backend="triton",
         )

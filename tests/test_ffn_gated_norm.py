@@ -50,12 +50,14 @@ def test_matches_float64_reference(shape, D, C, p, recompute, poisoned_allocatio
 def test_in_chunks_matches_float64_reference(recompute, monkeypatch, poisoned_allocations):
     # 300 rows in chunks of 128, 128 and 44, with dropout: the gated norm's
     # part of dx and the gate's are added chunk by chunk, and every chunk's
-    # parameter gradients are summed
+    # parameter gradients are summed (the branch's bias, out_proj's, too)
     torch.manual_seed(0)
     x, branch = residual_and_branch((3, 100, 48), torch.float64)
     monkeypatch.setattr(chunking, "HIDDEN_CHUNK_BYTES", chunking.CHUNK_ROW_MULTIPLE * 64 * 8)
     assert len(chunking.row_chunks(300, 64, 8)) == 3
-    assert_tail_matches_float64_reference(x, branch, tail_params(48, 64, torch.float64), 0.3, recompute)
+    params = dict(tail_params(48, 64, torch.float64),
+                  branch_bias=torch.randn(48, dtype=torch.float64).requires_grad_())
+    assert_matches_float64_reference(x, branch, params, 0.3, recompute, run=run_tail, names=NAMES + ["branch_bias"])
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep_hidden", "recompute_hidden"])
@@ -128,13 +130,16 @@ def test_ops_pass_opcheck(chunks, keep_hidden, monkeypatch):
         monkeypatch.setattr(chunking, "HIDDEN_CHUNK_BYTES", chunking.CHUNK_ROW_MULTIPLE * 32 * 2)
     assert len(chunking.row_chunks(320, 32, 2)) == chunks
     seeds = torch.tensor([5, 6, 7])
-    args = op_args(x, branch, params, seeds, 0.3, keep_hidden)
+    # with the branch's bias (out_proj's), kept as a float32 parameter
+    args = op_args(x, branch, params, seeds, 0.3, keep_hidden) + (torch.randn(16, requires_grad=True),)
     torch.library.opcheck(ffn_gated_norm._gated_feed_forward_op, args)
     out, update, mean, rstd, hidden, out_mean, out_rstd = ffn_gated_norm._gated_feed_forward_op(*args)
-    (x0, b0, _, p, nw, nb, eps, w1, b1, w2, _, gw, gb, onw, onb, _, _) = args
-    torch.library.opcheck(ffn_gated_norm._gated_feed_forward_backward_op,
-                          (torch.randn_like(out), x0, b0, mean, rstd, hidden, seeds, p, nw, nb, eps, w1, b1, w2,
-                           update, gw, gb, onw, onb, out_mean, out_rstd))
+    (x0, b0, _, p, nw, nb, eps, w1, b1, w2, _, gw, gb, onw, onb, _, _, bb) = args
+    for bias in (None, bb.detach()):
+        torch.library.opcheck(ffn_gated_norm._gated_feed_forward_backward_op,
+                              (torch.randn_like(out), x0, b0, mean.detach(), rstd.detach(),
+                               hidden.detach(), seeds, p, nw, nb, eps, w1, b1, w2,
+                               update.detach(), gw, gb, onw, onb, out_mean.detach(), out_rstd.detach(), bias))
 
 
 def test_without_grad_keeps_no_hidden(monkeypatch):

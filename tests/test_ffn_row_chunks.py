@@ -40,7 +40,9 @@ def test_chunked_feed_forward_matches_float64_reference(p, recompute, monkeypatc
     x, branch = residual_and_branch((3, 100, 48), torch.float64)
     chunk_rows(monkeypatch, 64, 8)
     assert len(chunking.row_chunks(300, 64, 8)) == 3
-    assert_matches_float64_reference(x, branch, ffn_params(48, 64, torch.float64), p, recompute)
+    # with the branch's bias (out_proj's): its gradient summed over the chunks too
+    params = dict(ffn_params(48, 64, torch.float64), branch_bias=torch.randn(48, dtype=torch.float64).requires_grad_())
+    assert_matches_float64_reference(x, branch, params, p, recompute, names=NAMES + ["branch_bias"])
 
 
 def test_chunked_bf16_weight_gradients_are_summed_in_float32(monkeypatch):
@@ -119,11 +121,14 @@ def test_chunked_ops_pass_opcheck(monkeypatch):
     chunk_rows(monkeypatch, 32, 2)
     assert len(chunking.row_chunks(320, 32, 2)) == 3
     seeds = torch.tensor([5, 6, 7])
+    # with a float32 branch bias (out_proj's): its gradient summed over the chunks too
+    branch_bias = torch.randn(16, requires_grad=True)
     args = (x, branch, seeds, 0.3, params["norm_weight"], params["norm_bias"], 1e-5,
-            params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"], True)
+            params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"], True, branch_bias)
     torch.library.opcheck(feed_forward._feed_forward_op, args)
     out, mean, rstd, hidden = feed_forward._feed_forward_op(*args)
     saved = [t.detach() for t in (x, branch, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
     torch.library.opcheck(feed_forward._feed_forward_backward_op,
                           (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
-                           params["fc1_weight"].detach(), params["fc1_bias"].detach(), params["fc2_weight"].detach()))
+                           params["fc1_weight"].detach(), params["fc1_bias"].detach(), params["fc2_weight"].detach(),
+                           branch_bias.detach()))

@@ -58,6 +58,18 @@ def test_feed_forward_matches_float64_reference(shape, D, C, p, recompute, poiso
     assert_matches_float64_reference(x, branch, ffn_params(D, C, torch.float64), p, recompute)
 
 
+@pytest.mark.parametrize("shape,D,C", SHAPES[::2], ids=lambda v: str(v))
+@pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep_hidden", "recompute_hidden"])
+def test_feed_forward_branch_bias_matches_float64_reference(shape, D, C, p, recompute, poisoned_allocations):
+    # x_mid = x + dropout(branch + branch_bias): the bias of the Linear that
+    # made the branch, its gradient summed in the norm backward pass
+    x, branch = residual_and_branch((*shape, D), torch.float64)
+    bias = torch.randn(D, generator=torch.Generator().manual_seed(4), dtype=torch.float64).requires_grad_()
+    assert_matches_float64_reference(x, branch, dict(ffn_params(D, C, torch.float64), branch_bias=bias), p,
+                                     recompute, names=NAMES + ["branch_bias"])
+
+
 def assert_matches_float64_reference(x, branch, params, p, recompute, run=None, names=None):
     """The triton op's output and every gradient against the reference's, in
     float64; run(backend, x, branch, params, p, seeds[, recompute]) gives
@@ -467,20 +479,23 @@ def test_custom_ops_pass_opcheck():
     x, branch = residual_and_branch((2, 5, 16), torch.float32)
     params = ffn_params(16, 24, torch.float32)
     seeds = torch.tensor([5, 6, 7])
+    branch_bias = torch.randn(16, requires_grad=True)
     args = (x, branch, seeds, 0.3, params["norm_weight"], params["norm_bias"], 1e-5,
             params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"], True)
-    torch.library.opcheck(feed_forward._feed_forward_op, args)
+    for bias in (None, branch_bias):
+        torch.library.opcheck(feed_forward._feed_forward_op, args + (bias,))
     # float64 residual with float32 weights, hidden not kept: the fakes must
     # give each output's (and each gradient's) real dtype
     x64, branch32 = residual_and_branch((2, 5, 16), torch.float64, torch.float32)
-    torch.library.opcheck(feed_forward._feed_forward_op, (x64, branch32, *args[2:-1], False))
+    torch.library.opcheck(feed_forward._feed_forward_op, (x64, branch32, *args[2:-1], False, branch_bias))
     # the backward op on its own (opcheck of the forward does not run its fake)
-    out, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False)
+    out, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False, None)
     w1, b1, w2 = params["fc1_weight"], params["fc1_bias"], params["fc2_weight"]
     saved = [t.detach() for t in (x64, branch32, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
-    torch.library.opcheck(feed_forward._feed_forward_backward_op,
-                          (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
-                           w1.detach(), b1.detach(), w2.detach()))
+    for bias in (None, branch_bias.detach()):
+        torch.library.opcheck(feed_forward._feed_forward_backward_op,
+                              (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
+                               w1.detach(), b1.detach(), w2.detach(), bias))
     w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
     for pass_residual, bias in ((False, b), (True, b), (True, None)):  # None: the attention kernels add it
         torch.library.opcheck(norm_linear._layer_norm_linear_op,
