@@ -478,6 +478,7 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
     keep_hidden = not recompute_hidden and torch.is_grad_enabled()
     out, _, _, _ = _feed_forward_op(
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
-        fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden, branch_bias,
+        fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
+        branch_bias.contiguous() if branch_bias is not None else None,  # the kernels read it as one row
     )
     return out

@@ -235,7 +235,8 @@ def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, 
     out, *_ = _gated_feed_forward_op(
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
         fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-        float(out_eps), keep_hidden, branch_bias,
+        float(out_eps), keep_hidden,
+        branch_bias.contiguous() if branch_bias is not None else None,  # the kernels read it as one row
     )
     return out
 

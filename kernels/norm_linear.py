@@ -149,7 +149,7 @@ def _residual_norm_bwd_kernel(
                 dbranch = tl.where(keep, dx * scale, 0.0)
             tl.store(dbranch_ptr + offs, cast_for(dbranch, dbranch_ptr), mask=ok)
             if HAS_BRANCH_BIAS:
-                dbb_acc += dbranch  # 0 on padded rows and columns (dh and xhat are)
+                dbb_acc += dbranch  # 0 on padded rows (dh is); padded columns are masked at the store
     tl.store(dw_part_ptr + pid * D + cols, tl.sum(dw_acc, 0), mask=col_ok)
     tl.store(db_part_ptr + pid * D + cols, tl.sum(db_acc, 0), mask=col_ok)
     if HAS_BRANCH_BIAS:

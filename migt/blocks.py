@@ -47,6 +47,11 @@ class AxisAttentionBlock(nn.Module):
     ``attn_dropout`` drops elements of the attention output (B, V, T, H, Dh),
     i.e. per head, before ``out_proj``: the flash kernels never materialise
     the probabilities, so dropout on them is not available.
+
+    On the triton backend ``qkv`` and ``out_proj`` are applied through their
+    parameters (their biases inside the attention kernels and the FFN op),
+    not called as modules: hooks on them, or a module swapped in for them,
+    act on the sdpa and reference backends only.
     """
 
     def __init__(self, config: MIGTConfig, axis: str) -> None:

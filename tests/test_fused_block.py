@@ -70,6 +70,19 @@ def test_feed_forward_branch_bias_matches_float64_reference(shape, D, C, p, reco
                                      recompute, names=NAMES + ["branch_bias"])
 
 
+def test_branch_bias_of_any_layout():
+    # a strided (non-contiguous) bias gives what its contiguous copy gives
+    x, branch = residual_and_branch((2, 5, 16), torch.float64)
+    params = ffn_params(16, 24, torch.float64)
+    strided = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))[::2]
+    seeds = kernels.dropout_seeds("cpu")
+    got = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.3, seeds=seeds, branch_bias=strided,
+                                        backend="triton")
+    want = kernels.residual_feed_forward(x, branch, **params, dropout_p=0.3, seeds=seeds,
+                                         branch_bias=strided.contiguous(), backend="triton")
+    assert torch.equal(got, want)
+
+
 def assert_matches_float64_reference(x, branch, params, p, recompute, run=None, names=None):
     """The triton op's output and every gradient against the reference's, in
     float64; run(backend, x, branch, params, p, seeds[, recompute]) gives
@@ -91,13 +104,15 @@ def test_feed_forward_low_precision_gemms_with_float32_residual(dtype, tol, pois
     x, branch = residual_and_branch((3, 11, 64), torch.float32, dtype)
     params = ffn_params(64, 96, torch.float32)
     params = {k: (v.detach().to(dtype).requires_grad_() if k.startswith("fc") else v) for k, v in params.items()}
+    # out_proj's float32 bias added to the half-precision branch, as the model runs it
+    params["branch_bias"] = torch.randn(64, generator=torch.Generator().manual_seed(8)).requires_grad_()
     seeds = kernels.dropout_seeds("cpu")
     out, grads = run_ffn("triton", x, branch, params, 0.2, seeds)
     ref_out, ref_grads = run_ffn("reference", x, branch, params, 0.2, seeds)
     assert out.dtype == torch.float32
     scale = lambda t: t.detach().double().abs().max().item()  # noqa: E731
     assert_close(out, ref_out, atol=tol * scale(ref_out), rtol=tol, name="out")
-    for name, a, b in zip(NAMES, grads, ref_grads):
+    for name, a, b in zip(NAMES + ["branch_bias"], grads, ref_grads):
         assert a.dtype == b.dtype, name
         assert_close(a, b, atol=tol * scale(b), rtol=tol, name=f"d{name}")
 

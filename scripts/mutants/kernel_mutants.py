@@ -725,8 +725,8 @@ MUTANTS = [
     ),
     Mutant(
         "fused-branch-bias-grad-before-dropout", NORM_LINEAR, "scaling",
-        "                dbb_acc += dbranch  # 0 on padded rows and columns (dh and xhat are)",
-        "                dbb_acc += dx  # 0 on padded rows and columns (dh and xhat are)",
+        "                dbb_acc += dbranch  # 0 on padded rows (dh is); padded columns are masked at the store",
+        "                dbb_acc += dx  # 0 on padded rows (dh is); padded columns are masked at the store",
         ("tests/test_fused_block.py::test_feed_forward_branch_bias_matches_float64_reference",),
         "the branch bias's gradient sums dx, not dbranch: the dropout mask and scale are missed",
     ),
