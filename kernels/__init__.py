@@ -209,7 +209,7 @@ def _gemm_dtype(x, weight) -> torch.dtype:
 
 
 def _in_gemm_dtype(dtype: torch.dtype, *tensors):
-    return tuple(t.to(dtype) for t in tensors)
+    return tuple(t.to(dtype) if t is not None else None for t in tensors)
 
 
 def fused_block_backend(backend: str, x) -> str:
@@ -248,9 +248,7 @@ def layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps: float = 1e-5
     _validate.layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias)
     choice = _dispatch.choose("layer_norm_linear", backend, x.device,
                               lambda: _triton_reason("layer_norm_linear", x))
-    gemm_dtype = _gemm_dtype(x, weight)
-    weight = weight.to(gemm_dtype)
-    bias = bias.to(gemm_dtype) if bias is not None else None
+    weight, bias = _in_gemm_dtype(_gemm_dtype(x, weight), weight, bias)  # bias may be None
     if choice == "triton":
         return _triton_module("layer_norm_linear").layer_norm_linear(x, norm_weight, norm_bias, weight, bias, eps,
                                                                      return_residual)
@@ -414,13 +412,13 @@ def norm_attention_pool(x, mask, norm_weight, norm_bias, key_weight, key_bias, q
     1 / sqrt(D). The key projection enters only through key_weight.T @ query
     (a (D,) vector, made in float32 at least), and key_bias only through a
     constant shift of every score, which the softmax cancels: its gradient
-    is 0 (exactly on the triton backend, rounding noise on the reference). Computed in float32 at least; returned in autocast's
-    dtype when it is on, else x's. A series with no valid step pools to 0
-    with zero gradients; values at padded steps (NaN included) affect
-    nothing. With the Triton backend one pass over x forward and one
-    backward, keeping x and three floats per series plus the float pooled
-    vector: no normalised copy of x is written or kept. ("sdpa" runs the
-    reference.)
+    is 0 (exactly on the triton backend, rounding noise on the reference).
+    Computed in float32 at least; returned in autocast's dtype when it is
+    on, else x's. A series with no valid step pools to 0 with zero
+    gradients; values at padded steps (NaN included) affect nothing. With
+    the Triton backend one pass over x forward and one backward, keeping x
+    and, per series, the softmax's max and sum and the float pooled vector:
+    no normalised copy of x is written or kept. ("sdpa" runs the reference.)
     """
     _validate.norm_attention_pool_inputs(x, mask, norm_weight, norm_bias, key_weight, key_bias, query)
     choice = _dispatch.choose("norm_attention_pool", backend, x.device,

@@ -147,11 +147,11 @@ def layer_norm_linear_inputs(x, norm_weight, norm_bias, weight, bias) -> None:
     _vector("norm_bias", norm_bias, d, "(D,)")
     tensor("weight", weight, ndim=2, dims="(D_out, D)")  # before reading D_out off its shape
     _matrix("weight", weight, weight.shape[0], d, "(D_out, D)")
-    if bias is None:  # a GEMM without bias (e.g. the attention kernels add the QKV bias)
-        same_device(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight)
-        return
-    _vector("bias", bias, weight.shape[0], "(D_out,)")
-    same_device(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias)
+    tensors = dict(x=x, norm_weight=norm_weight, norm_bias=norm_bias, weight=weight)
+    if bias is not None:  # None: a GEMM without bias (the attention kernels add the QKV bias)
+        _vector("bias", bias, weight.shape[0], "(D_out,)")
+        tensors["bias"] = bias
+    same_device(**tensors)
 
 
 def feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, p,

@@ -382,8 +382,7 @@ def _var_kernel(
     Each step is one [BLOCK_V, HEAD_DIM] tile; padded steps write zeros only.
     HAS_BIAS: as the time kernels (q + bq, O + bv, k's bias cancelled; each
     step's column sums of dq and dO to its (b, t, h) row of DBQ_PART,
-    DBV_PART: per-step rows, not per-program sums carried through the loop,
-    which cost ~60 registers at V=24, Dh=32).
+    DBV_PART, so no sums are carried through the loop).
     """
     pid_bh = tl.program_id(0)
     h = (pid_bh % n_heads).to(tl.int64)

@@ -21,20 +21,19 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import next_power_of_2, split_float32
+from ._launch import split_float32
 from ._tiles import cast_for, layer_norm_rows, layer_norm_rows_bwd
+from .norm_linear import acc_dtype, block_d, block_m, warps
 from .norm_linear import unsupported_reason as _norm_unsupported
-from .norm_linear import warps
 from .reference import compute_dtype
 
 # Rows per tile: about 4096 elements forward (16 rows at D=256); 1024
 # backward (4 rows), where three (rows, D) partial sums and five row tensors
-# are live: at sm_90, D=256, 126 registers (4 programs per SM) against 198
+# are live: at sm_90, D=256, 125 registers (4 programs per SM) against 198
 # (2 per SM) with 2048, for the same instructions per element (bench.compile_check).
-# Not tuned on a GPU.
+# Not tuned on a GPU. (At most 16 rows: norm_linear's tile rules.)
 TILE_ELEMENTS = 4096
 BWD_TILE_ELEMENTS = 1024
-MAX_BLOCK_T = 16
 
 
 # ------------------------------------------------------------------ kernels
@@ -148,14 +147,11 @@ def _norm_pool_bwd_kernel(
 # --------------------------------------------------------------- host side
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
-
-
 def _tiles(D: int, tile: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_D, num_warps) of a tile of about ``tile`` elements."""
-    bd = next_power_of_2(D)
-    bt = max(1, min(MAX_BLOCK_T, tile // bd))
+    """(BLOCK_T, BLOCK_D, num_warps) of a tile of about ``tile`` elements, by
+    the norm kernels' rules (whole rows, at most 16 of them)."""
+    bd = block_d(D)
+    bt = block_m(bd, tile)
     return bt, bd, warps(bt, bd)
 
 
@@ -182,7 +178,7 @@ def norm_pool_fwd(x, mask, norm_weight, norm_bias, eps: float, key_query, score_
     _norm_pool_fwd_kernel[(B * V,)](
         x, m, norm_weight.contiguous(), norm_bias.contiguous(), key_query.contiguous(),
         score_bias, out, pooled, row_max, row_sum, m.stride(0), m.stride(1), V, T, D, eps_hi, eps_lo,
-        ACC=_acc(x.dtype), BLOCK_T=bt, BLOCK_D=bd, num_warps=nw,
+        ACC=acc_dtype(x.dtype), BLOCK_T=bt, BLOCK_D=bd, num_warps=nw,
     )
     return out, pooled, row_max, row_sum
 
@@ -209,7 +205,7 @@ def norm_pool_bwd(dout, x, mask, norm_weight, norm_bias, eps: float, key_query, 
         dout.contiguous(), x, m, norm_weight.contiguous(), norm_bias.contiguous(),
         key_query.contiguous(), score_bias, pooled, row_max, row_sum,
         dx, *parts, m.stride(0), m.stride(1), V, T, D, eps_hi, eps_lo,
-        ACC=_acc(x.dtype), BLOCK_T=bt, BLOCK_D=bd, num_warps=nw,
+        ACC=acc_dtype(x.dtype), BLOCK_T=bt, BLOCK_D=bd, num_warps=nw,
     )
     dw, db, dkq = (p.sum(0) for p in parts)
     return dx, dw, db, dkq, dscore_bias
