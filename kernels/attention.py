@@ -37,7 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import cdiv, next_power_of_2
+from ._launch import cdiv
+from .attention_launch import time_blocks, var_blocks
 
 # fp32 inputs: exact fp32 products (fp16/bf16 inputs ignore this option).
 DOT_PRECISION = "ieee"
@@ -516,42 +517,6 @@ def _valid_span(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([first, end], 1).to(torch.int32).contiguous()
 
 
-# Software-pipeline depth of the time kernels' block loops for fp16/bf16:
-# 3, triton's default for sm_90 (which the loops always asked for, but their
-# in-loop branch kept the pipeliner from applying it). 2 would also pipeline
-# and compiles to the same registers at Dh=32, but spills 8 B in the Dh=128
-# dq kernel; which is faster needs a GPU (see docs/kernel-tuning.md).
-# float32 (exact products, the slow path) is not pipelined: its fp32 tiles
-# in shared memory push the dk/dv kernel from 864 B to 14 KB of spills at Dh=64.
-TIME_NUM_STAGES = 3
-
-
-def _time_blocks(head_dim: int, backward: bool, dtype: torch.dtype = torch.bfloat16):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) along time.
-
-    Real case T=288, Dh=32: 64-row tiles give 5 blocks per (b, v, h) with
-    11% padding, and keep every dot >= 16 wide; Dh=128 halves the key tile
-    (fwd) or both tiles (bwd, which keeps k, v, dk, dv or q, do, dq in
-    registers) so the fp32 accumulators fit.
-    """
-    stages = 1 if dtype == torch.float32 else TIME_NUM_STAGES
-    if head_dim <= 64:
-        return 64, 64, 4, stages
-    return (32, 32, 4, stages) if backward else (64, 32, 4, stages)
-
-
-def _var_blocks(n_vars: int, head_dim: int):
-    """(BLOCK_V, STEPS, num_warps) along variables: V padded to a power of two
-    >= 16 (tl.dot needs 16), 8 steps per program (T=288 -> 36 programs per
-    (b, h)), 2 warps for the small 32x32 tiles of the real case (V=24), more
-    for the wide tiles (the backward holds seven [BLOCK_V, Dh] or
-    [BLOCK_V, BLOCK_V] tiles at once)."""
-    block_v = max(16, next_power_of_2(n_vars))
-    tile = block_v * max(block_v, head_dim)
-    warps = 2 if tile <= 32 * 64 else 4 if tile <= 64 * 64 else 8
-    return block_v, 8, warps
-
-
 def attention_fwd(q, k, v, mask, axis: str, scale: float, bias=None):
     """out (B, V, T, H, Dh) contiguous and LSE (base 2, fp32): (B, V, H, T)
     along time, (B, T, H, V) along variables. bias: None, or a contiguous
@@ -566,7 +531,7 @@ def attention_fwd(q, k, v, mask, axis: str, scale: float, bias=None):
     strides = (*_strides4(q), *_strides4(k), *_strides4(v), *_strides4(out))
     if axis == "time":
         lse = _new_buffer((B, V, H, T), q, torch.float32)
-        block_m, block_n, warps, stages = _time_blocks(Dh, backward=False, dtype=q.dtype)
+        block_m, block_n, warps, stages = time_blocks(Dh, "fwd", q.dtype)
         _time_fwd_kernel[(B * V * H * cdiv(T, block_m),)](
             q, k, v, out, lse, m, _valid_span(mask), bias, *strides, sm_b, sm_t, V, H, T, qk_scale,
             HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION, NUM_STAGES=stages,
@@ -574,7 +539,7 @@ def attention_fwd(q, k, v, mask, axis: str, scale: float, bias=None):
         )
     else:
         lse = _new_buffer((B, T, H, V), q, torch.float32)
-        block_v, steps, warps = _var_blocks(V, Dh)
+        block_v, steps, warps = var_blocks(V, Dh, "var_fwd")
         grid = (B * H, cdiv(T, steps))
         _var_kernel[grid](
             q, k, v, out, lse, out, out, out, out, m, bias, out, out, *strides, *_strides4(out), *_strides4(out),
@@ -605,23 +570,25 @@ def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, gr
     has_bias = bias is not None
     if axis == "time":
         span = _valid_span(mask)
-        block_m, block_n, warps, stages = _time_blocks(Dh, backward=True, dtype=q.dtype)
+        block_m, block_n, warps, stages = time_blocks(Dh, "dq", q.dtype)
         programs = B * V * H * cdiv(T, block_m)  # of the dq kernel, ordered (b, v, h, block)
         parts = _new_buffer((2, programs, Dh) if has_bias else (2, 0), q, torch.float32)  # dbq's, dbv's
         delta = _new_buffer(lse.shape, lse)
         tail = (*_strides4(grad_out), *_strides4(dq), sm_b, sm_t, V, H, T, qk_scale, scale)
-        meta = dict(HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=DOT_PRECISION,
-                    NUM_STAGES=stages, HAS_BIAS=has_bias, num_warps=warps)
         # dq first: it writes the delta the dk/dv kernel reads
         _time_bwd_dq_kernel[(programs,)](
             q, k, v, out, grad_out, lse, delta, dq, m, span, bias if has_bias else q, parts[0], parts[1],
-            *qkv_strides, *_strides4(out), *tail, **meta)
-        _time_bwd_dkdv_kernel[(B * V * H * cdiv(T, block_n),)](
-            q, k, v, grad_out, lse, delta, dk, dv, m, span, bias if has_bias else q, *qkv_strides, *tail, **meta)
+            *qkv_strides, *_strides4(out), *tail, HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n,
+            PRECISION=DOT_PRECISION, NUM_STAGES=stages, HAS_BIAS=has_bias, num_warps=warps)
+        kv_block_m, kv_block_n, kv_warps, kv_stages = time_blocks(Dh, "dkdv", q.dtype)
+        _time_bwd_dkdv_kernel[(B * V * H * cdiv(T, kv_block_n),)](
+            q, k, v, grad_out, lse, delta, dk, dv, m, span, bias if has_bias else q, *qkv_strides, *tail,
+            HEAD_DIM=Dh, BLOCK_M=kv_block_m, BLOCK_N=kv_block_n, PRECISION=DOT_PRECISION, NUM_STAGES=kv_stages,
+            HAS_BIAS=has_bias, num_warps=kv_warps)
         # each program's row belongs to head (program // blocks) % H
         sums = parts.view(2, B * V, H, cdiv(T, block_m), Dh).sum((1, 3)) if has_bias else None
     else:
-        block_v, steps, warps = _var_blocks(V, Dh)
+        block_v, steps, warps = var_blocks(V, Dh, "var_bwd")
         grid = (B * H, cdiv(T, steps))
         parts = _new_buffer((2, B * T * H, Dh) if has_bias else (2, 0), q, torch.float32)
         _var_kernel[grid](

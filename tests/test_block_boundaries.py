@@ -19,12 +19,14 @@ from helpers import poison_padding
 from test_attention_triton import check_parity, make_inputs, nan_filled_buffers, run_reference, run_triton  # noqa: F401
 
 attention = pytest.importorskip("kernels.attention")
+from kernels import attention_launch  # noqa: E402
 
 # Every tile size the attention kernels use or may use after tuning (time
-# blocks 64 and 32 today; 8 steps per program and BLOCK_V 16..128 along
+# blocks 64 and 32 today, 128 among the candidates; 8 steps per program
+# today, 4 and 16 among the candidates, and BLOCK_V 16..128 along
 # variables). A size that tuning adds goes here; test_block_sizes_are_covered
 # fails until it does.
-BLOCK_SIZES = (8, 16, 32, 64, 128)
+BLOCK_SIZES = (4, 8, 16, 32, 64, 128)
 T = 131  # past 128, so a span can end on the 128 boundary and one step after it
 
 
@@ -58,7 +60,7 @@ def check_against_reference(shape, mask, axis, tol):
 
 
 # Dh 16 takes 64 x 64 time tiles forward and backward, Dh 128 takes 64 x 32
-# forward and 32 x 32 backward (kernels/attention.py, _time_blocks).
+# forward and 32 x 32 backward (kernels/attention_launch.py, time_blocks).
 @pytest.mark.parametrize("head_dim", [16, 128])
 def test_time_spans_on_block_boundaries(head_dim):
     mask = boundary_masks(T, (16, 32, 64, 128))
@@ -76,12 +78,18 @@ def test_variable_spans_on_block_boundaries(n_vars):
 
 
 def test_block_sizes_are_covered():
-    """The tile sizes the host code picks today are all in BLOCK_SIZES (the
-    helpers' first return values are the tile sizes; launch options follow)."""
+    """The tile sizes the host code picks today, or may pick after tuning
+    (kernels.attention_launch.LAUNCH_CANDIDATES), are all in BLOCK_SIZES
+    (the helpers' first return values are the tile sizes; launch options
+    follow)."""
     used = set()
     for head_dim in attention.SUPPORTED_HEAD_DIMS:
-        for backward in (False, True):
-            used |= set(attention._time_blocks(head_dim, backward)[:2])  # BLOCK_M, BLOCK_N
+        for kernel in ("fwd", "dq", "dkdv"):
+            used |= set(attention_launch.time_blocks(head_dim, kernel)[:2])  # BLOCK_M, BLOCK_N
     for n_vars in (1, 16, 17, 24, 33, 64, 65, 128):
-        used |= set(attention._var_blocks(n_vars, 16)[:2])  # BLOCK_V, STEPS
+        used |= set(attention_launch.var_blocks(n_vars, 16)[:2])  # BLOCK_V, STEPS
+    # and every setting a tuning run may make the table's
+    for kernel, settings in attention_launch.LAUNCH_CANDIDATES.items():
+        for setting in settings:
+            used |= {setting[0]} if kernel.startswith("var") else set(setting[:2])
     assert used <= set(BLOCK_SIZES), f"block sizes {sorted(used - set(BLOCK_SIZES))} are not tested here"

@@ -32,6 +32,7 @@ TAIL_PARITY = "tests/test_ffn_gated_norm.py::test_matches_float64_reference"
 GELU_ACCURACY = "tests/test_gelu.py"
 ATT_BIAS = "tests/test_attention_triton.py::test_packed_bias_matches_float64_reference"
 POOL_PARITY = "tests/test_norm_attention_pool.py::test_matches_float64_reference"
+ATT_LAUNCH = "tests/test_attention_launch.py"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
@@ -636,6 +637,21 @@ MUTANTS = [
         "",
         (ATT_BIAS,),
         "a padded step leaves its row of v's bias partials unwritten",
+    ),
+    # ------------------------------------------------------------ attention launch settings a tuning run compares
+    Mutant(
+        "attention-launch-override-ignored", "kernels/attention_launch.py", "span",
+        "    if head_dim == TUNED_HEAD_DIM and kernel in LAUNCH_OVERRIDE:\n        block_m, block_n, warps, stages",
+        "    if head_dim == TUNED_HEAD_DIM and kernel in ():\n        block_m, block_n, warps, stages",
+        (ATT_LAUNCH,),
+        "the time kernels ignore a tuning run's setting: the sweep would time the table under every label",
+    ),
+    Mutant(
+        "attention-launch-dkdv-grid-by-dq-blocks", ATT, "span",
+        "_time_bwd_dkdv_kernel[(B * V * H * cdiv(T, kv_block_n),)]",
+        "_time_bwd_dkdv_kernel[(B * V * H * cdiv(T, block_m),)]",
+        (ATT_LAUNCH,),
+        "the dk/dv grid counts the dq kernel's blocks: equal in the table, wrong once their settings differ",
     ),
     # ------------------------------------------------------------ final norm + attention pooling (kernels/pooling.py)
     Mutant(
