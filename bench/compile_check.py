@@ -147,6 +147,31 @@ def attention_cases(quick: bool):
         yield label, run
 
 
+def attention_launch_cases(quick: bool):
+    """The attention kernels at the model's case (Dh=32, bf16, V=24, with the
+    QKV bias along time) under each launch setting a tuning run compares
+    (kernels.attention_launch.LAUNCH_CANDIDATES), the table's included."""
+    from kernels import attention, attention_launch
+
+    qkv = torch.zeros(2, 24, 80, 3, 2, 32, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.zeros(3 * 2 * 32, dtype=torch.bfloat16, requires_grad=True)
+    mask = torch.ones(2, 80, dtype=torch.bool)
+    for kernel, settings in attention_launch.LAUNCH_CANDIDATES.items():
+        axis = "variable" if kernel.startswith("var") else "time"
+        for setting in settings:
+            def run(kernel=kernel, setting=setting, axis=axis):
+                saved = dict(attention_launch.LAUNCH_OVERRIDE)
+                attention_launch.LAUNCH_OVERRIDE.clear()
+                attention_launch.LAUNCH_OVERRIDE[kernel] = setting
+                try:
+                    attention.masked_attention_qkvpacked(qkv, mask, axis, bias=bias).sum().backward()
+                finally:
+                    attention_launch.LAUNCH_OVERRIDE.clear()
+                    attention_launch.LAUNCH_OVERRIDE.update(saved)
+
+            yield f"attention {kernel} {attention_launch.format_setting(setting)}", run
+
+
 def revin_cases(quick: bool):
     """Forward and backward in every dtype the op takes (float64 too): with
     every gradient, and the model's case (features need none, the loss reads
@@ -285,6 +310,7 @@ def pooling_cases(quick: bool):
 # kernels. A new kernel module registers its variants here.
 KERNEL_MODULES = {
     "attention": attention_cases,
+    "attention_launch": attention_launch_cases,
     "revin": revin_cases,
     "gated_norm": gated_norm_cases,
     "fused_block": fused_block_cases,

@@ -13,7 +13,9 @@
 #    then 24 steps of the trainer (its CUDA-only loss read-back);
 # 4. one training step under torch.profiler, kernels grouped (bench/profile.py),
 #    and each fused-block kernel alone against the copy bandwidth, with a sweep
-#    of the backward kernels' launch settings (bench/kernel_times.py);
+#    of the backward kernels' launch settings (bench/kernel_times.py), then the
+#    attention kernels under each launch setting a tuning run compares and the
+#    training step with the fastest of each;
 # 5. the largest batch whose training step runs, triton, default and selective
 #    recompute (--max-batch);
 # 6. the ceilings and the model, attention and norms suites, within what is left;
@@ -97,6 +99,28 @@ step_failed "profile" "${PIPESTATUS[0]}"
 echo "=== the fused block's kernels alone ($(elapsed) s)"
 timeout "$(allow 45 130)" "$PY" -m bench.kernel_times --sweep --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/kernel-times.md"
 step_failed "kernel times" "${PIPESTATUS[0]}"
+
+# attention is the group furthest above its roofline floor (run 2: 14.0 ms
+# against 4.0): each launch setting of kernels.attention_launch.LAUNCH_CANDIDATES,
+# parity-tested on the CPU, timed alone at B=64
+echo "=== attention launch settings ($(elapsed) s)"
+mkdir -p "$OUT_DIR/attention-launch"
+timeout "$(allow 70 120)" "$PY" -m bench.kernel_times --attention-sweep --out "$OUT_DIR/attention-launch" 2>&1 \
+    | tee "$OUT_DIR/attention-launch/kernel-times.md"
+step_failed "attention launch settings" "${PIPESTATUS[0]}"
+
+# the training step with the sweep's fastest setting of each attention kernel
+# (kernels/attention_launch.py reads MIGT_ATTENTION_LAUNCH), against the
+# table's step in configs/ above: what the settings are worth in the step
+fastest=$("$PY" -m bench.kernel_times --fastest-attention "$OUT_DIR/attention-launch/kernel-times.json" 2>/dev/null)
+if [ -n "$fastest" ]; then
+  echo "=== training step with MIGT_ATTENTION_LAUNCH=$fastest ($(elapsed) s)"
+  t=$(allow 60 100)
+  MIGT_ATTENTION_LAUNCH="$fastest" timeout "$t" "$PY" -m bench --suites model --ops train_step --batch-sizes 64 \
+      --backends triton --dtype bf16 --time-budget $(( t > 30 ? t - 20 : 10 )) --no-plots \
+      --out "$OUT_DIR/attention-launch/step"
+  step_failed "step with the fastest attention settings" $?
+fi
 
 # triton only (sdpa's, 192, comes from the first H200 run and its code has
 # not changed): the default step and selective recompute, from 384 up

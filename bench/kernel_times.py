@@ -2,6 +2,7 @@
 kernels alone, at the seed config's full shapes, against the copy bandwidth.
 
     python3 -m bench.kernel_times [--batch 64] [--sweep] [--out DIR]
+    python3 -m bench.kernel_times --attention-sweep [--out DIR]
 
 The training step's profile groups kernels by name; this times each kernel
 variant the step runs (the fused FFN's norm, GELU + dropout and output
@@ -14,7 +15,12 @@ must move (each tensor read or written once), and that as a share of the
 device copy bandwidth measured on the H200 (bench/h200_measured.py).
 --sweep also times the persistent backward kernels with other launch
 settings (programs per SM, the GELU backward's rows per tile, software
-pipelining of their loops over row blocks), the knobs a tuning run turns. Needs CUDA; installs nothing.
+pipelining of their loops over row blocks), the knobs a tuning run turns.
+--attention-sweep times the attention kernels instead (B x 24 x 288, H=8,
+Dh=32, bf16, day masks) under each launch setting of
+kernels.attention_launch.LAUNCH_CANDIDATES: tile sizes, warps, pipeline stages
+along time; steps per program and warps along variables. Needs CUDA;
+installs nothing.
 """
 from __future__ import annotations
 
@@ -117,6 +123,80 @@ def cases(batch: int, device="cuda", rows=None):
     ]
 
 
+def attention_cases(batch: int, device="cuda", steps: int = 288, heads: int = 8, n_vars: int = 24):
+    """(name, thunk, bytes) of the attention kernels at the model's case:
+    (B, V=24, T, H=8, Dh=32) bf16 strided views of one packed QKV tensor, day
+    masks (full days, short sessions, gaps), the QKV bias along time (the
+    temporal blocks' case), the backward writing one packed gradient. Bytes:
+    q, k, v and O once (forward), q, k, v, O, dO read and dq, dk, dv written
+    (backward), padded steps included."""
+    from bench.common import day_masks
+    from kernels import attention
+
+    B, V, T, H, Dh = batch, n_vars, steps, heads, 32
+    g = torch.Generator(device=device).manual_seed(0)
+    bf16 = torch.bfloat16
+    qkv = torch.randn(B, V, T, 3, H, Dh, generator=g, device=device).to(bf16)
+    bias = (0.1 * torch.randn(3, H, Dh, generator=g, device=device)).to(bf16)
+    mask = day_masks(B, T, V, device)
+    q, k, v = qkv.unbind(3)
+    scale = Dh ** -0.5
+    out_t, lse_t = attention.attention_fwd(q, k, v, mask, "time", scale, bias=bias)
+    out_v, lse_v = attention.attention_fwd(q, k, v, mask, "variable", scale)
+    dout = torch.randn(out_t.shape, generator=g, device=device).to(bf16)
+    grads = torch.empty_like(qkv).unbind(3)
+    nbytes = 2 * q.numel()  # one (B, V, T, H, Dh) bf16 tensor
+    return [
+        ("attention time fwd (+ QKV bias)",
+         lambda: attention.attention_fwd(q, k, v, mask, "time", scale, bias=bias), 4 * nbytes),
+        ("attention time bwd: dq, dk/dv (+ QKV bias)",
+         lambda: attention.attention_bwd(dout, q, k, v, out_t, lse_t, mask, "time", scale, grads=grads, bias=bias),
+         8 * nbytes),
+        ("attention variable fwd", lambda: attention.attention_fwd(q, k, v, mask, "variable", scale), 4 * nbytes),
+        ("attention variable bwd",
+         lambda: attention.attention_bwd(dout, q, k, v, out_v, lse_v, mask, "variable", scale, grads=grads),
+         8 * nbytes),
+    ]
+
+
+def attention_sweep(batch: int, device="cuda", time_ms=None, **shape):
+    """Each attention launch setting a tuning run compares
+    (kernels.attention_launch.LAUNCH_CANDIDATES, the table's first), timed on the
+    case that runs that kernel, the others at the table's: (label, name, ms,
+    bytes) rows, yielded as each is timed. ``shape``: attention_cases'
+    steps, heads, n_vars (the tests' small run)."""
+    from kernels import attention_launch
+
+    time_ms = time_ms or _time_ms
+    case_of = {"fwd": 0, "dq": 1, "dkdv": 1, "var_fwd": 2, "var_bwd": 3}
+    cases = attention_cases(batch, device, **shape)
+    overrides = attention_launch.LAUNCH_OVERRIDE
+    saved = dict(overrides)  # e.g. from MIGT_ATTENTION_LAUNCH: back as it was afterwards
+    try:
+        for kernel, settings in attention_launch.LAUNCH_CANDIDATES.items():
+            name, fn, nbytes = cases[case_of[kernel]]
+            for i, setting in enumerate(settings):
+                overrides.clear()
+                overrides[kernel] = setting
+                label = f"{kernel} {attention_launch.format_setting(setting)}{' (table)' if i == 0 else ''}"
+                yield label, name, time_ms(fn), nbytes
+    finally:
+        overrides.clear()
+        overrides.update(saved)
+
+
+def fastest_attention_settings(records) -> str:
+    """The fastest setting of each attention kernel in an --attention-sweep's
+    kernel-times.json records, as MIGT_ATTENTION_LAUNCH takes them
+    ("fwd=128x64x8x3,dq=...")."""
+    best = {}
+    for record in records:
+        kernel, setting = record["setting"].split()[:2]  # e.g. "fwd 64x64x4x3 (table)"
+        if kernel not in best or record["ms"] < best[kernel][1]:
+            best[kernel] = (setting, record["ms"])
+    return ",".join(f"{kernel}={setting}" for kernel, (setting, _) in best.items())
+
+
 def sweep(batch: int):
     """The persistent backward kernels under other launch settings: (label, name, ms, bytes)."""
     from kernels import _launch, feed_forward, norm_linear
@@ -167,30 +247,47 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kernel_times", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--sweep", action="store_true", help="also other launch settings of the backward kernels")
+    parser.add_argument("--attention-sweep", action="store_true",
+                        help="instead: the attention kernels under each launch setting a tuning run compares "
+                             "(kernels.attention_launch.LAUNCH_CANDIDATES)")
+    parser.add_argument("--fastest-attention", type=Path, metavar="JSON",
+                        help="print the fastest setting of each attention kernel in an --attention-sweep's "
+                             "kernel-times.json, as MIGT_ATTENTION_LAUNCH takes them, and exit (no GPU needed)")
     parser.add_argument("--out", type=Path, help="write kernel-times.json there")
     args = parser.parse_args(argv)
+    if args.fastest_attention:
+        print(fastest_attention_settings(json.loads(args.fastest_attention.read_text())))
+        return 0
     if not torch.cuda.is_available():
         print("bench.kernel_times needs a CUDA device", file=sys.stderr)
         return 2
     copy = h200_measured.COPY_GBS
     name_gpu = torch.cuda.get_device_name()
     command = "python -m bench.kernel_times " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.attention_sweep:
+        shape = f"B={args.batch}, V=24, T=288, H=8, Dh=32, bf16, day masks"
+    else:
+        shape = (f"B={args.batch} (N={args.batch * 24 * 288} rows, D=256, d_ff=1024), "
+                 f"fp32 stream, bf16 operands, p=0.1")
     print(f"Made by `{command.strip()}`, git {git_commit()}.\n\n"
-          f"{name_gpu}, B={args.batch} (N={args.batch * 24 * 288} rows, D=256, d_ff=1024), "
-          f"fp32 stream, bf16 operands, p=0.1; copy bandwidth {copy:.0f} GB/s (H200, measured)\n")
+          f"{name_gpu}, {shape}; copy bandwidth {copy:.0f} GB/s (H200, measured)\n")
     print("| kernel | setting | ms | GB | GB/s | of copy |\n|---|---|---|---|---|---|")
-    rows = [("default", name, _time_ms(fn), nbytes) for name, fn, nbytes in cases(args.batch)]
-    if args.sweep:
-        rows += sweep(args.batch)
+    if args.attention_sweep:
+        rows = attention_sweep(args.batch)
+    else:
+        rows = [("default", name, _time_ms(fn), nbytes) for name, fn, nbytes in cases(args.batch)]
+        if args.sweep:
+            rows += sweep(args.batch)
     records = []
-    for setting, name, ms, nbytes in rows:
-        gbs = nbytes / ms / 1e6
-        print(f"| {name} | {setting} | {ms:.3f} | {nbytes / 1e9:.2f} | {gbs:.0f} | {gbs / copy:.0%} |")
-        records.append(dict(kernel=name, setting=setting, ms=ms, bytes=nbytes, gbs=gbs, device=name_gpu,
-                            batch=args.batch))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "kernel-times.json").write_text(json.dumps(records, indent=1))
+    for setting, name, ms, nbytes in rows:  # each row as it comes: a sweep cut short keeps its rows
+        gbs = nbytes / ms / 1e6
+        print(f"| {name} | {setting} | {ms:.3f} | {nbytes / 1e9:.2f} | {gbs:.0f} | {gbs / copy:.0%} |", flush=True)
+        records.append(dict(kernel=name, setting=setting, ms=ms, bytes=nbytes, gbs=gbs, device=name_gpu,
+                            batch=args.batch))
+        if args.out:
+            (args.out / "kernel-times.json").write_text(json.dumps(records, indent=1))
     return 0
 
 
