@@ -18,6 +18,7 @@ import torch
 
 from . import _dispatch, _validate, philox, reference, sdpa
 from ._dispatch import BACKENDS
+from .cast_together import cast_together
 
 __all__ = [
     "BACKENDS",
@@ -35,6 +36,7 @@ __all__ = [
     "dropout",
     "value_embedding",
     "norm_attention_pool",
+    "cast_together",
 ]
 
 # Triton implementation module of each op; each exposes

@@ -641,6 +641,7 @@ def _bwd_fake(grad_out, q, k, v, out, lse, mask, axis, scale):
 def _setup_context(ctx, inputs, output):
     q, k, v, mask, axis, scale = inputs
     out, lse = output
+    ctx.set_materialize_grads(False)  # the LSE is only saved: no zero-filled gradient for it
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.axis, ctx.scale = axis, scale
 
@@ -699,6 +700,7 @@ def _packed_bwd_fake(grad_out, qkv, bias, out, lse, mask, axis, scale):
 def _packed_setup_context(ctx, inputs, output):
     qkv, bias, mask, axis, scale = inputs
     out, lse = output
+    ctx.set_materialize_grads(False)  # the LSE is only saved: no zero-filled gradient for it
     ctx.save_for_backward(qkv, bias, out, lse, mask)
     ctx.axis, ctx.scale = axis, scale
 

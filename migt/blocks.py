@@ -19,6 +19,8 @@ backend, so a state dict moves between them.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,17 +74,31 @@ class AxisAttentionBlock(nn.Module):
         self.ff = FeedForward(D, config.d_ff, config.dropout)
         self.recompute_ffn_hidden = config.recompute_ffn_hidden
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict] = None) -> torch.Tensor:
+        """gemm_params: optional, the fused path's GEMM weights and biases
+        (``gemm_parameters()``'s names) already in the GEMMs' dtype, e.g.
+        all of a model's cast by one node (kernels.cast_together); the
+        module path ignores it."""
         if kernels.fused_block_backend(self.backend, x) == "triton":
-            return self._forward_fused(x, mask)
+            return self._forward_fused(x, mask, gemm_params)
         return self._forward_modules(x, mask)
 
-    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, branch = self.fused_attention_half(x, mask)
+    def gemm_parameters(self) -> dict:
+        """The parameters the fused path hands to a GEMM (under autocast each
+        is cast to 16 bits for it), by name: the QKV projection's weight and
+        bias, out_proj's weight (its bias is added in float32 by the FFN op),
+        the FFN's two Linears."""
         ff = self.ff
+        return {"qkv.weight": self.qkv.weight, "qkv.bias": self.qkv.bias, "out_proj.weight": self.out_proj.weight,
+                "ff.fc1.weight": ff.fc1.weight, "ff.fc1.bias": ff.fc1.bias,
+                "ff.fc2.weight": ff.fc2.weight, "ff.fc2.bias": ff.fc2.bias}
+
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict]) -> torch.Tensor:
+        x, branch = self.fused_attention_half(x, mask, gemm_params)
+        w = gemm_params or self.gemm_parameters()
         return kernels.residual_feed_forward(
             x, branch, self.norm_ff.weight, self.norm_ff.bias,
-            ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
+            w["ff.fc1.weight"], w["ff.fc1.bias"], w["ff.fc2.weight"], w["ff.fc2.bias"],
             dropout_p=self.ffn_dropout_p, eps=self.norm_ff.eps,
             recompute_hidden=self.recompute_ffn_hidden, branch_bias=self.out_proj.bias, backend="triton",
         )
@@ -91,7 +107,8 @@ class AxisAttentionBlock(nn.Module):
     def ffn_dropout_p(self) -> float:
         return self.dropout.p if self.training else 0.0
 
-    def fused_attention_half(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fused_attention_half(self, x: torch.Tensor, mask: torch.Tensor,
+                             gemm_params: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused path's first half: (x for the block's other uses, the
         attention branch out_proj(dropout(attention)) without out_proj's
         bias) before its residual add. The first is the copy the norm pass
@@ -102,14 +119,15 @@ class AxisAttentionBlock(nn.Module):
         of its own."""
         B, V, T, D = x.shape
         norm = self.norm_attn
+        w = gemm_params or self.gemm_parameters()
         # Along time the QKV GEMM runs without its bias: the attention kernels
         # add it and sum its gradient from the tiles they write (no pass over
         # the (N, 3D) gradient). Along variables the GEMM keeps it: there the
         # in-kernel bias takes the backward kernel from 158 to ~240 registers
         # at sm_90 (docs/fused-block.md), to be weighed on a GPU.
-        attention_bias = self.qkv.bias if self.axis == "time" else None
-        gemm_bias = None if attention_bias is not None else self.qkv.bias
-        args = (x, norm.weight, norm.bias, self.qkv.weight, gemm_bias, norm.eps)
+        attention_bias = w["qkv.bias"] if self.axis == "time" else None
+        gemm_bias = None if attention_bias is not None else w["qkv.bias"]
+        args = (x, norm.weight, norm.bias, w["qkv.weight"], gemm_bias, norm.eps)
         if torch.is_grad_enabled():  # the copy pays off only in the backward
             qkv, x = kernels.layer_norm_linear(*args, return_residual=True, backend="triton")
         else:
@@ -117,7 +135,7 @@ class AxisAttentionBlock(nn.Module):
         qkv = qkv.view(B, V, T, 3, self.n_heads, self.head_dim)
         attn = kernels.masked_attention_qkvpacked(qkv, mask, self.axis, bias=attention_bias,
                                                   backend=self.backend)  # [B, V, T, H, Dh]
-        return x, F.linear(self.attn_dropout(attn).view(B, V, T, D), self.out_proj.weight)
+        return x, F.linear(self.attn_dropout(attn).view(B, V, T, D), w["out_proj.weight"])
 
     def _forward_modules(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, V, T, D = x.shape
@@ -150,23 +168,33 @@ class GatedVariableBlock(nn.Module):
         self.eps = 1e-5
         self.backend = config.backend
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict] = None) -> torch.Tensor:
+        """gemm_params as in AxisAttentionBlock.forward, ``gemm_parameters()``'s names."""
         if kernels.fused_block_backend(self.backend, x) == "triton":
-            return self._forward_fused(x, mask)
+            return self._forward_fused(x, mask, gemm_params)
         update = self.block(x, mask)
         return kernels.gated_residual_norm(
             x, update, self.gate(x), self.norm_weight, self.norm_bias, self.eps, backend=self.backend
         )
 
-    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def gemm_parameters(self) -> dict:
+        """The block's GEMM parameters (AxisAttentionBlock.gemm_parameters)
+        under "block.", and the gate's."""
+        params = {f"block.{name}": p for name, p in self.block.gemm_parameters().items()}
+        params.update({"gate.weight": self.gate.weight, "gate.bias": self.gate.bias})
+        return params
+
+    def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict]) -> torch.Tensor:
         # the block's FFN half and this gated norm are one node, which sums
         # the gradients of x's three uses in its own passes
-        block, ff = self.block, self.block.ff
-        x, branch = block.fused_attention_half(x, mask)
+        block = self.block
+        w = gemm_params or self.gemm_parameters()
+        block_params = {name[len("block."):]: p for name, p in w.items() if name.startswith("block.")}
+        x, branch = block.fused_attention_half(x, mask, block_params)
         return kernels.gated_feed_forward(
             x, branch, block.norm_ff.weight, block.norm_ff.bias,
-            ff.fc1.weight, ff.fc1.bias, ff.fc2.weight, ff.fc2.bias,
-            self.gate.weight, self.gate.bias, self.norm_weight, self.norm_bias,
+            w["block.ff.fc1.weight"], w["block.ff.fc1.bias"], w["block.ff.fc2.weight"], w["block.ff.fc2.bias"],
+            w["gate.weight"], w["gate.bias"], self.norm_weight, self.norm_bias,
             dropout_p=block.ffn_dropout_p, eps=block.norm_ff.eps, out_eps=self.eps,
             recompute_hidden=block.recompute_ffn_hidden, branch_bias=block.out_proj.bias, backend="triton",
         )

@@ -6,7 +6,7 @@ Shapes: B batch, T steps, V variables, D = d_model, H heads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
@@ -76,10 +76,30 @@ class MIGT_TVDT(nn.Module):
 
         return load_model(path, map_location=map_location, config=config)
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor,
+                   gemm_params: Optional[dict]) -> torch.Tensor:
         if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, mask, use_reentrant=False)
-        return block(x, mask)
+            return checkpoint(block, x, mask, gemm_params, use_reentrant=False)
+        return block(x, mask, gemm_params)
+
+    def _blocks_gemm_params(self, x: torch.Tensor) -> list:
+        """Per block (temporal, then variable), its GEMM weights and biases in
+        autocast's dtype, all cast by one node (kernels.cast_together: two
+        launches each way instead of one per tensor, the same values and
+        gradients); None per block where its GEMMs take the parameters as
+        they are (autocast off or in their dtype, or the module path)."""
+        blocks = [*self.temporal_blocks, *self.variable_blocks]
+        device_type = x.device.type
+        if (not blocks or kernels.fused_block_backend(self.config.backend, x) != "triton"
+                or not torch.is_autocast_enabled(device_type)):
+            return [None] * len(blocks)
+        dtype = torch.get_autocast_dtype(device_type)
+        named = [block.gemm_parameters() for block in blocks]
+        params = [p for names in named for p in names.values()]
+        if all(p.dtype == dtype for p in params):
+            return [None] * len(blocks)
+        cast = iter(kernels.cast_together(params, dtype))
+        return [{name: next(cast) for name in names} for names in named]
 
     def _aggregate(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final norm + attention pooling over T: (B, V, T, D) -> (B, V, D)."""
@@ -137,19 +157,21 @@ class MIGT_TVDT(nn.Module):
         B = features.shape[0]
 
         x, mean, std = self.embed(features, attention_mask, temporal_info)  # [B, V, T, D]
-        for block in self.temporal_blocks:
-            x = self._run_block(block, x, attention_mask)  # [B, V, T, D]
+        gemm_params = self._blocks_gemm_params(x)
+        temporal_params, variable_params = gemm_params[:len(self.temporal_blocks)], gemm_params[len(self.temporal_blocks):]
+        for block, params in zip(self.temporal_blocks, temporal_params):
+            x = self._run_block(block, x, attention_mask, params)  # [B, V, T, D]
 
         if cfg.variable_attention == "per_step":
-            for block in self.variable_blocks:
-                x = self._run_block(block, x, attention_mask)  # [B, V, T, D]
+            for block, params in zip(self.variable_blocks, variable_params):
+                x = self._run_block(block, x, attention_mask, params)  # [B, V, T, D]
             pooled = self._aggregate(x, attention_mask)  # [B, V, D]
         else:  # "pooled": the original FuturesSL order, variable blocks on (B, V, 1, D)
             pooled = self._aggregate(x, attention_mask)  # [B, V, D]
             step = pooled.unsqueeze(2)  # [B, V, 1, D]
             one_step = torch.ones(B, 1, dtype=torch.bool, device=features.device)
-            for block in self.variable_blocks:
-                step = self._run_block(block, step, one_step)
+            for block, params in zip(self.variable_blocks, variable_params):
+                step = self._run_block(block, step, one_step, params)
             pooled = step.squeeze(2)
 
         hidden = self.output_pool(pooled)  # [B, D]

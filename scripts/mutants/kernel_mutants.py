@@ -52,8 +52,10 @@ MUTANTS = [
     # ------------------------------------------------------------ the model's mask plumbing
     Mutant(
         "model-temporal-mask-all-true", "migt/model.py", "masking",
-        "for block in self.temporal_blocks:\n            x = self._run_block(block, x, attention_mask)",
-        "for block in self.temporal_blocks:\n            x = self._run_block(block, x, torch.ones_like(attention_mask))",
+        "for block, params in zip(self.temporal_blocks, temporal_params):\n"
+        "            x = self._run_block(block, x, attention_mask, params)",
+        "for block, params in zip(self.temporal_blocks, temporal_params):\n"
+        "            x = self._run_block(block, x, torch.ones_like(attention_mask), params)",
         ("tests/test_padding_extension.py",),
         "temporal blocks attend to padded keys; every forecast of a short day changes (issue 15)",
     ),
@@ -652,6 +654,28 @@ MUTANTS = [
         "_time_bwd_dkdv_kernel[(B * V * H * cdiv(T, block_m),)]",
         (ATT_LAUNCH,),
         "the dk/dv grid counts the dq kernel's blocks: equal in the table, wrong once their settings differ",
+    ),
+    # ------------------------------------------------------------ the blocks' GEMM parameters cast together
+    Mutant(
+        "cast-together-gradients-cast-one-by-one", "kernels/cast_together.py", "reduction",
+        "flat = torch.cat([g.reshape(-1) for g in grads]).to(ctx.in_dtype)",
+        "flat = torch.cat([g.reshape(-1) for g in grads])",
+        ("tests/test_cast_together.py",),
+        "the gradients leave in 16 bits: autograd casts each to float32 on its own (the launches this saves)",
+    ),
+    Mutant(
+        "cast-together-gradients-shifted", "kernels/cast_together.py", "reduction",
+        "        return (None, *(part.view(shape) for part, shape in zip(flat.split(sizes), ctx.shapes)))",
+        "        return (None, *(part.view(shape) for part, shape in zip(flat.roll(1).split(sizes), ctx.shapes)))",
+        ("tests/test_cast_together.py",),
+        "each gradient is read one element off in the concatenation",
+    ),
+    Mutant(
+        "model-block-ffn-ignores-cast-parameters", "migt/blocks.py", "masking",
+        "        x, branch = self.fused_attention_half(x, mask, gemm_params)\n        w = gemm_params or self.gemm_parameters()",
+        "        x, branch = self.fused_attention_half(x, mask, gemm_params)\n        w = self.gemm_parameters()",
+        ("tests/test_cast_together.py",),
+        "a temporal block's FFN casts its own weights again: twice the casts, two autograd paths to them",
     ),
     # ------------------------------------------------------------ final norm + attention pooling (kernels/pooling.py)
     Mutant(
