@@ -18,7 +18,7 @@ import torch
 
 from . import _dispatch, _validate, philox, reference, sdpa
 from ._dispatch import BACKENDS
-from .cast_together import cast_together
+from .param_cast import cast_together
 
 __all__ = [
     "BACKENDS",

@@ -77,8 +77,9 @@ class AxisAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict] = None) -> torch.Tensor:
         """gemm_params: optional, the fused path's GEMM weights and biases
         (``gemm_parameters()``'s names) already in the GEMMs' dtype, e.g.
-        all of a model's cast by one node (kernels.cast_together); the
-        module path ignores it."""
+        the block's cast by one node (kernels.cast_together), as the model
+        passes them under autocast (forward hooks see it as a third
+        argument); the module path ignores it."""
         if kernels.fused_block_backend(self.backend, x) == "triton":
             return self._forward_fused(x, mask, gemm_params)
         return self._forward_modules(x, mask)

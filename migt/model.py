@@ -84,22 +84,26 @@ class MIGT_TVDT(nn.Module):
 
     def _blocks_gemm_params(self, x: torch.Tensor) -> list:
         """Per block (temporal, then variable), its GEMM weights and biases in
-        autocast's dtype, all cast by one node (kernels.cast_together: two
-        launches each way instead of one per tensor, the same values and
-        gradients); None per block where its GEMMs take the parameters as
-        they are (autocast off or in their dtype, or the module path)."""
+        autocast's dtype, cast by one node per block (kernels.cast_together:
+        one launch each way instead of one per tensor, the same values and
+        gradients; per block, so each block's gradients are ready, e.g. for
+        DDP's overlapping all-reduce, when its backward ends); None per block
+        where its GEMMs take the parameters as they are (autocast off or in
+        their dtype, or the module path)."""
         blocks = [*self.temporal_blocks, *self.variable_blocks]
         device_type = x.device.type
         if (not blocks or kernels.fused_block_backend(self.config.backend, x) != "triton"
                 or not torch.is_autocast_enabled(device_type)):
             return [None] * len(blocks)
         dtype = torch.get_autocast_dtype(device_type)
-        named = [block.gemm_parameters() for block in blocks]
-        params = [p for names in named for p in names.values()]
-        if all(p.dtype == dtype for p in params):
-            return [None] * len(blocks)
-        cast = iter(kernels.cast_together(params, dtype))
-        return [{name: next(cast) for name in names} for names in named]
+        cast = []
+        for block in blocks:
+            named = block.gemm_parameters()
+            if all(p.dtype == dtype for p in named.values()):
+                cast.append(None)
+            else:
+                cast.append(dict(zip(named, kernels.cast_together(list(named.values()), dtype))))
+        return cast
 
     def _aggregate(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final norm + attention pooling over T: (B, V, T, D) -> (B, V, D)."""
