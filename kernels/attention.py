@@ -539,7 +539,7 @@ def attention_fwd(q, k, v, mask, axis: str, scale: float, bias=None):
         )
     else:
         lse = _new_buffer((B, T, H, V), q, torch.float32)
-        block_v, steps, warps = var_blocks(V, Dh, "var_fwd")
+        block_v, steps, warps = var_blocks(V, Dh, "var_fwd", q.dtype)
         grid = (B * H, cdiv(T, steps))
         _var_kernel[grid](
             q, k, v, out, lse, out, out, out, out, m, bias, out, out, *strides, *_strides4(out), *_strides4(out),
@@ -588,7 +588,7 @@ def attention_bwd(grad_out, q, k, v, out, lse, mask, axis: str, scale: float, gr
         # each program's row belongs to head (program // blocks) % H
         sums = parts.view(2, B * V, H, cdiv(T, block_m), Dh).sum((1, 3)) if has_bias else None
     else:
-        block_v, steps, warps = var_blocks(V, Dh, "var_bwd")
+        block_v, steps, warps = var_blocks(V, Dh, "var_bwd", q.dtype)
         grid = (B * H, cdiv(T, steps))
         parts = _new_buffer((2, B * T * H, Dh) if has_bias else (2, 0), q, torch.float32)
         _var_kernel[grid](

@@ -10,8 +10,9 @@ over BLOCK_M query blocks); along variables (BLOCK_V, STEPS, num_warps),
 A tuning run (``python -m bench.kernel_times --attention-sweep``) times every
 setting of LAUNCH_CANDIDATES at the model's shapes, each swapped in through
 LAUNCH_OVERRIDE. Every candidate is parity-tested against the reference
-(tests/test_attention_launch.py) and compiled for sm_90 by compile_check, at
-Dh=32, the model's head dim and the only one an override applies to. The
+(tests/test_attention_launch.py) and compiled for sm_90 by compile_check, in
+the case an override applies to and only there: Dh=32 (the model's), 16-bit
+inputs and, along variables, 17 to 32 variables (a 32-row tile). The
 environment variable MIGT_ATTENTION_LAUNCH (e.g. "fwd=128x64x8x3,var_bwd=8x4")
 sets overrides when this module is imported, so a whole training step can
 be timed with a sweep's winners before they become the table; a setting
@@ -26,9 +27,11 @@ import torch
 from ._launch import next_power_of_2
 
 ENV_VAR = "MIGT_ATTENTION_LAUNCH"
-# The head dim the candidates are compiled and tested at (the model's); other
-# head dims always take the table.
+# The case the candidates are compiled and tested in (the model's); any
+# other always takes the table.
 TUNED_HEAD_DIM = 32
+TUNED_BLOCK_V = 32
+TUNED_DTYPES = (torch.float16, torch.bfloat16)
 
 # Software-pipeline depth of the time kernels' block loops for fp16/bf16:
 # 3, triton's default for sm_90 (which the loops always asked for, but their
@@ -60,7 +63,7 @@ LAUNCH_CANDIDATES = {
     "var_bwd": ((8, 2), (4, 2), (16, 2), (8, 4)),
 }
 
-# kernel -> one of its LAUNCH_CANDIDATES, in place of the table at Dh=32.
+# kernel -> one of its LAUNCH_CANDIDATES, in place of the table in the tuned case.
 LAUNCH_OVERRIDE: dict = {}
 
 
@@ -72,7 +75,7 @@ def time_blocks(head_dim: int, kernel: str, dtype: torch.dtype = torch.bfloat16)
     (fwd) or both tiles (bwd, which keeps k, v, dk, dv or q, do, dq in
     registers) so the fp32 accumulators fit. float32 stays unpipelined.
     """
-    if head_dim == TUNED_HEAD_DIM and kernel in LAUNCH_OVERRIDE:
+    if kernel in LAUNCH_OVERRIDE and head_dim == TUNED_HEAD_DIM and dtype in TUNED_DTYPES:
         block_m, block_n, warps, stages = LAUNCH_OVERRIDE[kernel]
     elif head_dim <= 64:
         block_m, block_n, warps, stages = 64, 64, 4, TIME_NUM_STAGES
@@ -83,14 +86,14 @@ def time_blocks(head_dim: int, kernel: str, dtype: torch.dtype = torch.bfloat16)
     return block_m, block_n, warps, (1 if dtype == torch.float32 else stages)
 
 
-def var_blocks(n_vars: int, head_dim: int, kernel: str = "var_fwd"):
+def var_blocks(n_vars: int, head_dim: int, kernel: str = "var_fwd", dtype: torch.dtype = torch.bfloat16):
     """(BLOCK_V, STEPS, num_warps) along variables (``kernel``: "var_fwd" or
     "var_bwd"): V padded to a power of two >= 16 (tl.dot needs 16), 8 steps
     per program (T=288 -> 36 programs per (b, h)), 2 warps for the small
     32x32 tiles of the real case (V=24), more for the wide tiles (the
     backward holds seven [BLOCK_V, Dh] or [BLOCK_V, BLOCK_V] tiles at once)."""
     block_v = max(16, next_power_of_2(n_vars))
-    if head_dim == TUNED_HEAD_DIM and kernel in LAUNCH_OVERRIDE:
+    if kernel in LAUNCH_OVERRIDE and head_dim == TUNED_HEAD_DIM and block_v == TUNED_BLOCK_V and dtype in TUNED_DTYPES:
         return (block_v, *LAUNCH_OVERRIDE[kernel])
     tile = block_v * max(block_v, head_dim)
     warps = 2 if tile <= 32 * 64 else 4 if tile <= 64 * 64 else 8

@@ -3,8 +3,10 @@ import os
 # The Triton kernels run on the CPU through the interpreter; this must be set
 # before triton is first imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
-# A developer's MIGT_BACKEND must not change what the tests exercise.
+# A developer's MIGT_BACKEND, or attention launch settings being timed
+# (MIGT_ATTENTION_LAUNCH), must not change what the tests exercise.
 os.environ.pop("MIGT_BACKEND", None)
+os.environ.pop("MIGT_ATTENTION_LAUNCH", None)
 
 import torch  # noqa: E402
 

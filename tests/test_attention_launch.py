@@ -3,7 +3,10 @@
 --attention-sweep) against the float64 reference: output, dq, dk, dv and
 the QKV bias gradient, with padding, gaps, an all-padding sample and NaN at
 padded steps, T past the largest block. So a GPU measurement can make any
-of them the table's without a correctness question left.
+of them the table's without a correctness question left. An override
+applies to 16-bit inputs at Dh=32 only (and 17-32 variables along
+variables): the tests run float16, whose dots the interpreter gets right
+(bfloat16's it does not).
 
 Under the interpreter the block sizes and steps per program change what is
 computed (loop bounds, tails, padding); warps and stages do not, and are
@@ -81,21 +84,21 @@ def test_launch_setting_matches_float64_reference(kernel, setting, monkeypatch, 
     shape = VAR_SHAPE if axis == "variable" else TIME_SHAPE
     monkeypatch.setitem(attention_launch.LAUNCH_OVERRIDE, kernel, setting)
     mask = random_mask(shape[0], shape[2], seed=21)
-    qkv, ref_qkv = make_inputs(shape, torch.float32, mask, seed=5)
+    qkv, ref_qkv = make_inputs(shape, torch.float16, mask, seed=5)
     H, Dh = shape[3], shape[4]
-    bias = torch.randn(3 * H * Dh, generator=torch.Generator().manual_seed(6)).to(DEVICE).requires_grad_()
-    ref_bias = bias.detach().double().cpu().requires_grad_()
+    bias = torch.randn(3 * H * Dh, generator=torch.Generator().manual_seed(6)).half().to(DEVICE).requires_grad_()
+    ref_bias = bias.detach().double().cpu().requires_grad_()  # the same rounded values
     grad_out = poison_padding(torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)),
                               mask, 2)
     out = kernels.masked_attention_qkvpacked(qkv, mask.to(DEVICE), axis, bias=bias, backend="triton")
-    grad, dbias = torch.autograd.grad(out, (qkv, bias), grad_out.float().to(DEVICE))
+    grad, dbias = torch.autograd.grad(out, (qkv, bias), grad_out.half().to(DEVICE))
     rq, rk, rv = (ref_qkv + ref_bias.view(3, H, Dh)).unbind(3)
     ref_out = reference.attention(rq, rk, rv, mask, axis)
     ref_grad, ref_dbias = torch.autograd.grad(ref_out, (ref_qkv, ref_bias), grad_out.nan_to_num())
-    check_parity(out, grad, ref_out, ref_grad, mask, 1e-5, 1e-5, 1e-5)
+    check_parity(out, grad, ref_out, ref_grad, mask, 1e-2, 1e-2, 1e-2)  # as the fp16 cases of test_attention_triton
     dbias, ref_dbias = dbias.cpu().view(3, H, Dh), ref_dbias.view(3, H, Dh)
     for i, name in ((0, "dbq"), (2, "dbv")):
-        assert_close(dbias[i], ref_dbias[i], atol=1e-4, rtol=1e-5, name=name)
+        assert_close(dbias[i], ref_dbias[i], atol=1e-1, rtol=1e-2, name=name)
 
     # the override reached the kernel it names, and only that one
     name = {"fwd": "_time_fwd_kernel", "dq": "_time_bwd_dq_kernel", "dkdv": "_time_bwd_dkdv_kernel"}.get(
@@ -104,8 +107,7 @@ def test_launch_setting_matches_float64_reference(kernel, setting, monkeypatch, 
     if axis == "time":
         assert len(ran) == 1
         block_m, block_n, warps, stages = setting
-        assert (ran[0]["BLOCK_M"], ran[0]["BLOCK_N"], ran[0]["num_warps"]) == (block_m, block_n, warps)
-        assert ran[0]["NUM_STAGES"] == 1  # float32 is never pipelined
+        assert (ran[0]["BLOCK_M"], ran[0]["BLOCK_N"], ran[0]["num_warps"], ran[0]["NUM_STAGES"]) == setting
     else:
         backward = kernel == "var_bwd"
         (args,) = [a for a in ran if a["BACKWARD"] == backward]
@@ -121,7 +123,7 @@ def test_time_setting_on_block_boundaries(kernel, setting, monkeypatch):
     time setting: its loop bounds are computed from its own block sizes."""
     monkeypatch.setitem(attention_launch.LAUNCH_OVERRIDE, kernel, setting)
     mask = boundary_masks(T_BOUNDARY, (32, 64, 128))
-    check_against_reference((mask.shape[0], 1, T_BOUNDARY, 1, 32), mask, "time", 1e-5)
+    check_against_reference((mask.shape[0], 1, T_BOUNDARY, 1, 32), mask, "time", 1e-2, torch.float16)
 
 
 @pytest.mark.parametrize("steps", sorted({s[0] for k in ("var_fwd", "var_bwd")
@@ -132,20 +134,27 @@ def test_variable_steps_per_program_on_block_boundaries(steps, monkeypatch):
     monkeypatch.setitem(attention_launch.LAUNCH_OVERRIDE, "var_fwd", (steps, 2))
     monkeypatch.setitem(attention_launch.LAUNCH_OVERRIDE, "var_bwd", (steps, 2))
     mask = boundary_masks(17, (4, 8, 16))
-    check_against_reference((mask.shape[0], 24, 17, 1, 32), mask, "variable", 1e-5)
+    check_against_reference((mask.shape[0], 24, 17, 1, 32), mask, "variable", 1e-2, torch.float16)
 
 
-def test_override_applies_at_the_tuned_head_dim_only(monkeypatch):
-    """The candidates are compiled and tested at Dh=32; another head dim
-    keeps the table whatever is overridden."""
+def test_override_applies_in_the_tuned_case_only(monkeypatch):
+    """The candidates are compiled and tested at Dh=32 with 16-bit inputs
+    (and a 32-row variable tile); any other case keeps the table whatever
+    is overridden."""
     monkeypatch.setitem(attention_launch.LAUNCH_OVERRIDE, "fwd", (128, 64, 8, 3))
     monkeypatch.setitem(attention_launch.LAUNCH_OVERRIDE, "var_bwd", (16, 2))
     assert attention_launch.time_blocks(32, "fwd") == (128, 64, 8, 3)
-    assert attention_launch.time_blocks(32, "fwd", torch.float32) == (128, 64, 8, 1)
+    assert attention_launch.time_blocks(32, "fwd", torch.float16) == (128, 64, 8, 3)
+    assert attention_launch.time_blocks(32, "fwd", torch.float32) == (64, 64, 4, 1)
     assert attention_launch.time_blocks(16, "fwd") == (64, 64, 4, 3)
     assert attention_launch.time_blocks(128, "fwd") == (64, 32, 4, 3)
+    assert attention_launch.time_blocks(32, "dq") == (64, 64, 4, 3)
     assert attention_launch.var_blocks(24, 32, "var_bwd") == (32, 16, 2)
+    assert attention_launch.var_blocks(17, 32, "var_bwd", torch.float16) == (32, 16, 2)
+    assert attention_launch.var_blocks(24, 32, "var_bwd", torch.float32) == (32, 8, 2)
     assert attention_launch.var_blocks(24, 64, "var_bwd") == (32, 8, 2)
+    assert attention_launch.var_blocks(16, 32, "var_bwd") == (16, 8, 2)
+    assert attention_launch.var_blocks(40, 32, "var_bwd") == (64, 8, 4)
     assert attention_launch.var_blocks(24, 32, "var_fwd") == (32, 8, 2)
 
 

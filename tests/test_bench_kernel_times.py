@@ -41,11 +41,15 @@ def test_attention_sweep_times_every_candidate_on_its_kernels_case():
         fn()
         return 1.0
 
-    rows = list(kernel_times.attention_sweep(1, "cpu", time_ms=fake_time, steps=20, heads=1, n_vars=3))
+    attention_launch.LAUNCH_OVERRIDE["dq"] = (64, 32, 4, 3)  # e.g. from MIGT_ATTENTION_LAUNCH: put back after
+    try:
+        rows = list(kernel_times.attention_sweep(1, "cpu", time_ms=fake_time, steps=20, heads=1, n_vars=3))
+        assert attention_launch.LAUNCH_OVERRIDE == {"dq": (64, 32, 4, 3)}
+    finally:
+        attention_launch.LAUNCH_OVERRIDE.clear()
     candidates = [(kernel, setting) for kernel, settings in attention_launch.LAUNCH_CANDIDATES.items()
                   for setting in settings]
     assert len(rows) == len(seen) == len(candidates)
-    assert attention_launch.LAUNCH_OVERRIDE == {}
     for (kernel, setting), override, (label, name, ms, nbytes) in zip(candidates, seen, rows):
         assert override == {kernel: setting}
         assert label.startswith(f"{kernel} {'x'.join(map(str, setting))}")

@@ -50,11 +50,11 @@ def boundary_masks(steps, sizes):
     return torch.stack(rows)
 
 
-def check_against_reference(shape, mask, axis, tol):
-    qkv, ref_qkv = make_inputs(shape, torch.float32, mask, seed=2)
+def check_against_reference(shape, mask, axis, tol, dtype=torch.float32):
+    qkv, ref_qkv = make_inputs(shape, dtype, mask, seed=2)
     grad_out = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     grad_out = poison_padding(grad_out, mask, 2)  # padded outputs are constants: their gradient is ignored
-    out, grad = run_triton(qkv, mask, axis, grad_out.float())
+    out, grad = run_triton(qkv, mask, axis, grad_out.to(dtype))
     ref_out, ref_grad = run_reference(ref_qkv, mask, axis, grad_out.nan_to_num())
     check_parity(out, grad, ref_out, ref_grad, mask, tol, tol, tol)
 

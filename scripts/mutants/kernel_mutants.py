@@ -643,8 +643,10 @@ MUTANTS = [
     # ------------------------------------------------------------ attention launch settings a tuning run compares
     Mutant(
         "attention-launch-override-ignored", "kernels/attention_launch.py", "span",
-        "    if head_dim == TUNED_HEAD_DIM and kernel in LAUNCH_OVERRIDE:\n        block_m, block_n, warps, stages",
-        "    if head_dim == TUNED_HEAD_DIM and kernel in ():\n        block_m, block_n, warps, stages",
+        "    if kernel in LAUNCH_OVERRIDE and head_dim == TUNED_HEAD_DIM and dtype in TUNED_DTYPES:\n"
+        "        block_m, block_n, warps, stages",
+        "    if kernel in () and head_dim == TUNED_HEAD_DIM and dtype in TUNED_DTYPES:\n"
+        "        block_m, block_n, warps, stages",
         (ATT_LAUNCH,),
         "the time kernels ignore a tuning run's setting: the sweep would time the table under every label",
     ),
@@ -657,18 +659,25 @@ MUTANTS = [
     ),
     # ------------------------------------------------------------ the blocks' GEMM parameters cast together
     Mutant(
-        "cast-together-gradients-cast-one-by-one", "kernels/cast_together.py", "reduction",
-        "flat = torch.cat([g.reshape(-1) for g in grads]).to(ctx.in_dtype)",
-        "flat = torch.cat([g.reshape(-1) for g in grads])",
+        "cast-together-gradients-cast-one-by-one", "kernels/param_cast.py", "reduction",
+        "        return (None, *_split_as(_cat_as(grads, ctx.in_dtype), ctx.shapes))",
+        "        return (None, *_split_as(_cat_as(grads, grads[0].dtype), ctx.shapes))",
         ("tests/test_cast_together.py",),
         "the gradients leave in 16 bits: autograd casts each to float32 on its own (the launches this saves)",
     ),
     Mutant(
-        "cast-together-gradients-shifted", "kernels/cast_together.py", "reduction",
-        "        return (None, *(part.view(shape) for part, shape in zip(flat.split(sizes), ctx.shapes)))",
-        "        return (None, *(part.view(shape) for part, shape in zip(flat.roll(1).split(sizes), ctx.shapes)))",
+        "cast-together-gradients-shifted", "kernels/param_cast.py", "reduction",
+        "        return (None, *_split_as(_cat_as(grads, ctx.in_dtype), ctx.shapes))",
+        "        return (None, *_split_as(_cat_as(grads, ctx.in_dtype).roll(1), ctx.shapes))",
         ("tests/test_cast_together.py",),
         "each gradient is read one element off in the concatenation",
+    ),
+    Mutant(
+        "cast-together-frozen-copies-differentiable", "kernels/param_cast.py", "masking",
+        "        ctx.mark_non_differentiable(*(o for o, t in zip(outs, tensors) if not t.requires_grad))\n",
+        "",
+        ("tests/test_cast_together.py",),
+        "a frozen parameter's copy requires grad: the ops downstream compute a weight gradient nobody reads",
     ),
     Mutant(
         "model-block-ffn-ignores-cast-parameters", "migt/blocks.py", "masking",
