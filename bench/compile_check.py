@@ -160,14 +160,8 @@ def attention_launch_cases(quick: bool):
         axis = "variable" if kernel.startswith("var") else "time"
         for setting in settings:
             def run(kernel=kernel, setting=setting, axis=axis):
-                saved = dict(attention_launch.LAUNCH_OVERRIDE)
-                attention_launch.LAUNCH_OVERRIDE.clear()
-                attention_launch.LAUNCH_OVERRIDE[kernel] = setting
-                try:
+                with attention_launch.overridden(kernel, setting):
                     attention.masked_attention_qkvpacked(qkv, mask, axis, bias=bias).sum().backward()
-                finally:
-                    attention_launch.LAUNCH_OVERRIDE.clear()
-                    attention_launch.LAUNCH_OVERRIDE.update(saved)
 
             yield f"attention {kernel} {attention_launch.format_setting(setting)}", run
 

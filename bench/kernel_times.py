@@ -170,19 +170,12 @@ def attention_sweep(batch: int, device="cuda", time_ms=None, **shape):
     time_ms = time_ms or _time_ms
     case_of = {"fwd": 0, "dq": 1, "dkdv": 1, "var_fwd": 2, "var_bwd": 3}
     cases = attention_cases(batch, device, **shape)
-    overrides = attention_launch.LAUNCH_OVERRIDE
-    saved = dict(overrides)  # e.g. from MIGT_ATTENTION_LAUNCH: back as it was afterwards
-    try:
-        for kernel, settings in attention_launch.LAUNCH_CANDIDATES.items():
-            name, fn, nbytes = cases[case_of[kernel]]
-            for i, setting in enumerate(settings):
-                overrides.clear()
-                overrides[kernel] = setting
-                label = f"{kernel} {attention_launch.format_setting(setting)}{' (table)' if i == 0 else ''}"
-                yield label, name, time_ms(fn), nbytes
-    finally:
-        overrides.clear()
-        overrides.update(saved)
+    for kernel, settings in attention_launch.LAUNCH_CANDIDATES.items():
+        name, fn, nbytes = cases[case_of[kernel]]
+        for i, setting in enumerate(settings):
+            with attention_launch.overridden(kernel, setting):
+                ms = time_ms(fn)
+            yield f"{kernel} {attention_launch.format_setting(setting)}{' (table)' if i == 0 else ''}", name, ms, nbytes
 
 
 def fastest_attention_settings(records) -> str:

@@ -20,6 +20,7 @@ that is not a candidate is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -98,6 +99,21 @@ def var_blocks(n_vars: int, head_dim: int, kernel: str = "var_fwd", dtype: torch
     tile = block_v * max(block_v, head_dim)
     warps = 2 if tile <= 32 * 64 else 4 if tile <= 64 * 64 else 8
     return block_v, 8, warps
+
+
+@contextlib.contextmanager
+def overridden(kernel: str, setting):
+    """Only ``kernel`` overridden, with ``setting``, inside the block; the
+    overrides (e.g. MIGT_ATTENTION_LAUNCH's) as they were afterwards. What a
+    sweep or a compile check of one candidate runs under."""
+    saved = dict(LAUNCH_OVERRIDE)
+    LAUNCH_OVERRIDE.clear()
+    LAUNCH_OVERRIDE[kernel] = setting
+    try:
+        yield
+    finally:
+        LAUNCH_OVERRIDE.clear()
+        LAUNCH_OVERRIDE.update(saved)
 
 
 def format_setting(setting) -> str:

@@ -179,22 +179,19 @@ class GatedVariableBlock(nn.Module):
         )
 
     def gemm_parameters(self) -> dict:
-        """The block's GEMM parameters (AxisAttentionBlock.gemm_parameters)
-        under "block.", and the gate's."""
-        params = {f"block.{name}": p for name, p in self.block.gemm_parameters().items()}
-        params.update({"gate.weight": self.gate.weight, "gate.bias": self.gate.bias})
-        return params
+        """The block's GEMM parameters (AxisAttentionBlock.gemm_parameters,
+        the same names) and the gate's."""
+        return {**self.block.gemm_parameters(), "gate.weight": self.gate.weight, "gate.bias": self.gate.bias}
 
     def _forward_fused(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict]) -> torch.Tensor:
         # the block's FFN half and this gated norm are one node, which sums
         # the gradients of x's three uses in its own passes
         block = self.block
         w = gemm_params or self.gemm_parameters()
-        block_params = {name[len("block."):]: p for name, p in w.items() if name.startswith("block.")}
-        x, branch = block.fused_attention_half(x, mask, block_params)
+        x, branch = block.fused_attention_half(x, mask, w)  # it reads its own names, not the gate's
         return kernels.gated_feed_forward(
             x, branch, block.norm_ff.weight, block.norm_ff.bias,
-            w["block.ff.fc1.weight"], w["block.ff.fc1.bias"], w["block.ff.fc2.weight"], w["block.ff.fc2.bias"],
+            w["ff.fc1.weight"], w["ff.fc1.bias"], w["ff.fc2.weight"], w["ff.fc2.bias"],
             w["gate.weight"], w["gate.bias"], self.norm_weight, self.norm_bias,
             dropout_p=block.ffn_dropout_p, eps=block.norm_ff.eps, out_eps=self.eps,
             recompute_hidden=block.recompute_ffn_hidden, branch_bias=block.out_proj.bias, backend="triton",
