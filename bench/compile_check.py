@@ -299,6 +299,29 @@ def pooling_cases(quick: bool):
         yield f"pooling {dtype}->{out} D={d}", run
 
 
+def gelu_gemm_cases(quick: bool):
+    """kernels/gelu_gemm.py (the FFN's ``gelu_in_gemm`` path): the forward
+    GEMM writing hidden and g, g alone (selective recompute) and the hidden
+    alone (its recompute in the backward), and the backward GEMM, with and
+    without dropout, in both 16-bit dtypes (not quick); at the model's D and d_ff
+    (K a multiple of the K step) and (not quick) an odd D."""
+    from kernels import gelu_gemm
+
+    dtypes = ("bf16",) if quick else ("bf16", "fp16")
+    shapes = [(256, 1024)] + ([] if quick else [(48, 96)])
+    for dtype, (d, c), p in itertools.product(dtypes, shapes, (0.0, 0.1)):
+        def run(dtype=DTYPES[dtype], d=d, c=c, p=p):
+            seeds = torch.tensor([1, 2, 3])
+            h, w1, b1 = torch.zeros(200, d, dtype=dtype), torch.zeros(c, d, dtype=dtype), torch.zeros(c, dtype=dtype)
+            hidden = torch.zeros(200, c, dtype=dtype)
+            gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, 1, hidden=hidden)
+            gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, 1)
+            gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, 1, hidden=hidden, write_g=False)
+            gelu_gemm.dhidden_gelu(h, torch.zeros(d, c, dtype=dtype), hidden, seeds, p, 1)
+
+        yield f"gelu_gemm {dtype} D={d} d_ff={c} p={p}", run
+
+
 # One entry per kernel module: name -> function(quick) yielding (label, thunk)
 # pairs, each thunk running the host code that launches that module's
 # kernels. A new kernel module registers its variants here.
@@ -311,6 +334,7 @@ KERNEL_MODULES = {
     "dropout": dropout_cases,
     "value_embedding": value_embedding_cases,
     "pooling": pooling_cases,
+    "gelu_gemm": gelu_gemm_cases,
 }
 
 

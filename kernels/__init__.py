@@ -276,7 +276,8 @@ def layer_norm(x, weight, bias, eps: float = 1e-5, *, backend: str = "auto"):
 
 def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                           dropout_p: float = 0.0, eps: float = 1e-5, *, seeds=None,
-                          recompute_hidden: bool = False, branch_bias=None, backend: str = "auto"):
+                          recompute_hidden: bool = False, branch_bias=None, gelu_in_gemm: bool = False,
+                          backend: str = "auto"):
     """The second half of a pre-norm transformer block, with the residual add
     of the first half:
 
@@ -301,6 +302,12 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
     (e.g. attention's out_proj run without it), added in float32 at least:
     the Triton backward sums its gradient in the pass that writes dbranch,
     with no pass of its own over the (..., D) gradient.
+
+    gelu_in_gemm=True (triton backend, GEMMs in a 16-bit dtype or float32):
+    the first GEMM runs as a Triton kernel whose epilogue applies the GELU
+    and the dropout, and so does the backward's d-hidden GEMM
+    (kernels/gelu_gemm.py), instead of cuBLAS GEMMs and separate passes over
+    the (..., d_ff) hidden. The same function; the other backends ignore it.
     """
     _validate.feed_forward_inputs(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                   dropout_p, seeds, branch_bias)
@@ -310,16 +317,18 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
                               lambda: _triton_reason("residual_feed_forward", x))
     fc1_weight, fc1_bias, fc2_weight, fc2_bias = _in_gemm_dtype(
         _gemm_dtype(x, fc1_weight), fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    impl = _triton_module("residual_feed_forward") if choice == "triton" else reference
-    return impl.residual_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias,
-                                      fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, recompute_hidden,
-                                      branch_bias=branch_bias)
+    args = (x, branch, seeds, float(dropout_p), norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+            eps, recompute_hidden)
+    if choice == "triton":
+        return _triton_module("residual_feed_forward").residual_feed_forward(
+            *args, branch_bias=branch_bias, gelu_in_gemm=gelu_in_gemm)
+    return reference.residual_feed_forward(*args, branch_bias=branch_bias)
 
 
 def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                        gate_weight, gate_bias, out_norm_weight, out_norm_bias, dropout_p: float = 0.0,
                        eps: float = 1e-5, out_eps: float = 1e-5, *, seeds=None, recompute_hidden: bool = False,
-                       branch_bias=None, backend: str = "auto"):
+                       branch_bias=None, gelu_in_gemm: bool = False, backend: str = "auto"):
     """residual_feed_forward followed by the gated residual norm whose gate is
     a Linear of x, the tail of a variable block:
 
@@ -328,7 +337,7 @@ def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, 
                                      out_norm_weight, out_norm_bias, out_eps)
 
     x, branch and the FFN's arguments (dropout, seeds, recompute_hidden,
-    branch_bias included) as in residual_feed_forward; gate_weight (D, D), gate_bias,
+    branch_bias, gelu_in_gemm included) as in residual_feed_forward; gate_weight (D, D), gate_bias,
     out_norm_weight, out_norm_bias (D,). The gate's GEMM runs in the FFN
     GEMMs' dtype. Returns out in x's dtype. With the Triton backend one
     autograd node: the three gradients of x (the FFN's residual, the gate,
@@ -343,10 +352,12 @@ def gated_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bias, 
                               lambda: _triton_reason("gated_feed_forward", x))
     fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias = _in_gemm_dtype(
         _gemm_dtype(x, fc1_weight), fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias)
-    impl = _triton_module("gated_feed_forward") if choice == "triton" else reference
-    return impl.gated_feed_forward(x, branch, seeds, float(dropout_p), norm_weight, norm_bias, fc1_weight, fc1_bias,
-                                   fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-                                   eps, out_eps, recompute_hidden, branch_bias=branch_bias)
+    args = (x, branch, seeds, float(dropout_p), norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+            gate_weight, gate_bias, out_norm_weight, out_norm_bias, eps, out_eps, recompute_hidden)
+    if choice == "triton":
+        return _triton_module("gated_feed_forward").gated_feed_forward(
+            *args, branch_bias=branch_bias, gelu_in_gemm=gelu_in_gemm)
+    return reference.gated_feed_forward(*args, branch_bias=branch_bias)
 
 
 def dropout(x, p: float, *, seeds=None, backend: str = "auto"):

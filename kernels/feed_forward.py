@@ -18,6 +18,9 @@ stored. The first bias's gradient is reduced inside the GELU backward, the
 second's inside the dropout-gradient pass (two stages each, deterministic).
 A large batch runs a chunk of rows at a time (kernels/chunking.py), so no
 (rows, d_ff) tensor but the kept hidden is ever made for the whole batch.
+With ``gelu_in_gemm`` the first GEMM and the GELU + dropout pass are one
+Triton kernel, and so are the d-hidden GEMM and the GELU backward
+(kernels/gelu_gemm.py).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import triton.language as tl
 
 from ._launch import backward_programs, cdiv, loop_stages
 from ._tiles import branch_rows, cast_for, keep_tile, split_scalar, tile_offsets
+from . import gelu_gemm
 from .gelu import gelu, gelu_and_grad
 from .chunking import ChunkGradients, mm_float32, row_chunks
 from .norm_linear import (
@@ -272,7 +276,8 @@ def unsupported_reason(x: torch.Tensor) -> Optional[str]:
 
 
 def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                     keep_hidden: bool, chunks=None, after_chunk=None, x_low_dtype=None, branch_bias=None):
+                     keep_hidden: bool, chunks=None, after_chunk=None, x_low_dtype=None, branch_bias=None,
+                     gelu_in_gemm: bool = False):
     """Returns out, mean, rstd (N,), and hidden (N, C) (an empty tensor when
     not kept). x_mid is never stored: the output pass and the backward
     rebuild it from x and the branch. Runs a chunk of rows at a time
@@ -280,7 +285,9 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
     after_chunk(rows, out_rows, x_low_rows), when given, runs after each
     chunk's output is written, with x's rows in x_low_dtype as the chunk's
     norm pass wrote them (None without x_low_dtype). branch_bias: (D,)
-    added to the branch (x_mid = x + dropout(branch + branch_bias))."""
+    added to the branch (x_mid = x + dropout(branch + branch_bias)).
+    gelu_in_gemm: the first GEMM and the GELU + dropout as one Triton kernel
+    (kernels/gelu_gemm.py) where its dtype allows, instead of cuBLAS and a pass."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     x2, branch2 = x.reshape(-1, D), branch.reshape(-1, D)
     N = x2.shape[0]
@@ -290,19 +297,25 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
     rstd = torch.empty((N,), dtype=acc, device=x.device)
     hidden = (torch.empty((N, C), dtype=fc1_weight.dtype, device=x.device) if keep_hidden
               else x.new_empty((0,), dtype=fc1_weight.dtype))
+    gelu_in_gemm = gelu_in_gemm and gelu_gemm.applies(fc1_weight)
     for start, end in chunks or row_chunks(N, C, fc1_weight.element_size()):
         rows = slice(start, end)
         x_low = torch.empty((end - start, D), dtype=x_low_dtype, device=x.device) if x_low_dtype else None
         _, h, _, _ = residual_norm_fwd(x2[rows], branch2[rows], seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
                                        fc1_weight.dtype, row0=start, stats=(mean[rows], rstd[rows]), x_low=x_low,
                                        branch_bias=branch_bias)
-        if keep_hidden:
-            hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t(), out=hidden[rows])  # [rows, C]
+        if gelu_in_gemm:  # without keep_hidden the hidden is never written
+            g = gelu_gemm.fc1_gelu(h, fc1_weight, fc1_bias, seeds, p, HIDDEN_SITE, row0=start,
+                                   hidden=hidden[rows] if keep_hidden else None)
+            del h
         else:
-            hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t())
-        del h
-        g = gelu_dropout_fwd(hidden_rows, seeds, p, row0=start)
-        del hidden_rows
+            if keep_hidden:
+                hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t(), out=hidden[rows])  # [rows, C]
+            else:
+                hidden_rows = torch.addmm(fc1_bias, h, fc1_weight.t())
+            del h
+            g = gelu_dropout_fwd(hidden_rows, seeds, p, row0=start)
+            del hidden_rows
         f = torch.addmm(fc2_bias, g, fc2_weight.t())  # [rows, D]
         del g
         residual_out(x2[rows], branch2[rows], f, seeds, p, row0=start, out=out[rows], branch_bias=branch_bias)
@@ -314,24 +327,34 @@ def feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weigh
 
 def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranch, seeds, p,
                           norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, weight_grads_float32,
-                          dx_add=None, accumulate_dx: bool = False, branch_bias=None):
+                          dx_add=None, accumulate_dx: bool = False, branch_bias=None, gelu_in_gemm: bool = False):
     """One chunk of feed_forward_bwd: writes dx and dbranch of these rows
     (start: the index of the first) and returns their parameter gradients
     dnorm_w, dnorm_b, dW1, db1, dW2, db2 (dW1 and dW2 in float32 when
     weight_grads_float32, for a sum over chunks), and with branch_bias its
     gradient (the column sums of dbranch, made in the norm backward pass).
     hidden is None under selective recompute. dx_add and accumulate_dx:
-    gradients of x's other uses, added to dx alone (norm_linear.residual_norm_bwd)."""
+    gradients of x's other uses, added to dx alone (norm_linear.residual_norm_bwd).
+    gelu_in_gemm: as feed_forward_fwd's (the d-hidden GEMM and the GELU +
+    dropout backward as one kernel; a recomputed hidden by the forward's kernel)."""
     weight_grad = mm_float32 if weight_grads_float32 else torch.mm
     df, db2 = dropout_grad(dout, seeds, p, fc2_weight.dtype, mean.dtype, row0=start)  # [rows, D], [D]
     _, h, _, _ = residual_norm_fwd(x, branch, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
                                    fc1_weight.dtype, store_stats=False, row0=start, branch_bias=branch_bias)
-    if hidden is None:
-        hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
-    dg = df @ fc2_weight  # [rows, C]
-    # dhidden (over dg's buffer), db1, and g again (for dW2) in one pass over the hidden
-    dhidden, db1, g = gelu_dropout_bwd(dg, hidden, seeds, p, row0=start)
-    del dg, hidden
+    if gelu_in_gemm and gelu_gemm.applies(fc1_weight):
+        if hidden is None:  # the forward kernel's GEMM again: the same bits as the g it made
+            hidden = torch.empty((h.shape[0], fc1_weight.shape[0]), dtype=fc1_weight.dtype, device=h.device)
+            gelu_gemm.fc1_gelu(h, fc1_weight, fc1_bias, seeds, p, HIDDEN_SITE, row0=start, hidden=hidden,
+                               write_g=False)
+        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, HIDDEN_SITE, row0=start)
+        del hidden
+    else:
+        if hidden is None:
+            hidden = torch.addmm(fc1_bias, h, fc1_weight.t())
+        dg = df @ fc2_weight  # [rows, C]
+        # dhidden (over dg's buffer), db1, and g again (for dW2) in one pass over the hidden
+        dhidden, db1, g = gelu_dropout_bwd(dg, hidden, seeds, p, row0=start)
+        del dg, hidden
     dw2 = weight_grad(df.t(), g)
     del g, df
     dh = dhidden @ fc1_weight
@@ -353,7 +376,7 @@ def grad_dtypes(fc1_weight, fc2_weight, branch_bias=None) -> list:
 
 
 def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                     fc1_weight, fc1_bias, fc2_weight, branch_bias=None):
+                     fc1_weight, fc1_bias, fc2_weight, branch_bias=None, gelu_in_gemm: bool = False):
     """Gradients of feed_forward_fwd: dx, dbranch, dnorm_w, dnorm_b, dW1, db1,
     dW2, db2, and the branch bias's (an empty tensor without one).
 
@@ -375,7 +398,7 @@ def feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight,
             start, dout2[rows], x2[rows], branch2[rows], mean[rows], rstd[rows],
             hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
             norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, len(chunks) > 1,
-            branch_bias=branch_bias,
+            branch_bias=branch_bias, gelu_in_gemm=gelu_in_gemm,
         ))
     dnw, dnb, dw1, db1, dw2, db2, *dbb = grads.result()
     dbb = dbb[0] if dbb else mean.new_empty((0,))
@@ -390,15 +413,15 @@ def _feed_forward_op(
     x: torch.Tensor, branch: torch.Tensor, seeds: torch.Tensor, p: float,
     norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
     fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
-    keep_hidden: bool, branch_bias: Optional[torch.Tensor],
+    keep_hidden: bool, branch_bias: Optional[torch.Tensor], gelu_in_gemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps,
-                            fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden, branch_bias=branch_bias)
+    return feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
+                            fc2_bias, keep_hidden, branch_bias=branch_bias, gelu_in_gemm=gelu_in_gemm)
 
 
 @_feed_forward_op.register_fake
 def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
-      branch_bias):
+      branch_bias, gelu_in_gemm):
     N = x.numel() // x.shape[-1]
     acc = compute_dtype(x.dtype)
     hidden_shape = (N, fc1_weight.shape[0]) if keep_hidden else (0,)
@@ -411,16 +434,16 @@ def _feed_forward_backward_op(
     dout: torch.Tensor, x: torch.Tensor, branch: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     hidden: torch.Tensor, seeds: torch.Tensor, p: float, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
     eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
-    branch_bias: Optional[torch.Tensor],
+    branch_bias: Optional[torch.Tensor], gelu_in_gemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     return feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
-                            fc1_weight, fc1_bias, fc2_weight, branch_bias)
+                            fc1_weight, fc1_bias, fc2_weight, branch_bias, gelu_in_gemm)
 
 
 @_feed_forward_backward_op.register_fake
 def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
-      branch_bias):
+      branch_bias, gelu_in_gemm):
     D = x.shape[-1]
     C = fc1_weight.shape[0]
     return (x.new_empty(x.shape), branch.new_empty(branch.shape),
@@ -432,12 +455,13 @@ def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps
 
 
 def _setup_context(ctx, inputs, output):
-    (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _, branch_bias) = inputs
+    (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _, _, branch_bias,
+     gelu_in_gemm) = inputs
     _, mean, rstd, hidden = output
     # mean, rstd and hidden are outputs only to be saved: no zero-filled
     # gradients for them (the hidden's would be an (N, d_ff) write)
     ctx.set_materialize_grads(False)
-    ctx.p, ctx.eps = p, eps
+    ctx.p, ctx.eps, ctx.gelu_in_gemm = p, eps, gelu_in_gemm
     # x (kept anyway by the block's first node: the same storage) and the
     # branch in its GEMM dtype, not x_mid in the stream's: half the bytes in
     # a float32 stream
@@ -452,12 +476,12 @@ def _backward(ctx, dout, _dmean, _drstd, _dhidden):
         dout = torch.zeros_like(x)
     dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dbb = _feed_forward_backward_op(
         dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
-        fc1_weight, fc1_bias, fc2_weight, branch_bias,
+        fc1_weight, fc1_bias, fc2_weight, branch_bias, ctx.gelu_in_gemm,
     )
     return (dx, dbranch, None, None,
             dnw.to(norm_weight.dtype), dnb.to(norm_bias.dtype), None,
             dw1, db1.to(fc1_weight.dtype), dw2, db2.to(fc2_weight.dtype), None,
-            dbb.to(branch_bias.dtype) if branch_bias is not None else None)
+            dbb.to(branch_bias.dtype) if branch_bias is not None else None, None)
 
 
 _feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -467,12 +491,13 @@ _feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                          eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None):
+                          eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None,
+                          gelu_in_gemm: bool = False):
     """x_mid = x + dropout(branch (+ branch_bias)); out = x_mid + dropout(fc2(dropout(gelu(fc1(layer_norm(x_mid)))))).
 
     x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
     p == 0); weights and biases already in the GEMMs' dtype; branch_bias
-    (D,) or None. Returns out in x's dtype.
+    (D,) or None; gelu_in_gemm: feed_forward_fwd's. Returns out in x's dtype.
     """
     # without grad (inference) nothing is kept: the hidden is made a chunk at a time too
     keep_hidden = not recompute_hidden and torch.is_grad_enabled()
@@ -480,5 +505,6 @@ def residual_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weigh
         x.contiguous(), branch.contiguous(), seeds.contiguous(), float(p), norm_weight, norm_bias, float(eps),
         fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
         branch_bias.contiguous() if branch_bias is not None else None,  # the kernels read it as one row
+        bool(gelu_in_gemm),
     )
     return out

@@ -53,9 +53,10 @@ def _gate_logits(x_low, gate_weight, gate_bias):
 
 def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
                            fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps,
-                           keep_hidden: bool, branch_bias=None):
+                           keep_hidden: bool, branch_bias=None, gelu_in_gemm: bool = False):
     """Returns out, and for the backward the update, the FFN's mean, rstd and
-    hidden, and the gated norm's mean and rstd."""
+    hidden, and the gated norm's mean and rstd. gelu_in_gemm: the FFN's
+    (feed_forward.feed_forward_fwd)."""
     D, C = x.shape[-1], fc1_weight.shape[0]
     x2 = x.reshape(-1, D)
     N = x2.shape[0]
@@ -77,13 +78,14 @@ def gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1
     update, mean, rstd, hidden = feed_forward.feed_forward_fwd(
         x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, keep_hidden,
         chunks=chunks, after_chunk=gate_and_norm,
-        x_low_dtype=gate_weight.dtype if gate_weight.dtype != x.dtype else None, branch_bias=branch_bias)
+        x_low_dtype=gate_weight.dtype if gate_weight.dtype != x.dtype else None, branch_bias=branch_bias,
+        gelu_in_gemm=gelu_in_gemm)
     return out.view(x.shape), update, mean, rstd, hidden, out_mean, out_rstd
 
 
 def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
                            fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias, out_norm_weight,
-                           out_norm_bias, out_mean, out_rstd, branch_bias=None):
+                           out_norm_bias, out_mean, out_rstd, branch_bias=None, gelu_in_gemm: bool = False):
     """Gradients of gated_feed_forward_fwd: dx, dbranch, then the FFN's
     parameters' (dnorm_w, dnorm_b, dW1, db1, dW2, db2), the gate's (dWg,
     dbg), the output norm's (dw, db) and the branch bias's (an empty tensor
@@ -120,7 +122,7 @@ def gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_w
             start, dupdate, x2[rows], branch2[rows], mean[rows], rstd[rows],
             hidden[rows] if keep_hidden else None, dx[rows], dbranch[rows], seeds, p,
             norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, several,
-            dx_add=dx_gate, accumulate_dx=True, branch_bias=branch_bias,
+            dx_add=dx_gate, accumulate_dx=True, branch_bias=branch_bias, gelu_in_gemm=gelu_in_gemm,
         )
         grads.add((*ffn_grads[:6], dgate_w, dgate_b, dnorm_w, dnorm_b, *ffn_grads[6:]))
     result = grads.result()
@@ -137,16 +139,16 @@ def _gated_feed_forward_op(
     norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float,
     fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
     gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor, out_norm_bias: torch.Tensor,
-    out_eps: float, keep_hidden: bool, branch_bias: Optional[torch.Tensor],
+    out_eps: float, keep_hidden: bool, branch_bias: Optional[torch.Tensor], gelu_in_gemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_feed_forward_fwd(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias,
                                   fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-                                  out_eps, keep_hidden, branch_bias)
+                                  out_eps, keep_hidden, branch_bias, gelu_in_gemm)
 
 
 @_gated_feed_forward_op.register_fake
 def _(x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-      gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps, keep_hidden, branch_bias):
+      gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_eps, keep_hidden, branch_bias, gelu_in_gemm):
     D = x.shape[-1]
     N = x.numel() // D
     acc = compute_dtype(x.dtype)
@@ -163,16 +165,17 @@ def _gated_feed_forward_backward_op(
     eps: float, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
     update: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor, out_norm_weight: torch.Tensor,
     out_norm_bias: torch.Tensor, out_mean: torch.Tensor, out_rstd: torch.Tensor, branch_bias: Optional[torch.Tensor],
+    gelu_in_gemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_feed_forward_bwd(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps,
                                   fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias,
-                                  out_norm_weight, out_norm_bias, out_mean, out_rstd, branch_bias)
+                                  out_norm_weight, out_norm_bias, out_mean, out_rstd, branch_bias, gelu_in_gemm)
 
 
 @_gated_feed_forward_backward_op.register_fake
 def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight,
-      update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd, branch_bias):
+      update, gate_weight, gate_bias, out_norm_weight, out_norm_bias, out_mean, out_rstd, branch_bias, gelu_in_gemm):
     D, C = x.shape[-1], fc1_weight.shape[0]
     acc = mean.dtype
     return (x.new_empty(x.shape), branch.new_empty(branch.shape),
@@ -186,10 +189,10 @@ def _(dout, x, branch, mean, rstd, hidden, seeds, p, norm_weight, norm_bias, eps
 
 def _setup_context(ctx, inputs, output):
     (x, branch, seeds, p, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, _,
-     gate_weight, gate_bias, out_norm_weight, out_norm_bias, _, _, branch_bias) = inputs
+     gate_weight, gate_bias, out_norm_weight, out_norm_bias, _, _, branch_bias, gelu_in_gemm) = inputs
     _, update, mean, rstd, hidden, out_mean, out_rstd = output
     ctx.set_materialize_grads(False)  # the outputs kept for the backward get no zero-filled gradients
-    ctx.p, ctx.eps = p, eps
+    ctx.p, ctx.eps, ctx.gelu_in_gemm = p, eps, gelu_in_gemm
     ctx.dtypes = (norm_weight.dtype, norm_bias.dtype, fc1_bias.dtype, gate_bias.dtype,
                   out_norm_weight.dtype, out_norm_bias.dtype)
     ctx.save_for_backward(x, branch, mean, rstd, hidden, seeds, norm_weight, norm_bias, fc1_weight, fc1_bias,
@@ -206,13 +209,13 @@ def _backward(ctx, dout, *_saved_only):
     dx, dbranch, dnw, dnb, dw1, db1, dw2, db2, dgw, dgb, donw, donb, dbb = _gated_feed_forward_backward_op(
         dout, x, branch, mean, rstd, hidden, seeds, ctx.p, norm_weight, norm_bias, ctx.eps,
         fc1_weight, fc1_bias, fc2_weight, update, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
-        out_mean, out_rstd, branch_bias,
+        out_mean, out_rstd, branch_bias, ctx.gelu_in_gemm,
     )
     nw_dt, nb_dt, b1_dt, gb_dt, onw_dt, onb_dt = ctx.dtypes
     return (dx, dbranch, None, None, dnw.to(nw_dt), dnb.to(nb_dt), None,
             dw1, db1.to(b1_dt), dw2, db2.to(fc2_weight.dtype),
             dgw, dgb.to(gb_dt), donw.to(onw_dt), donb.to(onb_dt), None, None,
-            dbb.to(branch_bias.dtype) if branch_bias is not None else None)
+            dbb.to(branch_bias.dtype) if branch_bias is not None else None, None)
 
 
 _gated_feed_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -223,13 +226,15 @@ _gated_feed_forward_op.register_autograd(_backward, setup_context=_setup_context
 
 def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                        gate_weight, gate_bias, out_norm_weight, out_norm_bias, eps: float = 1e-5,
-                       out_eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None):
+                       out_eps: float = 1e-5, recompute_hidden: bool = False, branch_bias=None,
+                       gelu_in_gemm: bool = False):
     """update = residual_feed_forward(x, branch, ...);
     out = x + sigmoid(x @ gate_weight.T + gate_bias) * (layer_norm(update; out_norm_weight, out_norm_bias) - x).
 
     x, branch: (..., D) (made contiguous); seeds: int64 (3,) (empty when
     p == 0); the GEMMs' weights and biases (FFN and gate) already in the
-    GEMMs' dtype; branch_bias (D,) or None, added to the branch. Returns out in x's dtype.
+    GEMMs' dtype; branch_bias (D,) or None, added to the branch; gelu_in_gemm:
+    residual_feed_forward's. Returns out in x's dtype.
     """
     keep_hidden = not recompute_hidden and torch.is_grad_enabled()
     out, *_ = _gated_feed_forward_op(
@@ -237,6 +242,7 @@ def gated_feed_forward(x, branch, seeds, p, norm_weight, norm_bias, fc1_weight, 
         fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_weight, gate_bias, out_norm_weight, out_norm_bias,
         float(out_eps), keep_hidden,
         branch_bias.contiguous() if branch_bias is not None else None,  # the kernels read it as one row
+        bool(gelu_in_gemm),
     )
     return out
 

@@ -73,6 +73,7 @@ class AxisAttentionBlock(nn.Module):
         self.norm_ff = nn.LayerNorm(D)
         self.ff = FeedForward(D, config.d_ff, config.dropout)
         self.recompute_ffn_hidden = config.recompute_ffn_hidden
+        self.ffn_gelu_in_gemm = config.ffn_gelu_in_gemm
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, gemm_params: Optional[dict] = None) -> torch.Tensor:
         """gemm_params: optional, the fused path's GEMM weights and biases
@@ -101,7 +102,8 @@ class AxisAttentionBlock(nn.Module):
             x, branch, self.norm_ff.weight, self.norm_ff.bias,
             w["ff.fc1.weight"], w["ff.fc1.bias"], w["ff.fc2.weight"], w["ff.fc2.bias"],
             dropout_p=self.ffn_dropout_p, eps=self.norm_ff.eps,
-            recompute_hidden=self.recompute_ffn_hidden, branch_bias=self.out_proj.bias, backend="triton",
+            recompute_hidden=self.recompute_ffn_hidden, branch_bias=self.out_proj.bias,
+            gelu_in_gemm=self.ffn_gelu_in_gemm, backend="triton",
         )
 
     @property
@@ -194,5 +196,6 @@ class GatedVariableBlock(nn.Module):
             w["ff.fc1.weight"], w["ff.fc1.bias"], w["ff.fc2.weight"], w["ff.fc2.bias"],
             w["gate.weight"], w["gate.bias"], self.norm_weight, self.norm_bias,
             dropout_p=block.ffn_dropout_p, eps=block.norm_ff.eps, out_eps=self.eps,
-            recompute_hidden=block.recompute_ffn_hidden, branch_bias=block.out_proj.bias, backend="triton",
+            recompute_hidden=block.recompute_ffn_hidden, branch_bias=block.out_proj.bias,
+            gelu_in_gemm=block.ffn_gelu_in_gemm, backend="triton",
         )

@@ -52,6 +52,13 @@ class MIGTConfig:
             GEMM there instead (selective recompute: less memory than the fused
             block alone, far less time than ``activation_checkpointing``).
             The other backends ignore it.
+        ffn_gelu_in_gemm: on the triton backend, run the FFN's first GEMM
+            (and the backward's d-hidden GEMM) as a Triton kernel that
+            applies the GELU and the dropout in its epilogue, instead of
+            cuBLAS and a separate pass over the (..., d_ff) hidden (less
+            memory traffic; kernels/gelu_gemm.py). The same model either
+            way; off until a GPU run shows it faster. With GEMMs in float64
+            the cuBLAS path runs. The other backends ignore it.
         residual_stream: dtype of the residual stream x between blocks under
             autocast: "float32" (default; every residual add in float32) or
             "autocast" (autocast's dtype, e.g. bfloat16, as Megatron-LM's
@@ -83,6 +90,7 @@ class MIGTConfig:
     variable_attention: str = "per_step"
     activation_checkpointing: bool = False
     recompute_ffn_hidden: bool = False
+    ffn_gelu_in_gemm: bool = False
     residual_stream: str = "float32"
     backend: str = "auto"
     revin_eps: float = 1e-5
@@ -134,7 +142,7 @@ class MIGTConfig:
             raise ValueError(f"residual_stream must be one of {RESIDUAL_STREAMS}; got {self.residual_stream!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
-        for name in ("activation_checkpointing", "recompute_ffn_hidden"):
+        for name in ("activation_checkpointing", "recompute_ffn_hidden", "ffn_gelu_in_gemm"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool; got {value!r} ({type(value).__name__})")

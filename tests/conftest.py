@@ -45,9 +45,9 @@ def poisoned_allocations(monkeypatch):
     modules see it: a patched torch.empty would be recorded for good by
     torch.compile's tables (imported lazily by the first custom-op call),
     which then refuse to trace the real one."""
-    from kernels import (attention, chunking, embedding, feed_forward, ffn_gated_norm, gated_norm, norm_linear,
-                         pooling, revin, seeded_dropout)
+    from kernels import (attention, chunking, embedding, feed_forward, ffn_gated_norm, gated_norm, gelu_gemm,
+                         norm_linear, pooling, revin, seeded_dropout)
 
-    for module in (attention, chunking, embedding, feed_forward, ffn_gated_norm, gated_norm, norm_linear, pooling,
-                   revin, seeded_dropout):
+    for module in (attention, chunking, embedding, feed_forward, ffn_gated_norm, gated_norm, gelu_gemm, norm_linear,
+                   pooling, revin, seeded_dropout):
         monkeypatch.setattr(module, "torch", _NaNAllocatingTorch(torch))

@@ -497,20 +497,20 @@ def test_custom_ops_pass_opcheck():
     branch_bias = torch.randn(16, requires_grad=True)
     args = (x, branch, seeds, 0.3, params["norm_weight"], params["norm_bias"], 1e-5,
             params["fc1_weight"], params["fc1_bias"], params["fc2_weight"], params["fc2_bias"], True)
-    for bias in (None, branch_bias):
-        torch.library.opcheck(feed_forward._feed_forward_op, args + (bias,))
+    for bias, gelu_in_gemm in ((None, False), (branch_bias, False), (branch_bias, True)):
+        torch.library.opcheck(feed_forward._feed_forward_op, args + (bias, gelu_in_gemm))
     # float64 residual with float32 weights, hidden not kept: the fakes must
     # give each output's (and each gradient's) real dtype
     x64, branch32 = residual_and_branch((2, 5, 16), torch.float64, torch.float32)
-    torch.library.opcheck(feed_forward._feed_forward_op, (x64, branch32, *args[2:-1], False, branch_bias))
+    torch.library.opcheck(feed_forward._feed_forward_op, (x64, branch32, *args[2:-1], False, branch_bias, False))
     # the backward op on its own (opcheck of the forward does not run its fake)
-    out, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False, None)
+    out, mean, rstd, hidden = feed_forward._feed_forward_op(x64, branch32, *args[2:-1], False, None, False)
     w1, b1, w2 = params["fc1_weight"], params["fc1_bias"], params["fc2_weight"]
     saved = [t.detach() for t in (x64, branch32, mean, rstd, hidden, params["norm_weight"], params["norm_bias"])]
     for bias in (None, branch_bias.detach()):
         torch.library.opcheck(feed_forward._feed_forward_backward_op,
                               (torch.randn_like(out.detach()), *saved[:5], seeds, 0.3, *saved[5:], 1e-5,
-                               w1.detach(), b1.detach(), w2.detach(), bias))
+                               w1.detach(), b1.detach(), w2.detach(), bias, False))
     w, b = torch.randn(48, 16, requires_grad=True), torch.randn(48, requires_grad=True)
     for pass_residual, bias in ((False, b), (True, b), (True, None)):  # None: the attention kernels add it
         torch.library.opcheck(norm_linear._layer_norm_linear_op,
