@@ -12,6 +12,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("MIGT_PLAIN_INTERPRETER"):
+    import fast_interpreter  # noqa: E402
+
+    fast_interpreter.install()
+
 
 import pytest  # noqa: E402
 
