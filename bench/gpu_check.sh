@@ -9,6 +9,7 @@
 #    shapes, after compilation (bench/gpu_parity.py), said loudly on a mismatch;
 # 3. the configurations users run: training step (and the pooled variable mode)
 #    of eager triton, eager sdpa and torch.compile of each, B=64 (OUT_DIR/configs/),
+#    and the triton step with the FFN's GELU in a Triton GEMM's epilogue,
 #    and the eager step with its input checks read from the device each step;
 #    then 24 steps of the trainer (its CUDA-only loss read-back);
 # 4. one training step under torch.profiler, kernels grouped (bench/profile.py),
@@ -70,8 +71,8 @@ fi
 
 echo "=== the configurations users run, B=64 ($(elapsed) s)"
 t=$(allow 150 200)
-timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_pooled train_step_recompute_ffn \
-    train_step_bf16_stream train_step_device_checks --batch-sizes 64 \
+timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_gelu_in_gemm train_step_pooled \
+    train_step_recompute_ffn train_step_bf16_stream train_step_device_checks --batch-sizes 64 \
     --backends triton sdpa compile compile_triton --dtype bf16 --time-budget $(( t > 50 ? t - 40 : 10 )) \
     --no-plots --out "$OUT_DIR/configs"
 step_failed "configurations" $?

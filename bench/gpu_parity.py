@@ -185,17 +185,18 @@ FUSED_TOL = {"fp64": 1e-10, "fp32": 2e-3, "fp16": 1e-2, "bf16": 4e-2}
 
 
 def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: float = 0.1,
-                      gated: bool = False) -> Check:
+                      gated: bool = False, gelu_in_gemm: bool = False) -> Check:
     """layer_norm_linear (the QKV GEMM, handing x on) feeding
     residual_feed_forward (add + dropout + norm, FFN with GELU + dropout,
     add), as a temporal block runs them, or with `gated` gated_feed_forward
     (the same FFN, then the gate Linear of x and the gated norm), as a
     variable block does: a float32 residual stream (float64 for fp64),
     weights and GEMMs in `dtype`, dropout p at every site with one set of
-    seeds for kernel and reference."""
+    seeds for kernel and reference. gelu_in_gemm: the FFN's GELU in the
+    Triton GEMMs' epilogues (kernels/gelu_gemm.py)."""
     import kernels
 
-    kind = "fused variable block" if gated else "fused block"
+    kind = ("fused variable block" if gated else "fused block") + (", GELU in GEMM" if gelu_in_gemm else "")
     name = f"{kind} {dtype} residual {'fp64' if dtype == 'fp64' else 'fp32'} p={p} B={s['B']} V={s['V']} T={s['T']} D={s['D']}"
     reason = _missing("residual_feed_forward", backend, device)
     if reason:
@@ -227,11 +228,12 @@ def check_fused_block(device, dtype: str, s: dict, backend: str = "triton", p: f
                                            t["qkv_bias"], return_residual=True, backend=be)
         ffn = (x, t["branch"], t["norm_weight"], t["norm_bias"], t["fc1_weight"], t["fc1_bias"],
                t["fc2_weight"], t["fc2_bias"])
+        options = {"gelu_in_gemm": gelu_in_gemm} if be == "triton" else {}
         if gated:
             out = kernels.gated_feed_forward(*ffn, t["gate_weight"], t["gate_bias"], t["out_norm_weight"],
-                                             t["out_norm_bias"], dropout_p=p, seeds=seeds, backend=be)
+                                             t["out_norm_bias"], dropout_p=p, seeds=seeds, backend=be, **options)
         else:
-            out = kernels.residual_feed_forward(*ffn, dropout_p=p, seeds=seeds, backend=be)
+            out = kernels.residual_feed_forward(*ffn, dropout_p=p, seeds=seeds, backend=be, **options)
         torch.autograd.backward([out, qkv], [grad_out.to(out.dtype), grad_qkv.to(qkv.dtype)])
         results[label] = {"out": out, "qkv": qkv, **{f"d{k}": v.grad for k, v in t.items()}}
     return _compare(name, {k: (results["kernel"][k], results["ref"][k]) for k in results["ref"]}, FUSED_TOL[dtype])
@@ -352,6 +354,37 @@ def check_gelu_16bit(device, dtype: str, s: dict) -> Check:
     return _compare(name, {"g": (g, g_ref), "dhidden": (dhidden, dh_ref)}, NORM_TOL[dtype])
 
 
+def check_gelu_gemm(device, dtype: str, s: dict) -> Check:
+    """kernels/gelu_gemm.py as compiled: the forward GEMM's g bit for bit the
+    separate pass's g of the hidden it wrote (and of the recompute's hidden),
+    the backward GEMM's g bit for bit the forward's (it feeds fc2's weight
+    gradient), its dhidden and db1 against float64 within the dtype's rounding."""
+    from kernels import dropout_seeds, feed_forward, gelu_gemm
+
+    N, D, C, p = s["B"] * s["V"] * s["T"], s["D"], 4 * s["D"], 0.1
+    name = f"GELU in the GEMMs' epilogues {dtype} (N={N}, D={D}, C={C})"
+    missing = _missing("residual_feed_forward", "triton", device)
+    if missing is not None:
+        return Check(name, "missing", detail=missing)
+    low = DTYPES[dtype]
+    h, df = torch.randn(N, D, device=device).to(low), torch.randn(N, D, device=device).to(low)
+    w1, b1 = (torch.randn(C, D, device=device) / D ** 0.5).to(low), (0.1 * torch.randn(C, device=device)).to(low)
+    w2 = (torch.randn(D, C, device=device) / C ** 0.5).to(low)
+    seeds, site = dropout_seeds(device), feed_forward.HIDDEN_SITE
+    hidden, again = torch.empty(N, C, device=device, dtype=low), torch.empty(N, C, device=device, dtype=low)
+    g = gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, site, hidden=hidden)
+    gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, site, hidden=again, write_g=False)
+    dhidden, db, g_again = gelu_gemm.dhidden_gelu(df, w2, hidden, seeds, p, site)
+    for label, a, b in (("the pass's g", feed_forward.gelu_dropout_fwd(hidden, seeds, p), g),
+                        ("the recomputed hidden", again, hidden), ("the backward's g", g_again, g)):
+        if not torch.equal(a, b):
+            return Check(name, "MISMATCH", 1.0, f"{label} differs in {int((a != b).sum())} elements")
+    dh_ref, db_ref, _ = feed_forward.gelu_dropout_bwd(df.double() @ w2.double(), hidden.double(), seeds, p)
+    hidden_ref = h.double() @ w1.double().t() + b1.double()
+    return _compare(name, {"hidden": (hidden, hidden_ref), "dhidden": (dhidden, dh_ref), "db1": (db, db_ref)},
+                    NORM_TOL[dtype])
+
+
 def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
     checks = []
     if backend == "triton":  # the fallback's chunked calls, beside the kernels
@@ -368,7 +401,11 @@ def run_checks(device, shapes: dict, dtypes, backend: str = "triton") -> list:
         for gated in (False, True):
             checks.append(check_fused_block(device, dtype, shapes, backend, gated=gated))
     if backend == "triton":
-        checks += [check_gelu_16bit(device, dtype, shapes) for dtype in dtypes if dtype in ("bf16", "fp16")]
+        halves = [d for d in dtypes if d in ("bf16", "fp16")]
+        checks += [check_gelu_16bit(device, dtype, shapes) for dtype in halves]
+        checks += [check_gelu_gemm(device, dtype, shapes) for dtype in halves]
+        checks += [check_fused_block(device, dtype, shapes, gated=gated, gelu_in_gemm=True)
+                   for dtype in halves for gated in (False, True)]
     if backend == "triton":  # in half precision if run at all: the chunks' float32 weight GEMMs
         half = next((d for d in dtypes if d in ("bf16", "fp16")), dtypes[0])
         checks += [check_ffn_chunks(device, half, shapes, gated=gated) for gated in (False, True)]

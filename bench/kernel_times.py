@@ -7,7 +7,9 @@ kernels alone, at the seed config's full shapes, against the copy bandwidth.
 The training step's profile groups kernels by name; this times each kernel
 variant the step runs (the fused FFN's norm, GELU + dropout and output
 passes, forward and backward; the gated norm; the pre-norm of
-layer_norm_linear; the final norm + pooling) on its own: B*V*T rows of D=256 (the hidden: d_ff=1024),
+layer_norm_linear; the final norm + pooling) on its own, and the FFN's GELU
+work both ways: cuBLAS GEMM + pass, and in a Triton GEMM's epilogue
+(kernels/gelu_gemm.py, the model's ffn_gelu_in_gemm): B*V*T rows of D=256 (the hidden: d_ff=1024),
 a float32 residual stream, bf16 GEMM operands, dropout p=0.1. Per kernel:
 the median over 7 repeats of 5 back-to-back calls (CUDA events, after 2
 warm-ups; the host-side sums of a backward's partials included), the bytes it
@@ -57,7 +59,7 @@ def _time_ms(fn, repeats: int = 7, calls: int = 5) -> float:
 def cases(batch: int, device="cuda", rows=None):
     """(name, thunk, bytes) of every kernel variant, inputs at full shapes
     (``rows`` rows instead of B*V*T: the tests' small run)."""
-    from kernels import embedding, feed_forward, gated_norm, norm_linear, pooling
+    from kernels import embedding, feed_forward, gated_norm, gelu_gemm, norm_linear, pooling
 
     N, D, F = rows or batch * 24 * 288, 256, 1024
     p, f32, bf16 = 0.1, torch.float32, torch.bfloat16
@@ -82,6 +84,10 @@ def cases(batch: int, device="cuda", rows=None):
     kq, c = 0.1 * rand(D), torch.zeros((), device=device)
     pool = pooling.norm_pool_fwd(x_series, steps_ok, w, b, 1e-5, kq, c, bf16)
     series = emb[0] * emb[1]
+    # the FFN's GEMMs around the GELU: h (N, D) @ W1.T (F, D), df (N, D) @ W2 (D, F)
+    h, w1, b1, w2 = rand(N, D, dtype=bf16), rand(F, D, dtype=bf16), rand(F, dtype=bf16), rand(D, F, dtype=bf16)
+    hidden_out = torch.empty_like(hidden)
+    site = feed_forward.HIDDEN_SITE
     return [
         ("residual_norm_fwd (FFN: x + drop(a), norm)",
          lambda: norm_linear.residual_norm_fwd(x, branch, seeds, 0, p, w, b, 1e-5, bf16), 8 * nd + 8 * N),
@@ -117,6 +123,18 @@ def cases(batch: int, device="cuda", rows=None):
         ("norm_pool_bwd (final norm + pooling)",
          lambda: pooling.norm_pool_bwd(pool[0], x_series, steps_ok, w, b, 1e-5, kq, c, *pool[1:]),
          8 * nd + 30 * series * D),
+        # each pair: the same work, the second in one kernel (bytes: h or df once, the
+        # hidden's tensors each read or written once; the weights are small)
+        ("fc1 GEMM + gelu_dropout_fwd (cuBLAS, pass)",
+         lambda: feed_forward.gelu_dropout_fwd(torch.addmm(b1, h, w1.t(), out=hidden_out), seeds, p),
+         2 * nd + 6 * nf),
+        ("fc1_gelu (Triton GEMM, GELU in its epilogue)",
+         lambda: gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, site, hidden=hidden_out), 2 * nd + 4 * nf),
+        ("d-hidden GEMM + gelu_dropout_bwd (cuBLAS, pass)",
+         lambda: feed_forward.gelu_dropout_bwd(torch.mm(f, w2, out=hidden_out), hidden, seeds, p),
+         2 * nd + 10 * nf),
+        ("dhidden_gelu (Triton GEMM, GELU backward in its epilogue)",
+         lambda: gelu_gemm.dhidden_gelu(f, w2, hidden, seeds, p, site), 2 * nd + 6 * nf),
         ("gated_norm_bwd (+ gate bias grad)",
          lambda: gated_norm.gated_norm_bwd(dout, x, update, logits, w, b, g_mean, g_rstd, dx=dx,
                                            gate_bias_grad=True), 24 * nd + 8 * N),

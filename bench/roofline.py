@@ -21,10 +21,12 @@ goes through native_dropout (CUDA's fused kernel, a 1-byte mask; the CPU's
 dropout is three ops), and the triton backend is chosen with
 TRITON_INTERPRET=1 (its custom ops only run their fake implementations).
 
-Backends: triton, sdpa, reference, and triton_modules: the triton backend
+Backends: triton, sdpa, reference, triton_modules: the triton backend
 with the transformer blocks as plain modules around the Triton attention
 (kernels.fused_block_backend answering "sdpa"), the model the H200 measured
-on 2026-11-28, before the fused blocks of issue 11.
+on 2026-11-28, before the fused blocks of issue 11; and
+triton_gelu_in_gemm: the triton backend with ffn_gelu_in_gemm (the FFN's
+GELU in the GEMMs' epilogues, kernels/gelu_gemm.py).
 """
 from __future__ import annotations
 
@@ -123,9 +125,11 @@ def _as_on_cuda():
         yield
 
 
-# roofline backend -> (the config's backend, whether the blocks' fused ops run)
-BACKENDS = {"triton": ("triton", True), "triton_modules": ("triton", False),
-            "sdpa": ("sdpa", True), "reference": ("reference", True)}
+# roofline backend -> (the config's backend, whether the blocks' fused ops
+# run, other config fields)
+BACKENDS = {"triton": ("triton", True, {}), "triton_modules": ("triton", False, {}),
+            "triton_gelu_in_gemm": ("triton", True, {"ffn_gelu_in_gemm": True}),
+            "sdpa": ("sdpa", True, {}), "reference": ("reference", True, {})}
 
 
 def trace_step(config, batch: int, seq_len: Optional[int] = None, *, autocast_bf16: bool = True,
@@ -322,8 +326,8 @@ def main(argv=None) -> int:
     gpus = list(GPUS.values())
     results = {}
     for backend in args.backends:
-        config_backend, fused = BACKENDS[backend]
-        config = dc.replace(migt.MIGTConfig.from_yaml(args.config), backend=config_backend)
+        config_backend, fused, fields = BACKENDS[backend]
+        config = dc.replace(migt.MIGTConfig.from_yaml(args.config), backend=config_backend, **fields)
         calls = trace_step(config, args.batch, args.seq_len, autocast_bf16=not args.fp32, fused_blocks=fused)
         results[backend] = summarize(calls, gpus, args.launch_us)
     T = args.seq_len or migt.MIGTConfig.from_yaml(args.config).max_seq_len

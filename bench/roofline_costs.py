@@ -247,15 +247,26 @@ def _layer_norm_linear_backward(inputs, outputs) -> list:
             _pass("norm backward", "norm", h + 2 * tensor_bytes(x) + 8.0 * N + tensor_bytes(dresidual), launches=2)]
 
 
+def _gelu_in_gemm(inputs, w1) -> bool:
+    """Whether a FFN op ran its GELU in the GEMMs' epilogues (its last
+    argument, kernels/gelu_gemm.py: 16-bit GEMMs only)."""
+    return bool(inputs[-1]) and w1.dtype in (torch.float16, torch.bfloat16)
+
+
 @register_cost("migt::residual_feed_forward")
-def _feed_forward(inputs, outputs) -> list:
-    x, branch, w1 = inputs[0], inputs[1], inputs[7]
+def _feed_forward(inputs, outputs, keep_hidden_at: int = 11) -> list:
+    """keep_hidden_at: where the op takes keep_hidden (the gated op: later)."""
+    x, branch, w1, keep_hidden = inputs[0], inputs[1], inputs[7], inputs[keep_hidden_at]
     D, C = x.shape[-1], w1.shape[0]
     N = x.numel() // D
     h, hidden, f = _nbytes(N * D, w1), _nbytes(N * C, w1), _nbytes(N * D, w1)
+    if _gelu_in_gemm(inputs, w1):
+        # one kernel: the GEMM's tiles, then g (and the kept hidden) written from them
+        first = [_gemm("gemm fc1 + gelu+dropout", N, C, D, w1.dtype, extra_bytes=hidden if keep_hidden else 0.0)]
+    else:
+        first = [_gemm("gemm fc1", N, C, D, w1.dtype), _pass("gelu+dropout", "dropout", 2 * hidden)]
     # x_mid is never written: the output pass rebuilds it from x and the branch
-    return [_pass("add+dropout+norm", "norm", tensor_bytes(x) + tensor_bytes(branch) + h),
-            _gemm("gemm fc1", N, C, D, w1.dtype), _pass("gelu+dropout", "dropout", 2 * hidden),
+    return [_pass("add+dropout+norm", "norm", tensor_bytes(x) + tensor_bytes(branch) + h), *first,
             _gemm("gemm fc2", N, D, C, w1.dtype),
             _pass("dropout+add", "dropout", 2 * tensor_bytes(x) + tensor_bytes(branch) + f)]
 
@@ -272,10 +283,17 @@ def _feed_forward_backward(inputs, outputs) -> list:
              _pass("norm recompute", "norm", x_mid + h)]
     if hidden.numel() == 0:  # selective recompute of the hidden
         parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
+    if _gelu_in_gemm(inputs, w1):
+        # one kernel: dg's tiles never leave it; reads the hidden, writes
+        # dhidden and g (for dW2) and per 128 rows a float32 row of db1's
+        # partial sums (then one host sum: a second launch)
+        parts.append(dataclasses.replace(_gemm("gemm d hidden + gelu+dropout backward", N, C, D, w1.dtype,
+                                               extra_bytes=2 * hid + 2 * 4.0 * C * -(-N // 128)), launches=2))
+    else:
+        parts += [_gemm("gemm d hidden", N, C, D, w1.dtype),
+                  # reads d hidden and the hidden; writes dhidden and g again (for dW2)
+                  _pass("gelu+dropout backward", "dropout", 4 * hid, launches=2)]
     return parts + [
-        _gemm("gemm d hidden", N, C, D, w1.dtype),
-        # reads d hidden and the hidden; writes dhidden and g again (for dW2)
-        _pass("gelu+dropout backward", "dropout", 4 * hid, launches=2),
         _gemm("gemm dW2", D, C, N, w1.dtype),
         _gemm("gemm dh", N, D, C, w1.dtype), _gemm("gemm dW1", C, D, N, w1.dtype),
         # reads dh, dout, x, branch; writes dx, dbranch
@@ -297,7 +315,7 @@ def _gated_feed_forward(inputs, outputs) -> list:
     D, N, low = _gate_sizes(x, gate_weight)
     # the FFN's norm pass also writes x in the gate's dtype (when it differs)
     x_low = low if gate_weight.dtype != x.dtype else 0.0
-    return _feed_forward(inputs, outputs) + [
+    return _feed_forward(inputs, outputs, keep_hidden_at=16) + [
         _pass("x for the gate (in the norm pass)", "norm", x_low, launches=0),
         _gemm("gemm gate", N, D, D, gate_weight.dtype),
         # reads x, the update and the logits; writes out and the statistics

@@ -8,6 +8,8 @@ Cases, for each batch size and dtype (fp32, or bf16 autocast):
                    blocks after aggregation, the FuturesSL order);
   train_step_recompute_ffn  with recompute_ffn_hidden=True (triton backends only);
   train_step_bf16_stream    with residual_stream="autocast" (a bf16 stream);
+  train_step_gelu_in_gemm   with ffn_gelu_in_gemm=True (the FFN's GELU in a
+                   Triton GEMM's epilogue; triton backends only);
   train_step_device_checks  the input value checks on the device, a host sync
                    a step (eager triton and sdpa: a loop without
                    migt.input_values_checked());
@@ -36,6 +38,9 @@ BACKENDS = ("sdpa", "triton", "reference", "compile", "compile_triton")
 OPS = {
     "inference": {},
     "train_step": {},
+    # the FFN's GELU + dropout in a Triton GEMM's epilogue (kernels/gelu_gemm.py),
+    # next to the step it would replace: a time budget cuts later ops first
+    "train_step_gelu_in_gemm": {"ffn_gelu_in_gemm": True},
     "train_step_ckpt": {"activation_checkpointing": True},
     "train_step_pooled": {"variable_attention": "pooled"},
     # the fused blocks' memory options (docs/fused-block.md)
@@ -48,9 +53,10 @@ OPS = {
 # ops whose forward reads its input value checks back from the device
 DEVICE_CHECK_OPS = ("train_step_device_checks",)
 TRAIN_STEP_OPS = tuple(op for op in OPS if op.startswith("train_step"))
-# ops that only mean something on some backends (recompute_ffn_hidden is the
-# fused blocks'); every other op runs on every backend
+# ops that only mean something on some backends (recompute_ffn_hidden and
+# ffn_gelu_in_gemm are the fused blocks'); every other op runs on every backend
 OP_BACKENDS = {"train_step_recompute_ffn": ("triton", "compile_triton"),
+               "train_step_gelu_in_gemm": ("triton", "compile_triton"),
                "train_step_device_checks": ("triton", "sdpa")}  # compiled graphs skip the checks
 # what each compiled backend compiles
 COMPILED = {"compile": "sdpa", "compile_triton": "triton"}

@@ -96,7 +96,7 @@ def _matmul_tile(a_ptr, b_ptr, rows, cols, M, N, K, stride_bk, stride_bn,
 
 
 @triton.jit
-def _fc1_gelu_kernel(
+def _fc1_gelu_gemm_kernel(
     h_ptr, w_ptr, bias_ptr, seed_ptr, hidden_ptr, g_ptr, M, C, K, row0, cut, scale_hi, scale_lo,
     WRITE_HIDDEN: tl.constexpr, WRITE_G: tl.constexpr, HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -121,7 +121,7 @@ def _fc1_gelu_kernel(
 
 
 @triton.jit
-def _dhidden_gelu_kernel(
+def _dhidden_gelu_gemm_kernel(
     df_ptr, w_ptr, hidden_ptr, seed_ptr, dhidden_ptr, g_ptr, db_part_ptr, M, C, K, row0, cut, scale_hi, scale_lo,
     HAS_DROPOUT: tl.constexpr, SITE: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -137,8 +137,9 @@ def _dhidden_gelu_kernel(
     # "+ dg * 0" ties f to the product's (MMA) layout: without it the compiler
     # made the normal CDF twice, in the load's layout for g and in the
     # product's for the slope (sm_90 SASS 3008 -> 2528 instructions, MUFU
-    # 97 -> 65). It changes no finite value; a non-finite dg makes g NaN
-    # where dhidden is non-finite anyway.
+    # 97 -> 65). It changes no finite value; dg, a float32 product of
+    # 16-bit values, is non-finite only where df or W2 is, and then fc2's
+    # weight gradient (df.T @ g) is non-finite anyway.
     f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(tl.float32) + dg * 0.0
     g, slope = gelu_and_grad(f, True)
     if HAS_DROPOUT:
@@ -186,7 +187,7 @@ def fc1_gelu(h, weight, bias, seeds, p: float, site: int, row0: int = 0, hidden=
         return g
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     out = hidden if hidden is not None else g
-    _launch(_fc1_gelu_kernel, M, C, K, FWD_TILE,
+    _launch(_fc1_gelu_gemm_kernel, M, C, K, FWD_TILE,
             h, weight, bias, seeds if has_dropout else bias, out, g if write_g else out,
             M, C, K, row0, cut, scale_hi, scale_lo,
             WRITE_HIDDEN=hidden is not None, WRITE_G=write_g, HAS_DROPOUT=has_dropout, SITE=site)
@@ -206,7 +207,7 @@ def dhidden_gelu(df, weight, hidden, seeds, p: float, site: int, row0: int = 0):
         return dhidden, torch.zeros((C,), dtype=torch.float32, device=df.device), g
     has_dropout, cut, scale_hi, scale_lo = dropout_args(seeds, p)
     db_part = torch.empty((cdiv(M, BWD_TILE[0]), C), dtype=torch.float32, device=df.device)
-    _launch(_dhidden_gelu_kernel, M, C, K, BWD_TILE,
+    _launch(_dhidden_gelu_gemm_kernel, M, C, K, BWD_TILE,
             df, weight, hidden, seeds if has_dropout else hidden, dhidden, g, db_part,
             M, C, K, row0, cut, scale_hi, scale_lo, HAS_DROPOUT=has_dropout, SITE=site)
     return dhidden, db_part.sum(0), g

@@ -18,22 +18,33 @@ from kernels.feed_forward import HIDDEN_SITE
 from test_fused_block import NAMES, ffn_params, residual_and_branch
 from test_ffn_gated_norm import NAMES as GATED_NAMES, tail_params
 
-# (M, K, C): M off the 128-row tile (one row too), K off and on the 64-wide
-# step (no K mask on it), C off the 128-column tile and over two tiles
-GEMM_SHAPES = [(200, 64, 192), (130, 40, 300), (1, 16, 8)]
+# (M, K, C): M off the 128-row tile (one row too); K two 64-wide steps (no
+# K mask), three with a partial last one, and one short step; C off the
+# column tiles and over several
+GEMM_SHAPES = [(200, 128, 192), (130, 136, 300), (1, 16, 8)]
 # tolerance of the float64 comparisons, relative to the largest |value|:
 # a few float16 roundings
 TOL = 2e-3
 ROW0 = 37  # a chunk's first row: the dropout bits count from it
 
 
-def gemm_inputs(M, K, C, dtype, seed=0):
+def gemm_inputs(M, K, C, dtype=torch.float16, seed=0):
+    """h (M, K), W1 (C, K), b1 (C,), df (M, K), W2 (K, C)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     return rand(M, K), rand(C, K, scale=K ** -0.5), rand(C), rand(M, K), rand(K, C, scale=C ** -0.5)
+
+
+def forward(M, K, C, p):
+    """The inputs, seeds, the hidden (NaN where the kernel would not write) and g of fc1_gelu."""
+    inputs = gemm_inputs(M, K, C)
+    seeds = kernels.dropout_seeds("cpu")
+    hidden = torch.full((M, C), float("nan"), dtype=torch.float16)
+    g = gelu_gemm.fc1_gelu(*inputs[:3], seeds, p, HIDDEN_SITE, row0=ROW0, hidden=hidden)
+    return inputs, seeds, hidden, g
 
 
 def close_to(actual, expected, name):
@@ -44,18 +55,14 @@ def close_to(actual, expected, name):
 @pytest.mark.parametrize("M,K,C", GEMM_SHAPES, ids=str)
 @pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
 def test_forward_is_the_gemm_then_the_gelu_pass(M, K, C, p, poisoned_allocations):
-    dtype = torch.float16
-    h, w1, b1, _, _ = gemm_inputs(M, K, C, dtype)
-    seeds = kernels.dropout_seeds("cpu")
-    hidden = torch.full((M, C), float("nan"), dtype=dtype)
-    g = gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, HIDDEN_SITE, row0=ROW0, hidden=hidden)
+    (h, w1, b1, _, _), seeds, hidden, g = forward(M, K, C, p)
     close_to(hidden.double(), h.double() @ w1.double().t() + b1.double(), "hidden")
     # g from the hidden rounded to its dtype, by the pass's helpers: the
     # pass's g to the bit, dropout bits included
     assert torch.equal(g, feed_forward.gelu_dropout_fwd(hidden, seeds, p, row0=ROW0))
     # without the hidden kept, the same g; the recompute writes the same hidden
     assert torch.equal(gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, HIDDEN_SITE, row0=ROW0), g)
-    again = torch.full((M, C), float("nan"), dtype=dtype)
+    again = torch.full((M, C), float("nan"), dtype=torch.float16)
     assert gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, HIDDEN_SITE, row0=ROW0, hidden=again, write_g=False) is None
     assert torch.equal(again, hidden)
 
@@ -63,17 +70,13 @@ def test_forward_is_the_gemm_then_the_gelu_pass(M, K, C, p, poisoned_allocations
 @pytest.mark.parametrize("M,K,C", GEMM_SHAPES, ids=str)
 @pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
 def test_backward_is_the_gelu_backward_of_the_product(M, K, C, p, poisoned_allocations):
-    dtype = torch.float16
-    h, w1, b1, df, w2 = gemm_inputs(M, K, C, dtype)
-    seeds = kernels.dropout_seeds("cpu")
-    hidden = torch.empty((M, C), dtype=dtype)
-    g = gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, HIDDEN_SITE, row0=ROW0, hidden=hidden)
+    (_, _, _, df, w2), seeds, hidden, g = forward(M, K, C, p)
     dhidden, db, g_again = gelu_gemm.dhidden_gelu(df, w2, hidden, seeds, p, HIDDEN_SITE, row0=ROW0)
     # the pass's backward in float64 on the exact product (the kernel keeps
     # it in float32; cuBLAS would round it to the hidden's dtype first)
     want_dhidden, want_db, _ = feed_forward.gelu_dropout_bwd(df.double() @ w2.double(), hidden.double(), seeds, p,
                                                              row0=ROW0)
-    assert dhidden.dtype == dtype and db.dtype == torch.float32
+    assert dhidden.dtype == torch.float16 and db.dtype == torch.float32
     close_to(dhidden.double(), want_dhidden, "dhidden")
     close_to(db.double(), want_db, "db1")
     assert torch.equal(g_again, g)  # for fc2's weight gradient: the forward's g
@@ -187,3 +190,15 @@ def test_model_with_gelu_in_gemm_matches_without():
     for name, grad in g_plain.items():
         scale = grad.abs().max().item() or 1.0
         assert_close(g_fused[name], grad, atol=1e-2 * scale, rtol=1e-2, name=f"d{name}")
+
+
+def test_gpu_parity_checks_the_epilogues_and_the_blocks_with_them():
+    # what the GPU run checks at full shapes (bf16 there), here in float16 at the small ones
+    from bench import gpu_parity
+
+    shapes = dict(gpu_parity.SMALL)
+    check = gpu_parity.check_gelu_gemm("cpu", "fp16", shapes)
+    assert check.status == "ok" and "epilogues" in check.name, check
+    for gated in (False, True):
+        check = gpu_parity.check_fused_block("cpu", "fp16", shapes, gated=gated, gelu_in_gemm=True)
+        assert check.status == "ok" and "GELU in GEMM" in check.name, check

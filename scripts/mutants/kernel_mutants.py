@@ -21,6 +21,7 @@ CHUNKING = "kernels/chunking.py"
 EMBEDDING = "kernels/embedding.py"
 GELU = "kernels/gelu.py"
 POOLING = "kernels/pooling.py"
+GELU_GEMM = "kernels/gelu_gemm.py"
 
 ATT_PARITY = "tests/test_attention_triton.py::test_matches_float64_reference"
 BOUNDARIES = "tests/test_block_boundaries.py"
@@ -33,6 +34,9 @@ GELU_ACCURACY = "tests/test_gelu.py"
 ATT_BIAS = "tests/test_attention_triton.py::test_packed_bias_matches_float64_reference"
 POOL_PARITY = "tests/test_norm_attention_pool.py::test_matches_float64_reference"
 ATT_LAUNCH = "tests/test_attention_launch.py"
+GELU_GEMM_FWD = "tests/test_gelu_gemm.py::test_forward_is_the_gemm_then_the_gelu_pass"
+GELU_GEMM_BWD = "tests/test_gelu_gemm.py::test_backward_is_the_gelu_backward_of_the_product"
+GELU_GEMM_OPS = "tests/test_gelu_gemm.py::test_ops_match_float64_reference"
 FUSED_MASKS = ("tests/test_fused_block.py::test_kernel_masks_are_the_philox_reference_masks",
                "tests/test_fused_block.py::test_hidden_masks_are_the_philox_reference_masks")
 
@@ -799,6 +803,51 @@ MUTANTS = [
         "        grads.add((*ffn_grads[:6], dgate_w, dgate_b, dnorm_w, dnorm_b, *(g * (start == 0) for g in ffn_grads[6:])))",
         ("tests/test_ffn_gated_norm.py::test_in_chunks_matches_float64_reference",),
         "the variable tail's branch-bias gradient keeps only the first chunk's rows",
+    ),
+    # ------------------------------------------------------------ GELU in the GEMMs' epilogues
+    Mutant(
+        "gelu-gemm-forward-without-bias", GELU_GEMM, "scaling",
+        "    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]",
+        "    acc += 0.0",
+        (GELU_GEMM_FWD, GELU_GEMM_OPS),
+        "the epilogue forgets fc1's bias: the hidden and g of every row are off",
+    ),
+    Mutant(
+        "gelu-gemm-forward-g-from-unrounded-hidden", GELU_GEMM, "scaling",
+        "        g = gelu(hidden.to(tl.float32), True)",
+        "        g = gelu(acc, True)",
+        (GELU_GEMM_FWD,),
+        "g from the float32 product, not the stored hidden: the backward, which reads the hidden, redraws another g",
+    ),
+    Mutant(
+        "gelu-gemm-k-loop-rereads-first-weight-step", GELU_GEMM, "span",
+        "        b_ptrs += BLOCK_K * stride_bk",
+        "        b_ptrs += 0",
+        (GELU_GEMM_FWD, GELU_GEMM_BWD),
+        "every K step multiplies by the weight's first 64 rows: wrong whenever d_model > 64",
+    ),
+    Mutant(
+        "gelu-gemm-forward-bits-from-row-0", GELU_GEMM, "masking",
+        "            kept = keep_tile(seed_ptr, SITE, row0 + rows, col_start, C, cut, BLOCK_N)\n"
+        "            g = tl.where(kept, g * split_scalar(scale_hi, scale_lo, tl.float32), 0.0)",
+        "            kept = keep_tile(seed_ptr, SITE, rows, col_start, C, cut, BLOCK_N)\n"
+        "            g = tl.where(kept, g * split_scalar(scale_hi, scale_lo, tl.float32), 0.0)",
+        (GELU_GEMM_FWD, GELU_GEMM_OPS),
+        "a chunk's dropout bits count its rows from 0: every chunk after the first redraws the first one's mask",
+    ),
+    Mutant(
+        "gelu-gemm-bias-grad-of-rows-past-the-end", GELU_GEMM, "reduction",
+        "    dhidden = tl.where(ok, dg * slope, 0.0)",
+        "    dhidden = dg * slope",
+        (GELU_GEMM_BWD,),
+        "the last row tile's rows past M (which computed row 0's products) join fc1's bias gradient",
+    ),
+    Mutant(
+        "gelu-gemm-backward-output-site", FEED_FORWARD, "masking",
+        "        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, HIDDEN_SITE, row0=start)",
+        "        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, OUTPUT_SITE, row0=start)",
+        (GELU_GEMM_OPS,),
+        "the backward redraws the hidden's mask from the output dropout's seed: gradients through dropped units",
     ),
     Mutant(
         "fused-block-dropout-in-eval", "migt/blocks.py", "masking",
