@@ -302,7 +302,8 @@ def measured_reference(path: Optional[Path]) -> dict:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS), default=["triton", "triton_modules", "sdpa"],
+    p.add_argument("--backends", nargs="+", choices=tuple(BACKENDS),
+                   default=["triton", "triton_gelu_in_gemm", "triton_modules", "sdpa"],
                    help="triton_modules: the blocks as measured on the H200 (see above)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seq-len", type=int, help="T (default the config's max_seq_len)")
