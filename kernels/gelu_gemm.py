@@ -39,9 +39,10 @@ from .norm_linear import dropout_args
 
 # Output tiles (rows, columns) over K in steps of 64, 8 warps, three stages
 # of operands in shared memory. Forward 128 x 128 (64 float32 accumulators
-# a thread); backward 128 x 64: its epilogue holds the product, the hidden,
-# g and the slope at once, and at 128 x 128 it took 255 registers and
-# spilled (bench.compile_check, sm_90). Chosen by reasoning, not measured:
+# a thread; 114-128 registers at sm_90, two programs per SM); backward
+# 128 x 64: its epilogue holds the product, the hidden, g and the slope at
+# once, and at 128 x 128 it took 255 registers and spilled (now 128-152).
+# Chosen by reasoning and bench.compile_check, not measured:
 # bench.kernel_times times the path against cuBLAS + the pass.
 FWD_TILE = (128, 128)
 BWD_TILE = (128, 64)
@@ -130,17 +131,18 @@ def _dhidden_gelu_gemm_kernel(
     # dropout backward of _gelu_dropout_bwd_kernel (feed_forward.py) on it:
     # dhidden, g again, and this row block's column sums of dhidden
     row_block, col_start, rows, cols = _tile_position(C, BLOCK_M, BLOCK_N)
-    dg = _matmul_tile(df_ptr, w_ptr, rows, cols, M, C, K, C, 1, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
     col_ok = cols < C
     ok = (rows < M)[:, None] & col_ok[None, :]
     offs = tile_offsets(rows, cols, C)
+    hidden = tl.load(hidden_ptr + offs, mask=ok, other=0.0)  # issued first: its latency hides under the K loop
+    dg = _matmul_tile(df_ptr, w_ptr, rows, cols, M, C, K, C, 1, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
     # "+ dg * 0" ties f to the product's (MMA) layout: without it the compiler
     # made the normal CDF twice, in the load's layout for g and in the
     # product's for the slope (sm_90 SASS 3008 -> 2528 instructions, MUFU
     # 97 -> 65). It changes no finite value; dg, a float32 product of
     # 16-bit values, is non-finite only where df or W2 is, and then fc2's
     # weight gradient (df.T @ g) is non-finite anyway.
-    f = tl.load(hidden_ptr + offs, mask=ok, other=0.0).to(tl.float32) + dg * 0.0
+    f = hidden.to(tl.float32) + dg * 0.0
     g, slope = gelu_and_grad(f, True)
     if HAS_DROPOUT:
         scale = split_scalar(scale_hi, scale_lo, tl.float32)
