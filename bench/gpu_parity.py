@@ -355,10 +355,10 @@ def check_gelu_16bit(device, dtype: str, s: dict) -> Check:
 
 
 def check_gelu_gemm(device, dtype: str, s: dict) -> Check:
-    """kernels/gelu_gemm.py as compiled: the forward GEMM's g bit for bit the
-    separate pass's g of the hidden it wrote (and of the recompute's hidden),
-    the backward GEMM's g bit for bit the forward's (it feeds fc2's weight
-    gradient), its dhidden and db1 against float64 within the dtype's rounding."""
+    """kernels/gelu_gemm.py as compiled: the forward GEMM's g equal to the
+    separate pass's g of the hidden it wrote (and the recompute's hidden to
+    that hidden), the backward GEMM's g equal to the forward's (it feeds
+    fc2's weight gradient; torch.equal: the sign of a zero may differ), its dhidden and db1 against float64 within the dtype's rounding."""
     from kernels import dropout_seeds, feed_forward, gelu_gemm
 
     N, D, C, p = s["B"] * s["V"] * s["T"], s["D"], 4 * s["D"], 0.1

@@ -303,7 +303,8 @@ def residual_feed_forward(x, branch, norm_weight, norm_bias, fc1_weight, fc1_bia
     the Triton backward sums its gradient in the pass that writes dbranch,
     with no pass of its own over the (..., D) gradient.
 
-    gelu_in_gemm=True (triton backend, GEMMs in a 16-bit dtype or float32):
+    gelu_in_gemm=True (triton backend, GEMMs in a 16-bit dtype; float32 and
+    float64 GEMMs keep cuBLAS):
     the first GEMM runs as a Triton kernel whose epilogue applies the GELU
     and the dropout, and so does the backward's d-hidden GEMM
     (kernels/gelu_gemm.py), instead of cuBLAS GEMMs and separate passes over

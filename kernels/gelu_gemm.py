@@ -20,7 +20,8 @@ and the model suite's train_step_gelu_in_gemm.
 
 The epilogue takes its values from the hidden rounded to its dtype, as the
 pass reads it from memory, and uses the pass's helpers (gelu, keep_tile), so
-g and the dropout bits are the cuBLAS path's for the same hidden. dg stays
+g and the dropout bits are the cuBLAS path's for the same hidden (bit for
+bit but the sign of a zero, below). dg stays
 in float32 (cuBLAS rounds it to 16 bits before the pass reads it).
 16-bit GEMM dtypes only (the model under autocast): float32 and float64
 GEMMs take the cuBLAS path (``applies``); a float32 tl.dot is TF32 or,
@@ -139,9 +140,11 @@ def _dhidden_gelu_gemm_kernel(
     # "+ dg * 0" ties f to the product's (MMA) layout: without it the compiler
     # made the normal CDF twice, in the load's layout for g and in the
     # product's for the slope (sm_90 SASS 3008 -> 2528 instructions, MUFU
-    # 97 -> 65). It changes no finite value; dg, a float32 product of
-    # 16-bit values, is non-finite only where df or W2 is, and then fc2's
-    # weight gradient (df.T @ g) is non-finite anyway.
+    # 97 -> 65). It changes no finite value but a hidden of -0.0 (g is then
+    # +0.0 here, -0.0 in the forward: equal values). dg, a float32 product of
+    # 16-bit values, is non-finite only where df or W2 is; then f is NaN and
+    # so is dhidden at dropped elements too (the cuBLAS path gives 0 there),
+    # in a step whose gradients are non-finite anyway (GradScaler skips it).
     f = hidden.to(tl.float32) + dg * 0.0
     g, slope = gelu_and_grad(f, True)
     if HAS_DROPOUT:

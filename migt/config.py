@@ -57,8 +57,9 @@ class MIGTConfig:
             applies the GELU and the dropout in its epilogue, instead of
             cuBLAS and a separate pass over the (..., d_ff) hidden (less
             memory traffic; kernels/gelu_gemm.py). The same model either
-            way; off until a GPU run shows it faster. With GEMMs in float64
-            the cuBLAS path runs. The other backends ignore it.
+            way; off until a GPU run shows it faster. 16-bit GEMMs only (under
+            autocast): without autocast the cuBLAS path runs. The other
+            backends ignore it.
         residual_stream: dtype of the residual stream x between blocks under
             autocast: "float32" (default; every residual add in float32) or
             "autocast" (autocast's dtype, e.g. bfloat16, as Megatron-LM's

@@ -41,8 +41,9 @@ def install() -> bool:
 
     def patch_lang(fn):
         modules = language_modules(fn)
-        if patched[0] is not None and modules <= patched[0]:
+        if patched[0] is not None and modules and modules <= patched[0]:
             return None  # a helper inside a launch that patched these already
+        # (a helper that sees no language module gets the real call, and its error)
         scope = real_patch(fn)
         if patched[0] is not None:
             patched[0] |= modules

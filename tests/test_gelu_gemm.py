@@ -1,7 +1,7 @@
 """kernels/gelu_gemm.py under the interpreter: the FFN's GELU + dropout in a
 Triton GEMM's epilogue (``gelu_in_gemm``). Its kernels alone against the
 product in float64 and against the separate GELU passes they replace (the
-same g and dropout bits, to the bit, for the same hidden); the FFN ops with
+same g values and dropout bits for the same hidden); the FFN ops with
 it against the float64 reference, whole, in chunks and with selective
 recompute; the model with it against the model without.
 
@@ -58,7 +58,7 @@ def test_forward_is_the_gemm_then_the_gelu_pass(M, K, C, p, poisoned_allocations
     (h, w1, b1, _, _), seeds, hidden, g = forward(M, K, C, p)
     close_to(hidden.double(), h.double() @ w1.double().t() + b1.double(), "hidden")
     # g from the hidden rounded to its dtype, by the pass's helpers: the
-    # pass's g to the bit, dropout bits included
+    # pass's g (torch.equal), dropout bits included
     assert torch.equal(g, feed_forward.gelu_dropout_fwd(hidden, seeds, p, row0=ROW0))
     # without the hidden kept, the same g; the recompute writes the same hidden
     assert torch.equal(gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, HIDDEN_SITE, row0=ROW0), g)
