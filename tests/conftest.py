@@ -10,7 +10,9 @@ os.environ.pop("MIGT_ATTENTION_LAUNCH", None)
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores: the whole suite's one process takes both; each of pytest-xdist's
+# workers (scripts/test.sh runs one per core) takes one.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("MIGT_PLAIN_INTERPRETER"):
     import fast_interpreter  # noqa: E402

@@ -10,7 +10,10 @@ from migt.train import main
 from migt.training.checkpoint import load
 
 
-def test_compile_flag_and_throughput_in_the_progress_bar(tmp_path, compile_spy, capsys):
+def test_compile_flag_and_throughput_in_the_progress_bar(tmp_path, compile_spy, capsys, monkeypatch):
+    # a wide bar: tqdm sizes it to the terminal, else to COLUMNS (a pytest-xdist
+    # worker has neither and cut the postfix at 80 columns)
+    monkeypatch.setenv("COLUMNS", "250")
     out = tmp_path / "run"
     flags = [f for f in TINY_FLAGS if f != "--no-progress"]
     trainer, _ = main(["--data", "synthetic", "--synthetic-days", "12", *flags, "--max-steps", "2",
