@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-"${MIGT_VENV:-.venv}/bin/python" -m pytest tests -q -n "${MIGT_TEST_WORKERS:-2}" "$@"
+# (-p no:benchmark: no test uses pytest-benchmark, which under xdist only warns)
+"${MIGT_VENV:-.venv}/bin/python" -m pytest tests -q -n "${MIGT_TEST_WORKERS:-2}" -p no:benchmark "$@"
 if [ "$#" -eq 0 ]; then
   bash scripts/test_pandas3.sh
 else
