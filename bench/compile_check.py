@@ -301,9 +301,9 @@ def pooling_cases(quick: bool):
 
 def gelu_gemm_cases(quick: bool):
     """kernels/gelu_gemm.py (the FFN's ``gelu_in_gemm`` path): the forward
-    GEMM writing hidden and g, g alone (selective recompute) and the hidden
-    alone (its recompute in the backward), and the backward GEMM, with and
-    without dropout, in both 16-bit dtypes (not quick); at the model's D and d_ff
+    GEMM writing hidden and g, and g alone (selective recompute), and the
+    backward GEMM reading the hidden or making it again, with and without
+    dropout, in both 16-bit dtypes (not quick); at the model's D and d_ff
     (K a multiple of the K step) and (not quick) an odd D."""
     from kernels import gelu_gemm
 
@@ -314,10 +314,11 @@ def gelu_gemm_cases(quick: bool):
             seeds = torch.tensor([1, 2, 3])
             h, w1, b1 = torch.zeros(200, d, dtype=dtype), torch.zeros(c, d, dtype=dtype), torch.zeros(c, dtype=dtype)
             hidden = torch.zeros(200, c, dtype=dtype)
+            w2 = torch.zeros(d, c, dtype=dtype)
             gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, 1, hidden=hidden)
             gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, 1)
-            gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, 1, hidden=hidden, write_g=False)
-            gelu_gemm.dhidden_gelu(h, torch.zeros(d, c, dtype=dtype), hidden, seeds, p, 1)
+            gelu_gemm.dhidden_gelu(h, w2, hidden, seeds, p, 1)
+            gelu_gemm.dhidden_gelu(h, w2, None, seeds, p, 1, recompute=(h, w1, b1))
 
         yield f"gelu_gemm {dtype} D={d} d_ff={c} p={p}", run
 

@@ -356,9 +356,12 @@ def check_gelu_16bit(device, dtype: str, s: dict) -> Check:
 
 def check_gelu_gemm(device, dtype: str, s: dict) -> Check:
     """kernels/gelu_gemm.py as compiled: the forward GEMM's g equal to the
-    separate pass's g of the hidden it wrote (and the recompute's hidden to
-    that hidden), the backward GEMM's g equal to the forward's (it feeds
-    fc2's weight gradient; torch.equal: the sign of a zero may differ), its dhidden and db1 against float64 within the dtype's rounding."""
+    separate pass's g of the hidden it wrote; the backward GEMM's g equal to
+    the forward's (it feeds fc2's weight gradient; torch.equal: the sign of
+    a zero may differ), and with the hidden recomputed in the kernel
+    (selective recompute) everything equal to the run that read it: the
+    recompute must round the same bits; dhidden and db1 against float64
+    within the dtype's rounding."""
     from kernels import dropout_seeds, feed_forward, gelu_gemm
 
     N, D, C, p = s["B"] * s["V"] * s["T"], s["D"], 4 * s["D"], 0.1
@@ -371,12 +374,14 @@ def check_gelu_gemm(device, dtype: str, s: dict) -> Check:
     w1, b1 = (torch.randn(C, D, device=device) / D ** 0.5).to(low), (0.1 * torch.randn(C, device=device)).to(low)
     w2 = (torch.randn(D, C, device=device) / C ** 0.5).to(low)
     seeds, site = dropout_seeds(device), feed_forward.HIDDEN_SITE
-    hidden, again = torch.empty(N, C, device=device, dtype=low), torch.empty(N, C, device=device, dtype=low)
+    hidden = torch.empty(N, C, device=device, dtype=low)
     g = gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, site, hidden=hidden)
-    gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, site, hidden=again, write_g=False)
     dhidden, db, g_again = gelu_gemm.dhidden_gelu(df, w2, hidden, seeds, p, site)
+    re_dhidden, re_db, re_g = gelu_gemm.dhidden_gelu(df, w2, None, seeds, p, site, recompute=(h, w1, b1))
     for label, a, b in (("the pass's g", feed_forward.gelu_dropout_fwd(hidden, seeds, p), g),
-                        ("the recomputed hidden", again, hidden), ("the backward's g", g_again, g)):
+                        ("the backward's g", g_again, g), ("the recomputing backward's g", re_g, g_again),
+                        ("the recomputing backward's dhidden", re_dhidden, dhidden),
+                        ("the recomputing backward's db1", re_db, db)):
         if not torch.equal(a, b):
             return Check(name, "MISMATCH", 1.0, f"{label} differs in {int((a != b).sum())} elements")
     dh_ref, db_ref, _ = feed_forward.gelu_dropout_bwd(df.double() @ w2.double(), hidden.double(), seeds, p)

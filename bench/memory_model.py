@@ -184,9 +184,12 @@ def estimate(
     if backend == "triton":
         # The fused FFN backward (kernels/feed_forward.py): the block's dx and
         # dbranch for every row, and per chunk of rows (kernels/chunking.py) dhidden
-        # and g again, and the hidden itself under selective recompute.
+        # and g again, and the hidden itself under selective recompute (not
+        # with ffn_gelu_in_gemm in 16 bits: kernels/gelu_gemm.py makes its tiles in registers).
+        hidden_made = not keep_hidden and not (config.ffn_gelu_in_gemm and a == 2)
+
         def ffn_transient(rows, chunk_rows):
-            return (r + a) * D * rows + (2 if keep_hidden else 3) * a * F * chunk_rows
+            return (r + a) * D * rows + (3 if hidden_made else 2) * a * F * chunk_rows
 
         transient = ffn_transient(N, hidden_rows) if config.n_temporal_layers else 0
         if config.n_variable_layers:

@@ -281,15 +281,18 @@ def _feed_forward_backward(inputs, outputs) -> list:
     # the dropout grad pass also sums its df for fc2's bias (no pass of its own)
     parts = [_pass("dropout grad + bias grad fc2", "dropout", tensor_bytes(dout) + h),
              _pass("norm recompute", "norm", x_mid + h)]
-    if hidden.numel() == 0:  # selective recompute of the hidden
-        parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
+    recompute = hidden.numel() == 0  # selective recompute of the hidden
     if _gelu_in_gemm(inputs, w1):
-        # one kernel: dg's tiles never leave it; reads the hidden, writes
-        # dhidden and g (for dW2) and per 128 rows a float32 row of db1's
-        # partial sums (then one host sum: a second launch)
-        parts.append(dataclasses.replace(_gemm("gemm d hidden + gelu+dropout backward", N, C, D, w1.dtype,
-                                               extra_bytes=2 * hid + 2 * 4.0 * C * -(-N // 128)), launches=2))
+        # one kernel: dg's tiles never leave it; reads the hidden (or makes
+        # its tiles again from h and W1: a second GEMM, no (N, d_ff) read),
+        # writes dhidden and g (for dW2) and per 128 rows a float32 row of
+        # db1's partial sums (then one host sum: a second launch)
+        fused = _gemm("gemm d hidden + gelu+dropout backward", N, C, D, w1.dtype,
+                      extra_bytes=(h + _nbytes(C * D + C, w1) if recompute else hid) + hid + 8.0 * C * -(-N // 128))
+        parts.append(dataclasses.replace(fused, flops=fused.flops * (2 if recompute else 1), launches=2))
     else:
+        if recompute:
+            parts.append(_gemm("gemm fc1 recompute", N, C, D, w1.dtype))
         parts += [_gemm("gemm d hidden", N, C, D, w1.dtype),
                   # reads d hidden and the hidden; writes dhidden and g again (for dW2)
                   _pass("gelu+dropout backward", "dropout", 4 * hid, launches=2)]

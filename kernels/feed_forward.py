@@ -336,17 +336,17 @@ def feed_forward_bwd_rows(start, dout, x, branch, mean, rstd, hidden, dx, dbranc
     hidden is None under selective recompute. dx_add and accumulate_dx:
     gradients of x's other uses, added to dx alone (norm_linear.residual_norm_bwd).
     gelu_in_gemm: as feed_forward_fwd's (the d-hidden GEMM and the GELU +
-    dropout backward as one kernel; a recomputed hidden by the forward's kernel)."""
+    dropout backward as one kernel, which also recomputes the hidden's tiles
+    under selective recompute)."""
     weight_grad = mm_float32 if weight_grads_float32 else torch.mm
     df, db2 = dropout_grad(dout, seeds, p, fc2_weight.dtype, mean.dtype, row0=start)  # [rows, D], [D]
     _, h, _, _ = residual_norm_fwd(x, branch, seeds, BRANCH_SITE, p, norm_weight, norm_bias, eps,
                                    fc1_weight.dtype, store_stats=False, row0=start, branch_bias=branch_bias)
     if gelu_in_gemm and gelu_gemm.applies(fc1_weight):
-        if hidden is None:  # the forward kernel's GEMM again: the same bits as the g it made
-            hidden = torch.empty((h.shape[0], fc1_weight.shape[0]), dtype=fc1_weight.dtype, device=h.device)
-            gelu_gemm.fc1_gelu(h, fc1_weight, fc1_bias, seeds, p, HIDDEN_SITE, row0=start, hidden=hidden,
-                               write_g=False)
-        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, HIDDEN_SITE, row0=start)
+        # under selective recompute the kernel makes the hidden's tiles again itself
+        recompute = (h, fc1_weight, fc1_bias) if hidden is None else None
+        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, HIDDEN_SITE, row0=start,
+                                                 recompute=recompute)
         del hidden
     else:
         if hidden is None:

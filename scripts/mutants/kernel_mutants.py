@@ -807,17 +807,17 @@ MUTANTS = [
     # ------------------------------------------------------------ GELU in the GEMMs' epilogues
     Mutant(
         "gelu-gemm-forward-without-bias", GELU_GEMM, "scaling",
-        "    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]",
-        "    acc += 0.0",
+        "    return acc + tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]",
+        "    return acc",
         (GELU_GEMM_FWD, GELU_GEMM_OPS),
-        "the epilogue forgets fc1's bias: the hidden and g of every row are off",
+        "the epilogue forgets fc1's bias: the hidden and g of every row are off (and the recompute's)",
     ),
     Mutant(
         "gelu-gemm-forward-g-from-unrounded-hidden", GELU_GEMM, "scaling",
-        "        g = gelu(hidden.to(tl.float32), True)",
-        "        g = gelu(acc, True)",
+        "    g = gelu(hidden.to(tl.float32), True)",
+        "    g = gelu(hidden.to(tl.float32) * 1.0001, True)",
         (GELU_GEMM_FWD,),
-        "g from the float32 product, not the stored hidden: the backward, which reads the hidden, redraws another g",
+        "g not from the stored hidden's values: the backward, which reads the hidden, makes another g",
     ),
     Mutant(
         "gelu-gemm-k-loop-rereads-first-weight-step", GELU_GEMM, "span",
@@ -828,12 +828,21 @@ MUTANTS = [
     ),
     Mutant(
         "gelu-gemm-forward-bits-from-row-0", GELU_GEMM, "masking",
-        "            kept = keep_tile(seed_ptr, SITE, row0 + rows, col_start, C, cut, BLOCK_N)\n"
-        "            g = tl.where(kept, g * split_scalar(scale_hi, scale_lo, tl.float32), 0.0)",
-        "            kept = keep_tile(seed_ptr, SITE, rows, col_start, C, cut, BLOCK_N)\n"
-        "            g = tl.where(kept, g * split_scalar(scale_hi, scale_lo, tl.float32), 0.0)",
+        "        kept = keep_tile(seed_ptr, SITE, row0 + rows, col_start, C, cut, BLOCK_N)\n"
+        "        g = tl.where(kept, g * split_scalar(scale_hi, scale_lo, tl.float32), 0.0)",
+        "        kept = keep_tile(seed_ptr, SITE, rows, col_start, C, cut, BLOCK_N)\n"
+        "        g = tl.where(kept, g * split_scalar(scale_hi, scale_lo, tl.float32), 0.0)",
         (GELU_GEMM_FWD, GELU_GEMM_OPS),
         "a chunk's dropout bits count its rows from 0: every chunk after the first redraws the first one's mask",
+    ),
+    Mutant(
+        "gelu-gemm-recompute-without-bias", GELU_GEMM, "scaling",
+        "        hidden = _fc1_tile(h_ptr, w1_ptr, b1_ptr, rows, cols, col_ok, M, C, K, EVEN_K, BLOCK_M, BLOCK_N,\n"
+        "                           BLOCK_K).to(g_ptr.dtype.element_ty)",
+        "        hidden = (_fc1_tile(h_ptr, w1_ptr, b1_ptr, rows, cols, col_ok, M, C, K, EVEN_K, BLOCK_M, BLOCK_N,\n"
+        "                           BLOCK_K) - tl.load(b1_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]).to(g_ptr.dtype.element_ty)",
+        (GELU_GEMM_BWD, GELU_GEMM_OPS),
+        "the backward's recompute of the hidden leaves out fc1's bias: GELU slopes at the wrong points",
     ),
     Mutant(
         "gelu-gemm-bias-grad-of-rows-past-the-end", GELU_GEMM, "reduction",
@@ -844,8 +853,8 @@ MUTANTS = [
     ),
     Mutant(
         "gelu-gemm-backward-output-site", FEED_FORWARD, "masking",
-        "        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, HIDDEN_SITE, row0=start)",
-        "        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, OUTPUT_SITE, row0=start)",
+        "        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, HIDDEN_SITE, row0=start,",
+        "        dhidden, db1, g = gelu_gemm.dhidden_gelu(df, fc2_weight, hidden, seeds, p, OUTPUT_SITE, row0=start,",
         (GELU_GEMM_OPS,),
         "the backward redraws the hidden's mask from the output dropout's seed: gradients through dropped units",
     ),
