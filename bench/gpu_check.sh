@@ -76,7 +76,8 @@ fi
 # run's budget ran out before its pooled / recompute / bf16-stream cases)
 echo "=== the training step, B=64 ($(elapsed) s)"
 t=$(allow 130 250)
-timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_gelu_in_gemm --batch-sizes 64 \
+timeout "$t" "$PY" -m bench --suites model --ops train_step train_step_gelu_in_gemm \
+    train_step_recompute_gelu_in_gemm --batch-sizes 64 \
     --backends triton sdpa compile compile_triton --dtype bf16 --time-budget $(( t > 50 ? t - 40 : 10 )) \
     --no-plots --out "$OUT_DIR/configs"
 step_failed "training step" $?

@@ -10,6 +10,7 @@ Cases, for each batch size and dtype (fp32, or bf16 autocast):
   train_step_bf16_stream    with residual_stream="autocast" (a bf16 stream);
   train_step_gelu_in_gemm   with ffn_gelu_in_gemm=True (the FFN's GELU in a
                    Triton GEMM's epilogue; triton backends only);
+  train_step_recompute_gelu_in_gemm  the same with recompute_ffn_hidden=True;
   train_step_device_checks  the input value checks on the device, a host sync
                    a step (eager triton and sdpa: a loop without
                    migt.input_values_checked());
@@ -41,6 +42,8 @@ OPS = {
     # the FFN's GELU + dropout in a Triton GEMM's epilogue (kernels/gelu_gemm.py),
     # next to the step it would replace: a time budget cuts later ops first
     "train_step_gelu_in_gemm": {"ffn_gelu_in_gemm": True},
+    # and with selective recompute, whose hidden it then never writes
+    "train_step_recompute_gelu_in_gemm": {"ffn_gelu_in_gemm": True, "recompute_ffn_hidden": True},
     "train_step_ckpt": {"activation_checkpointing": True},
     "train_step_pooled": {"variable_attention": "pooled"},
     # the fused blocks' memory options (docs/fused-block.md)
@@ -57,6 +60,7 @@ TRAIN_STEP_OPS = tuple(op for op in OPS if op.startswith("train_step"))
 # ffn_gelu_in_gemm are the fused blocks'); every other op runs on every backend
 OP_BACKENDS = {"train_step_recompute_ffn": ("triton", "compile_triton"),
                "train_step_gelu_in_gemm": ("triton", "compile_triton"),
+               "train_step_recompute_gelu_in_gemm": ("triton", "compile_triton"),
                "train_step_device_checks": ("triton", "sdpa")}  # compiled graphs skip the checks
 # what each compiled backend compiles
 COMPILED = {"compile": "sdpa", "compile_triton": "triton"}
