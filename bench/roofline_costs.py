@@ -249,8 +249,10 @@ def _layer_norm_linear_backward(inputs, outputs) -> list:
 
 def _gelu_in_gemm(inputs, w1) -> bool:
     """Whether a FFN op ran its GELU in the GEMMs' epilogues (its last
-    argument, kernels/gelu_gemm.py: 16-bit GEMMs only)."""
-    return bool(inputs[-1]) and w1.dtype in (torch.float16, torch.bfloat16)
+    argument, where kernels/gelu_gemm.py applies to the GEMMs' dtype)."""
+    from kernels import gelu_gemm  # imports triton: only a traced fused op gets here
+
+    return bool(inputs[-1]) and gelu_gemm.applies(w1)
 
 
 @register_cost("migt::residual_feed_forward")
