@@ -16,8 +16,10 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 
 if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("MIGT_PLAIN_INTERPRETER"):
     import fast_interpreter  # noqa: E402
+    import interpreter_bf16  # noqa: E402
 
     fast_interpreter.install()
+    interpreter_bf16.install()  # bfloat16 dots and casts as a GPU computes them
 
 
 import pytest  # noqa: E402

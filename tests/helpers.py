@@ -1,7 +1,23 @@
 """Input makers and comparisons shared by the kernel tests."""
 from __future__ import annotations
 
+import pytest
 import torch
+
+
+def bf16_dots_right() -> bool:
+    """Whether Triton's tl.dot on bfloat16 operands computes values here: on
+    a GPU, or under the interpreter with tests/interpreter_bf16.py installed
+    (conftest does, unless MIGT_PLAIN_INTERPRETER=1)."""
+    import interpreter_bf16
+    from kernels import _dispatch
+
+    return interpreter_bf16.INSTALLED or not _dispatch.interpreter_on()
+
+
+# a test or case whose Triton kernels take bfloat16 dots
+needs_bf16_dots = pytest.mark.skipif(not bf16_dots_right(),
+                                     reason="the interpreter's bf16 tl.dot is wrong without tests/interpreter_bf16.py")
 
 
 def random_mask(batch: int, steps: int, *, seed: int = 0, all_padding_sample: bool = True) -> torch.Tensor:

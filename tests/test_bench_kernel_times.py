@@ -29,8 +29,8 @@ def test_needs_cuda(capsys):
 def test_attention_sweep_times_every_candidate_on_its_kernels_case():
     """Each launch setting of kernels.attention_launch.LAUNCH_CANDIDATES gets a row,
     timed while the override is set (and only then), on the case that runs
-    that kernel; the cases run under the interpreter at a small shape (bf16:
-    the values are wrong there, tl.dot on bf16 is, and not looked at)."""
+    that kernel; the cases run under the interpreter at a small shape (their
+    values are not looked at)."""
     pytest.importorskip("triton")
     from kernels import attention_launch
 

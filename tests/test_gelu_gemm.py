@@ -5,14 +5,14 @@ same g values and dropout bits for the same hidden); the FFN ops with
 it against the float64 reference, whole, in chunks and with selective
 recompute; the model with it against the model without.
 
-The kernels take 16-bit GEMMs only, and the interpreter's bf16 tl.dot is
-wrong (a CPU limitation, not the kernel's), so these tests run float16;
-bench.gpu_parity checks bf16 on a GPU."""
+The kernels take 16-bit GEMMs only: the tests run float16 and bfloat16 (the
+interpreter's bf16 dots and casts as a GPU's, tests/interpreter_bf16.py);
+bench.gpu_parity checks bf16 compiled on a GPU."""
 import pytest
 import torch
 
 import kernels
-from helpers import assert_close
+from helpers import assert_close, needs_bf16_dots
 from kernels import chunking, feed_forward, gelu_gemm
 from kernels.feed_forward import HIDDEN_SITE
 from test_fused_block import NAMES, ffn_params, residual_and_branch
@@ -22,9 +22,11 @@ from test_ffn_gated_norm import NAMES as GATED_NAMES, tail_params
 # K mask), three with a partial last one, and one short step; C off the
 # column tiles and over several
 GEMM_SHAPES = [(200, 128, 192), (130, 136, 300), (1, 16, 8)]
-# tolerance of the float64 comparisons, relative to the largest |value|:
-# a few float16 roundings
-TOL = 2e-3
+DTYPES = [pytest.param(torch.float16, id="fp16"),
+          pytest.param(torch.bfloat16, id="bf16", marks=needs_bf16_dots)]
+# tolerance of the float64 comparisons, relative to the largest |value|: a
+# few roundings of the dtype (bf16 keeps 3 fewer mantissa bits than fp16)
+TOLS = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 ROW0 = 37  # a chunk's first row: the dropout bits count from it
 
 
@@ -38,25 +40,26 @@ def gemm_inputs(M, K, C, dtype=torch.float16, seed=0):
     return rand(M, K), rand(C, K, scale=K ** -0.5), rand(C), rand(M, K), rand(K, C, scale=C ** -0.5)
 
 
-def forward(M, K, C, p):
+def forward(M, K, C, p, dtype):
     """The inputs, seeds, the hidden (NaN where the kernel would not write) and g of fc1_gelu."""
-    inputs = gemm_inputs(M, K, C)
+    inputs = gemm_inputs(M, K, C, dtype)
     seeds = kernels.dropout_seeds("cpu")
-    hidden = torch.full((M, C), float("nan"), dtype=torch.float16)
+    hidden = torch.full((M, C), float("nan"), dtype=dtype)
     g = gelu_gemm.fc1_gelu(*inputs[:3], seeds, p, HIDDEN_SITE, row0=ROW0, hidden=hidden)
     return inputs, seeds, hidden, g
 
 
-def close_to(actual, expected, name):
+def close_to(actual, expected, name, tol):
     scale = expected.abs().max().item() or 1.0
-    assert_close(actual, expected, atol=TOL * scale, rtol=TOL, name=name)
+    assert_close(actual, expected, atol=tol * scale, rtol=tol, name=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,K,C", GEMM_SHAPES, ids=str)
 @pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
-def test_forward_is_the_gemm_then_the_gelu_pass(M, K, C, p, poisoned_allocations):
-    (h, w1, b1, _, _), seeds, hidden, g = forward(M, K, C, p)
-    close_to(hidden.double(), h.double() @ w1.double().t() + b1.double(), "hidden")
+def test_forward_is_the_gemm_then_the_gelu_pass(M, K, C, p, dtype, poisoned_allocations):
+    (h, w1, b1, _, _), seeds, hidden, g = forward(M, K, C, p, dtype)
+    close_to(hidden.double(), h.double() @ w1.double().t() + b1.double(), "hidden", TOLS[dtype])
     # g from the hidden rounded to its dtype, by the pass's helpers: the
     # pass's g (torch.equal), dropout bits included
     assert torch.equal(g, feed_forward.gelu_dropout_fwd(hidden, seeds, p, row0=ROW0))
@@ -64,18 +67,19 @@ def test_forward_is_the_gemm_then_the_gelu_pass(M, K, C, p, poisoned_allocations
     assert torch.equal(gelu_gemm.fc1_gelu(h, w1, b1, seeds, p, HIDDEN_SITE, row0=ROW0), g)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,K,C", GEMM_SHAPES, ids=str)
 @pytest.mark.parametrize("p", [0.0, 0.3], ids=["p0", "p0.3"])
-def test_backward_is_the_gelu_backward_of_the_product(M, K, C, p, poisoned_allocations):
-    (h, w1, b1, df, w2), seeds, hidden, g = forward(M, K, C, p)
+def test_backward_is_the_gelu_backward_of_the_product(M, K, C, p, dtype, poisoned_allocations):
+    (h, w1, b1, df, w2), seeds, hidden, g = forward(M, K, C, p, dtype)
     dhidden, db, g_again = gelu_gemm.dhidden_gelu(df, w2, hidden, seeds, p, HIDDEN_SITE, row0=ROW0)
     # the pass's backward in float64 on the exact product (the kernel keeps
     # it in float32; cuBLAS would round it to the hidden's dtype first)
     want_dhidden, want_db, _ = feed_forward.gelu_dropout_bwd(df.double() @ w2.double(), hidden.double(), seeds, p,
                                                              row0=ROW0)
-    assert dhidden.dtype == torch.float16 and db.dtype == torch.float32
-    close_to(dhidden.double(), want_dhidden, "dhidden")
-    close_to(db.double(), want_db, "db1")
+    assert dhidden.dtype == dtype and db.dtype == torch.float32
+    close_to(dhidden.double(), want_dhidden, "dhidden", TOLS[dtype])
+    close_to(db.double(), want_db, "db1", TOLS[dtype])
     assert torch.equal(g_again, g)  # for fc2's weight gradient: the forward's g
     # selective recompute: the hidden's tiles made again in the kernel, the
     # forward's bits, so everything as from the stored hidden
@@ -119,14 +123,14 @@ OPS = {"residual": (kernels.residual_feed_forward, ffn_params, NAMES),
        "gated": (kernels.gated_feed_forward, tail_params, GATED_NAMES)}
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op_name", list(OPS), ids=list(OPS))
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep_hidden", "recompute_hidden"])
-def test_ops_match_float64_reference(op_name, recompute, monkeypatch, poisoned_allocations):
+def test_ops_match_float64_reference(op_name, recompute, dtype, monkeypatch, poisoned_allocations):
     # 300 rows in chunks of 128, 128 and 44 (a float32 stream, the GEMMs in
-    # float16, out_proj's float32 bias): the output and every gradient
+    # 16 bits, out_proj's float32 bias): the output and every gradient
     # within what the path without the kernel reaches, against float64
     op, make_params, names = OPS[op_name]
-    dtype = torch.float16
     x, branch = residual_and_branch((3, 100, 48), torch.float32, dtype)
     params = dict(low_precision(make_params(48, 64, torch.float32), dtype),
                   branch_bias=torch.randn(48, generator=torch.Generator().manual_seed(8)).requires_grad_())
@@ -150,7 +154,7 @@ def test_ops_match_float64_reference(op_name, recompute, monkeypatch, poisoned_a
         old_err = (old.double() - want).abs().max().item()
         scale = want.abs().max().item()
         # within twice the cuBLAS path's error, and near float64 in absolute terms
-        assert err <= 2 * old_err + TOL * scale, f"d{name}: {err:.3g} (without the kernel {old_err:.3g})"
+        assert err <= 2 * old_err + TOLS[dtype] * scale, f"d{name}: {err:.3g} (without the kernel {old_err:.3g})"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -165,10 +169,11 @@ def test_wider_gemms_take_the_cublas_path(dtype, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(fused, plain))
 
 
+@needs_bf16_dots
 def test_model_with_gelu_in_gemm_matches_without():
-    # train mode with dropout under float16 autocast, as users train: the
+    # train mode with dropout under bf16 autocast, as users train: the
     # same seeds from torch's generator, so the same masks; the quantiles
-    # and every parameter's gradient within the GEMMs' float16 rounding
+    # and every parameter's gradient within the GEMMs' bf16 rounding
     from migt import MIGT_TVDT, MIGTConfig, pinball_loss
     from migt.data import synthetic_batch
     from test_model_triton import CONFIG
@@ -180,7 +185,7 @@ def test_model_with_gelu_in_gemm_matches_without():
         model = MIGT_TVDT(config).train()
         batch = synthetic_batch(4, config, seed=1, n_empty=1)
         torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(batch["features"], batch["attention_mask"], batch["temporal_info"])
             loss = pinball_loss(out["quantiles"], batch["targets"][:, :3], config.quantiles)
         return out["quantiles"], dict(zip([n for n, _ in model.named_parameters()],
@@ -194,13 +199,14 @@ def test_model_with_gelu_in_gemm_matches_without():
         assert_close(g_fused[name], grad, atol=1e-2 * scale, rtol=1e-2, name=f"d{name}")
 
 
-def test_gpu_parity_checks_the_epilogues_and_the_blocks_with_them():
-    # what the GPU run checks at full shapes (bf16 there), here in float16 at the small ones
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_parity_checks_the_epilogues_and_the_blocks_with_them(dtype):
+    # what the GPU run checks at full shapes, here at the small ones
     from bench import gpu_parity
 
-    shapes = dict(gpu_parity.SMALL)
-    check = gpu_parity.check_gelu_gemm("cpu", "fp16", shapes)
+    shapes, name = dict(gpu_parity.SMALL), {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    check = gpu_parity.check_gelu_gemm("cpu", name, shapes)
     assert check.status == "ok" and "epilogues" in check.name, check
     for gated in (False, True):
-        check = gpu_parity.check_fused_block("cpu", "fp16", shapes, gated=gated, gelu_in_gemm=True)
+        check = gpu_parity.check_fused_block("cpu", name, shapes, gated=gated, gelu_in_gemm=True)
         assert check.status == "ok" and "GELU in GEMM" in check.name, check

@@ -133,8 +133,9 @@ def test_autocast_writes_its_dtype_and_computes_in_float32(x_dtype):
         y = kernels.norm_attention_pool(x, mask, *params, backend="triton")
         ref = kernels.norm_attention_pool(x, mask, *params, backend="reference")
     assert y.dtype == ref.dtype == torch.bfloat16
-    # both round the same float32 value once, to within an ulp (2**-7
-    # relative): the interpreter's float32 -> bf16 truncates, a GPU rounds
+    # both round a float32 value to nearest even once (the interpreter as a GPU:
+    # tests/interpreter_bf16.py): an ulp (2**-7 relative) apart at most, where
+    # the two float32 sums, in different orders, straddle a rounding boundary
     assert_close(y, ref, atol=1e-6, rtol=2 ** -7, name="pooled")
     x64 = x.detach().double().requires_grad_()
     p64 = tuple(p.detach().double().requires_grad_() for p in params)

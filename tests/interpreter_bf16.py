@@ -1,0 +1,80 @@
+"""bfloat16 under the Triton interpreter, as a GPU computes it, for the tests.
+
+Triton 3.6's interpreter stores bfloat16 as its uint16 bit pattern and gets
+two things wrong that the model's kernels rely on (upstream calls bf16
+"not supported yet" in the interpreter: triton-lang/triton#11584):
+
+- ``tl.dot`` on bfloat16 operands multiplies the bit patterns (values near
+  1e10 for inputs in [-2, 2]); only 8-bit float operands are converted;
+- a float32 -> bfloat16 cast truncates, where a GPU (``cvt.rn.bf16.f32``)
+  rounds to nearest even.
+
+So the tests of the attention kernels, the GELU GEMM and the model in
+bfloat16, the dtype users train in, could not run on the CPU. Here the
+dot converts bfloat16 operands to float32 first (exact: the high half of a
+float32), and the float32 -> bfloat16 cast rounds to nearest even through
+torch's own conversion (NaN stays NaN). Other arithmetic on bfloat16 values
+(an add of two bf16 tensors without a cast) is still done on the bit
+patterns; the kernels here cast to float32 first, and a test that trips on
+that fails loudly rather than passing wrongly.
+
+Installed (tests/conftest.py) only on the Triton version it was written
+against, and only where its internals are as expected; MIGT_PLAIN_INTERPRETER=1
+leaves the interpreter as shipped (bf16 tests then fail or skip).
+"""
+from __future__ import annotations
+
+SUPPORTED_TRITON = ("3.6.",)
+INSTALLED = False  # whether install() patched this process's interpreter
+
+
+def bf16_bits_to_float32(bits):
+    """uint16 bfloat16 bit patterns -> float32 values (exact)."""
+    import numpy as np
+
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16_bits(values):
+    """float32 values -> uint16 bfloat16 bit patterns, rounded to nearest even."""
+    import numpy as np
+    import torch
+
+    values = np.array(values, dtype=np.float32)  # a contiguous copy, of any rank
+    return torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def install() -> bool:
+    """Patch the interpreter; returns whether it did."""
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    if not triton.__version__.startswith(SUPPORTED_TRITON):
+        return False
+    try:
+        from triton.runtime import interpreter
+        builder = interpreter.InterpreterBuilder
+        real_dot, real_cast, handle = builder.create_dot, builder.cast_impl, interpreter.TensorHandle
+    except (ImportError, AttributeError):
+        return False
+
+    def as_float32(t):
+        return bf16_bits_to_float32(t.data) if t.dtype.scalar == tl.bfloat16 else t.data
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if tl.bfloat16 not in (a.dtype.scalar, b.dtype.scalar):
+            return real_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+        product = np.matmul(as_float32(a), as_float32(b), dtype=np.float32)
+        return handle(product.astype(d.data.dtype) + d.data, d.dtype.scalar)
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return handle(float32_to_bf16_bits(src.data), tl.bfloat16)
+        return real_cast(self, src, dst_type)
+
+    global INSTALLED
+    builder.create_dot = create_dot
+    builder.cast_impl = cast_impl
+    INSTALLED = True
+    return True
