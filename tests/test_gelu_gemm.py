@@ -199,14 +199,14 @@ def test_model_with_gelu_in_gemm_matches_without():
         assert_close(g_fused[name], grad, atol=1e-2 * scale, rtol=1e-2, name=f"d{name}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_parity_checks_the_epilogues_and_the_blocks_with_them(dtype):
-    # what the GPU run checks at full shapes, here at the small ones
+def test_gpu_parity_checks_the_epilogues_and_the_blocks_with_them():
+    # what the GPU run checks at full shapes, here in float16 at the small
+    # ones (bf16: tests/test_bench_harness.py runs every check)
     from bench import gpu_parity
 
-    shapes, name = dict(gpu_parity.SMALL), {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    check = gpu_parity.check_gelu_gemm("cpu", name, shapes)
+    shapes = dict(gpu_parity.SMALL)
+    check = gpu_parity.check_gelu_gemm("cpu", "fp16", shapes)
     assert check.status == "ok" and "epilogues" in check.name, check
     for gated in (False, True):
-        check = gpu_parity.check_fused_block("cpu", name, shapes, gated=gated, gelu_in_gemm=True)
+        check = gpu_parity.check_fused_block("cpu", "fp16", shapes, gated=gated, gelu_in_gemm=True)
         assert check.status == "ok" and "GELU in GEMM" in check.name, check
