@@ -5,19 +5,24 @@ import pytest
 import torch
 
 
-def bf16_dots_right() -> bool:
-    """Whether Triton's tl.dot on bfloat16 operands computes values here: on
-    a GPU, or under the interpreter with tests/interpreter_bf16.py installed
-    (conftest does, unless MIGT_PLAIN_INTERPRETER=1)."""
+def bf16_as_on_gpu() -> bool:
+    """Whether Triton kernels compute bfloat16 as a GPU does here (dots of
+    the values, casts rounded to nearest even): on a GPU, or under the
+    interpreter with tests/interpreter_bf16.py installed (conftest does,
+    unless MIGT_PLAIN_INTERPRETER=1)."""
     import interpreter_bf16
     from kernels import _dispatch
 
-    return interpreter_bf16.INSTALLED or not _dispatch.interpreter_on()
+    on_gpu = torch.cuda.is_available() and not _dispatch.interpreter_on()
+    return on_gpu or interpreter_bf16.INSTALLED
 
 
-# a test or case whose Triton kernels take bfloat16 dots
-needs_bf16_dots = pytest.mark.skipif(not bf16_dots_right(),
-                                     reason="the interpreter's bf16 tl.dot is wrong without tests/interpreter_bf16.py")
+# a test or case whose Triton kernels take bf16 dots or round to bf16
+needs_gpu_bf16 = pytest.mark.skipif(not bf16_as_on_gpu(),
+                                    reason="the interpreter computes bf16 wrongly without tests/interpreter_bf16.py")
+# the 16-bit dtype of an autocast step whose kernels must compute right:
+# bf16, as users train, where it can run; else float16
+AUTOCAST_16 = torch.bfloat16 if bf16_as_on_gpu() else torch.float16
 
 
 def random_mask(batch: int, steps: int, *, seed: int = 0, all_padding_sample: bool = True) -> torch.Tensor:

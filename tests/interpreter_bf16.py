@@ -12,15 +12,19 @@ two things wrong that the model's kernels rely on (upstream calls bf16
 So the tests of the attention kernels, the GELU GEMM and the model in
 bfloat16, the dtype users train in, could not run on the CPU. Here the
 dot converts bfloat16 operands to float32 first (exact: the high half of a
-float32), and the float32 -> bfloat16 cast rounds to nearest even through
-torch's own conversion (NaN stays NaN). Other arithmetic on bfloat16 values
-(an add of two bf16 tensors without a cast) is still done on the bit
-patterns; the kernels here cast to float32 first, and a test that trips on
-that fails loudly rather than passing wrongly.
+float32), the float32 -> bfloat16 cast rounds to nearest even through
+torch's own conversion (NaN stays a NaN, though torch's is 0x7FC0 where a
+GPU's is 0x7FFF), and the bfloat16 -> float32 cast is the exact one (the
+shipped conversion got bf16 subnormals wrong). Other bfloat16 paths are
+still the shipped interpreter's and wrong: arithmetic on two bf16 values
+without a cast (done on the bit patterns), casts from float64 or integers.
+The kernels cast to float32 before any arithmetic, and ``cast_for`` rounds
+float64 through float32, so none of them takes those paths.
 
 Installed (tests/conftest.py) only on the Triton version it was written
 against, and only where its internals are as expected; MIGT_PLAIN_INTERPRETER=1
-leaves the interpreter as shipped (bf16 tests then fail or skip).
+leaves the interpreter as shipped (the bf16 cases then skip, and the autocast
+tests run float16: tests/helpers.py).
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ def bf16_bits_to_float32(bits):
     """uint16 bfloat16 bit patterns -> float32 values (exact)."""
     import numpy as np
 
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    wide = np.array(bits, dtype=np.uint32)  # a copy, kept an array at any rank
+    wide <<= 16
+    return wide.view(np.float32)
 
 
 def float32_to_bf16_bits(values):
@@ -69,8 +75,11 @@ def install() -> bool:
         return handle(product.astype(d.data.dtype) + d.data, d.dtype.scalar)
 
     def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+        pair = (src.dtype.scalar, dst_type.scalar)
+        if pair == (tl.float32, tl.bfloat16):
             return handle(float32_to_bf16_bits(src.data), tl.bfloat16)
+        if pair == (tl.bfloat16, tl.float32):
+            return handle(bf16_bits_to_float32(src.data), tl.float32)
         return real_cast(self, src, dst_type)
 
     global INSTALLED

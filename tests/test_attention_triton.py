@@ -16,7 +16,7 @@ import torch
 
 import kernels
 from kernels import _dispatch, reference
-from helpers import assert_close, fused_qkv, needs_bf16_dots, poison_padding, random_mask
+from helpers import assert_close, fused_qkv, needs_gpu_bf16, poison_padding, random_mask
 
 pytest.importorskip("triton")
 attention = pytest.importorskip("kernels.attention")
@@ -60,12 +60,14 @@ def run_reference(ref_qkv, mask, axis, grad_out, scale=None):
 
 
 def check_parity(out, grad, ref_out, ref_grad, mask, atol, rtol, grad_tol, grad_rtol=None):
+    """grad_tol: the gradients' atol (and rtol unless grad_rtol), or a dict of atols by name."""
     out, grad = out.cpu(), grad.cpu()
     assert out.is_contiguous()
     assert_close(out, ref_out, atol=atol, rtol=rtol, name="out")
     for i, name in enumerate(GRAD_NAMES):
-        assert_close(grad[:, :, :, i], ref_grad[:, :, :, i], atol=grad_tol,
-                     rtol=grad_tol if grad_rtol is None else grad_rtol, name=name)
+        g_atol = grad_tol[name] if isinstance(grad_tol, dict) else grad_tol
+        g_rtol = g_atol if grad_rtol is None else grad_rtol
+        assert_close(grad[:, :, :, i], ref_grad[:, :, :, i], atol=g_atol, rtol=g_rtol, name=name)
     # padded steps: exactly zero output and gradients, the all-padding sample included
     assert (out.permute(0, 2, 1, 3, 4)[~mask] == 0).all()
     assert (grad.permute(0, 2, 1, 3, 4, 5)[~mask] == 0).all()
@@ -80,7 +82,7 @@ CASES = [
     pytest.param((5, 3, 70, 1, 128), torch.float32, 1e-5, 1e-5, id="fp32-V3-T70-Dh128"),
     pytest.param((5, 5, 37, 2, 16), torch.float16, 2e-3, 1e-2, id="fp16-V5-T37-Dh16"),
     pytest.param((5, 24, 70, 1, 32), torch.bfloat16, 2e-2, 5e-2, id="bf16-V24-T70-Dh32",
-                 marks=needs_bf16_dots),
+                 marks=needs_gpu_bf16),
 ]
 
 
@@ -181,24 +183,25 @@ def test_opcheck_qkvpacked(axis, with_bias):
                           (qkv.detach().to(DEVICE).requires_grad_(), bias, mask, axis, 0.25))
 
 
-# (B, V, T, H, Dh), dtype, atol/rtol, gradient atol. bf16: the bias (std 2)
-# makes gradients up to ~16, and q + bq is rounded to bf16 as the GEMM's
-# epilogue rounds it, so the gradients' worst error is ~1.3% of their largest
-# (0.21 along time, where the reference run in bf16 is off by 0.16).
+# (B, V, T, H, Dh), dtype, atol/rtol, and for bf16 each gradient's atol as a
+# share of its largest |value|: the bias (std 2) makes gradients up to ~16,
+# and q + bq is rounded to bf16 as the GEMM's epilogue rounds it, so dk's
+# worst error is 1.3% of its largest (0.21 along time, where the reference
+# run in bf16 is off by 0.16); dq's 0.8%, dv's 0.3%.
 BIAS_CASES = [
-    pytest.param((5, 5, 37, 2, 16), torch.float32, 1e-5, 1e-5, id="fp32-V5-T37-Dh16"),
+    pytest.param((5, 5, 37, 2, 16), torch.float32, 1e-5, None, id="fp32-V5-T37-Dh16"),
     # two key and query blocks along time and two heads: the bias enters
     # every loop iteration, and the host's sum of the partial rows must
     # keep heads and blocks apart
-    pytest.param((5, 3, 70, 2, 32), torch.float32, 1e-5, 1e-5, id="fp32-V3-T70-H2-Dh32"),
-    pytest.param((5, 5, 37, 2, 16), torch.float16, 1e-2, 1e-2, id="fp16-V5-T37-Dh16"),
-    pytest.param((5, 24, 70, 2, 32), torch.bfloat16, 5e-2, 0.3, id="bf16-V24-T70-H2-Dh32", marks=needs_bf16_dots),
+    pytest.param((5, 3, 70, 2, 32), torch.float32, 1e-5, None, id="fp32-V3-T70-H2-Dh32"),
+    pytest.param((5, 5, 37, 2, 16), torch.float16, 1e-2, None, id="fp16-V5-T37-Dh16"),
+    pytest.param((5, 24, 70, 2, 32), torch.bfloat16, 5e-2, 2e-2, id="bf16-V24-T70-H2-Dh32", marks=needs_gpu_bf16),
 ]
 
 
 @pytest.mark.parametrize("axis", AXES)
-@pytest.mark.parametrize("shape,dtype,tol,grad_atol", BIAS_CASES)
-def test_packed_bias_matches_float64_reference(axis, shape, dtype, tol, grad_atol):
+@pytest.mark.parametrize("shape,dtype,tol,grad_share", BIAS_CASES)
+def test_packed_bias_matches_float64_reference(axis, shape, dtype, tol, grad_share):
     """attention(qkv + bias) with the bias added and its gradient summed in
     the kernels: output, dqkv and dbias against the float64 reference of
     qkv + bias; k's bias gradient exactly 0 (the softmax cancels k's bias)."""
@@ -215,7 +218,9 @@ def test_packed_bias_matches_float64_reference(axis, shape, dtype, tol, grad_ato
     rq, rk, rv = (ref_qkv + ref_bias.view(3, H, Dh)).unbind(3)
     ref_out = reference.attention(rq, rk, rv, mask, axis)
     ref_grad, ref_dbias = torch.autograd.grad(ref_out, (ref_qkv, ref_bias), grad_out.nan_to_num())
-    check_parity(out, grad, ref_out, ref_grad, mask, tol, tol, grad_atol, grad_rtol=tol)
+    grad_tol = tol if grad_share is None else {
+        name: grad_share * ref_grad[:, :, :, i].abs().max().item() for i, name in enumerate(GRAD_NAMES)}
+    check_parity(out, grad, ref_out, ref_grad, mask, tol, tol, grad_tol, grad_rtol=tol)
     dbias, ref_dbias = dbias.cpu().view(3, H, Dh), ref_dbias.view(3, H, Dh)
     assert dbias.dtype == dtype
     for i, name in ((0, "dbq"), (2, "dbv")):

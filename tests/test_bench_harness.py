@@ -12,7 +12,7 @@ import torch
 import migt
 from bench import cli, gpu_parity, memory_model, results
 from bench.harness import Budget, Case, Skip, Timed, Timer, Work, fill_ratios, run_case
-from helpers import needs_bf16_dots
+from helpers import needs_gpu_bf16
 
 TINY_RUN = ["--batch-sizes", "1", "--seq-len", "8", "--warmup", "1", "--repeats", "2", "--threads", "1"]
 
@@ -209,14 +209,15 @@ def test_parity_checker_passes_a_right_backend_and_catches_a_wrong_one(monkeypat
     assert wrong.status == "MISMATCH" and wrong.worst > 5e-3
 
 
-@needs_bf16_dots
+@needs_gpu_bf16
 def test_gpu_parity_passes_every_triton_check_in_bf16_at_small_shapes():
     # what bench/gpu_check.sh's first step runs compiled at full shapes, here
     # under the interpreter (bf16 as a GPU computes it): a tolerance too tight
     # for bf16 would otherwise first show as a PARITY FAILED in a GPU session
     # (measured: worst 7.4e-3 against 2e-2 to 4e-2)
     checks = gpu_parity.run_checks("cpu", dict(gpu_parity.SMALL), ["bf16"])
-    assert len(checks) == 22 and [c for c in checks if c.status != "ok"] == []
+    assert [c for c in checks if c.status != "ok"] == []
+    assert sum(" bf16 " in f" {c.name} " for c in checks) >= 10, [c.name for c in checks]
 
 
 def test_gelu_parity_check_passes_and_catches_a_backward_whose_g_differs(monkeypatch):

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 import migt
-from helpers import needs_bf16_dots
+from helpers import AUTOCAST_16
 
 
 
@@ -95,7 +95,9 @@ def _model_and_batch(**changes):
 
 def _step(model, config, inputs, targets):
     torch.manual_seed(1)  # the dropout seeds
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    # bf16 where the kernels compute it as a GPU (under the shipped interpreter
+    # the gate's gradients came out 0 in both runs, and their equality said nothing)
+    with torch.autocast("cpu", dtype=AUTOCAST_16):
         out = model(*inputs)
         loss = migt.pinball_loss(out["quantiles"], targets, config.quantiles)
     loss.backward()
@@ -104,7 +106,6 @@ def _step(model, config, inputs, targets):
     return out["quantiles"].detach(), grads
 
 
-@needs_bf16_dots
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 def test_fused_model_casts_its_gemm_parameters_together_with_the_same_result(checkpointing, monkeypatch):
     """Under autocast the triton model's blocks get their GEMM weights and

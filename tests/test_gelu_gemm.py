@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kernels
-from helpers import assert_close, needs_bf16_dots
+from helpers import AUTOCAST_16, assert_close, needs_gpu_bf16
 from kernels import chunking, feed_forward, gelu_gemm
 from kernels.feed_forward import HIDDEN_SITE
 from test_fused_block import NAMES, ffn_params, residual_and_branch
@@ -23,7 +23,7 @@ from test_ffn_gated_norm import NAMES as GATED_NAMES, tail_params
 # column tiles and over several
 GEMM_SHAPES = [(200, 128, 192), (130, 136, 300), (1, 16, 8)]
 DTYPES = [pytest.param(torch.float16, id="fp16"),
-          pytest.param(torch.bfloat16, id="bf16", marks=needs_bf16_dots)]
+          pytest.param(torch.bfloat16, id="bf16", marks=needs_gpu_bf16)]
 # tolerance of the float64 comparisons, relative to the largest |value|: a
 # few roundings of the dtype (bf16 keeps 3 fewer mantissa bits than fp16)
 TOLS = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -169,11 +169,11 @@ def test_wider_gemms_take_the_cublas_path(dtype, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(fused, plain))
 
 
-@needs_bf16_dots
 def test_model_with_gelu_in_gemm_matches_without():
-    # train mode with dropout under bf16 autocast, as users train: the
-    # same seeds from torch's generator, so the same masks; the quantiles
-    # and every parameter's gradient within the GEMMs' bf16 rounding
+    # train mode with dropout under bf16 autocast, as users train (float16
+    # where the interpreter's bf16 is not a GPU's): the same seeds from
+    # torch's generator, so the same masks; the quantiles and every
+    # parameter's gradient within the GEMMs' rounding
     from migt import MIGT_TVDT, MIGTConfig, pinball_loss
     from migt.data import synthetic_batch
     from test_model_triton import CONFIG
@@ -185,7 +185,7 @@ def test_model_with_gelu_in_gemm_matches_without():
         model = MIGT_TVDT(config).train()
         batch = synthetic_batch(4, config, seed=1, n_empty=1)
         torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=AUTOCAST_16):
             out = model(batch["features"], batch["attention_mask"], batch["temporal_info"])
             loss = pinball_loss(out["quantiles"], batch["targets"][:, :3], config.quantiles)
         return out["quantiles"], dict(zip([n for n, _ in model.named_parameters()],
