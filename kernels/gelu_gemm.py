@@ -223,6 +223,12 @@ def dhidden_gelu(df, weight, hidden, seeds, p: float, site: int, row0: int = 0, 
     if hidden is None:
         h, w1, b1 = (t.contiguous() for t in recompute)
         _check_dtypes(df=df, weight=weight, h=h, fc1_weight=w1, fc1_bias=b1)
+        # one K loop length for both products: h and df are (M, K), W1 is W2's transpose's shape
+        if h.shape != df.shape or w1.shape != weight.t().shape or b1.shape != (weight.shape[1],):
+            raise ValueError(f"gelu_gemm: recompute needs h {tuple(df.shape)}, fc1_weight "
+                             f"{tuple(weight.t().shape)} and fc1_bias ({weight.shape[1]},) to match df and fc2's "
+                             f"weight; got h {tuple(h.shape)}, fc1_weight {tuple(w1.shape)}, "
+                             f"fc1_bias {tuple(b1.shape)}")
     else:
         _check_dtypes(df=df, weight=weight, hidden=hidden)
         h, w1, b1 = df, weight, weight  # unread

@@ -103,6 +103,13 @@ def test_other_dtypes_are_refused_by_name():
         gelu_gemm.fc1_gelu(h, w1.float(), b1, kernels.dropout_seeds("cpu"), 0.3, HIDDEN_SITE)
 
 
+def test_recompute_inputs_that_do_not_match_are_refused_by_name():
+    h, w1, b1, df, w2 = gemm_inputs(4, 16, 24)
+    with pytest.raises(ValueError, match=r"recompute needs h \(4, 16\).*got h \(4, 8\)"):
+        gelu_gemm.dhidden_gelu(df, w2, None, kernels.dropout_seeds("cpu"), 0.3, HIDDEN_SITE,
+                               recompute=(h[:, :8], w1, b1))
+
+
 # ------------------------------------------------------------ the FFN ops
 
 
